@@ -1,0 +1,144 @@
+"""Python API for notebooks and scripts: open a cube, fit a region or one spectrum,
+get maps as arrays with their WCS, write FITS."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lucijax.fit.cube import FitPlan, fit_region, parse_region, parse_window, plan_fit
+from lucijax.fit.map import FitSettings, Status
+from lucijax.io import open_cube as _open_cube
+from lucijax.io import region_wcs, write_maps_fits
+from lucijax.products import build_maps, spectrum_summary
+
+
+def open_cube(path):
+    """Open a SITELLE cube or extracted spectrum (ORB HDF5 levels 1-3, FITS)."""
+    return _open_cube(path)
+
+
+@dataclass
+class FitResult:
+    """Maps of a fit, FITS-ordered ``[y, x]`` (``maps[name][y, x]`` belongs to cube pixel
+    ``(x0 + x, y0 + y)``), with units and the celestial WCS of the region."""
+
+    maps: dict[str, np.ndarray]
+    units: dict[str, str]
+    wcs: object
+    region: tuple[int, int, int, int]
+    plan: FitPlan = field(repr=False)
+    source: str = ""
+    is_single_spectrum: bool = False
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def status(self) -> np.ndarray:
+        return self.maps["STATUS"]
+
+    def summary(self) -> dict:
+        """JSON-ready result of the first pixel (single spectra)."""
+        return spectrum_summary(self.maps, self.plan)
+
+    def write(self, out_dir) -> Path:
+        """Write ``out_dir/maps.fits`` (and ``out_dir/fit.json`` for a single spectrum)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spec = self.plan.spec
+        extra = {
+            "ORIGIN": "lucijax",
+            "INPUT": Path(self.source).name[:60],
+            "MODEL": spec.shape,
+            "LINES": " ".join(spec.line_set.names)[:68],
+            "REDSHIFT": self.plan.redshift,
+            "REGION": "{}:{},{}:{}".format(*self.region),
+        }
+        write_maps_fits(out_dir / "maps.fits", self.maps, self.units, wcs2d=self.wcs, region=None, header_extra=extra)
+        if self.is_single_spectrum:
+            with open(out_dir / "fit.json", "w") as fh:
+                json.dump(self.summary(), fh, indent=2)
+        return out_dir
+
+
+def fit_cube(
+    cube,
+    lines=None,
+    *,
+    model: str = "sincgauss",
+    region=None,
+    redshift: float = 0.0,
+    window=None,
+    sky_lines=None,
+    groups=None,
+    tie_nii: bool = True,
+    tie_oiii: bool = False,
+    continuum_order: int = 0,
+    settings: FitSettings | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> FitResult:
+    """Fit emission lines in every pixel of a region of a SITELLE cube.
+
+    Parameters
+    ----------
+    cube : str, Path or SpectralCube
+        ORB HDF5 cube (levels 1-3), FITS cube or ORB extracted spectrum.
+    lines : list of str
+        Line names ('Halpha', 'NII6583', 'NII6548', 'SII6716', 'SII6731', ...) or user
+        lines 'NAME=air_nm'.
+    model : {'sincgauss', 'sinc', 'gaussian'}
+    region : (x0, x1, y0, y1) or 'x0:x1,y0:y1', optional
+        Pixel box (0-based, end excluded); default the whole cube.
+    redshift : float
+        The axis is de-redshifted by (1 + z); velocities are residuals.
+    window : (smin, smax) or 'SMIN:SMAX', optional
+        Fit window in observed cm^-1; default the filter band.
+    sky_lines : path, optional
+        ORB sky line list: fit every line in the band with one shared velocity.
+    groups : list of int, optional
+        Kinematic group of each line (default: one velocity and broadening for all).
+    tie_nii, tie_oiii : bool
+        3:1 flux ratio of [NII]6583/6548 (default on) and [OIII]5007/4959 (default off).
+    continuum_order : int
+        Degree of the continuum polynomial.
+    settings : FitSettings
+        Iterations, velocity and broadening ranges.
+    batch_size : int
+        Spectra per compiled batch.
+
+    Returns
+    -------
+    FitResult
+    """
+    own = not hasattr(cube, "read_spectra")
+    cube_obj = _open_cube(cube) if own else cube
+    try:
+        if isinstance(region, str):
+            region = parse_region(region)
+        if isinstance(window, str):
+            window = parse_window(window)
+        nx, ny, _ = cube_obj.shape
+        region = tuple(region) if region is not None else (0, nx, 0, ny)
+        plan = plan_fit(
+            cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
+            groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order, settings=settings,
+        )
+        raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress)
+        maps, units = build_maps(raw, plan)
+        wcs = region_wcs(cube_obj.header.wcs, region) if cube_obj.header.wcs is not None else None
+        return FitResult(maps, units, wcs, region, plan, str(getattr(cube_obj, "path", "")),
+                         bool(cube_obj.is_single_spectrum), raw)
+    finally:
+        if own:
+            cube_obj.close()
+
+
+def fit_spectrum(path, lines=None, **kwargs) -> dict:
+    """Fit one extracted spectrum; returns the JSON-ready summary (see ``fit.json``)."""
+    return fit_cube(path, lines, batch_size=kwargs.pop("batch_size", 8), **kwargs).summary()
+
+
+__all__ = ["open_cube", "fit_cube", "fit_spectrum", "FitResult", "FitSettings", "Status"]

@@ -1,0 +1,1 @@
+"""Fitting: per-spectrum MAP fit (``map``), and the cube driver (``cube``)."""

@@ -1,0 +1,196 @@
+"""The cube driver: the only place that knows about chunks, padding and progress.
+
+``plan_fit`` turns a cube header and the user's choices (lines, model, window, redshift)
+into a :class:`FitPlan` (the static line model on the fit window, the jitted batch
+fitter); ``fit_region`` streams pixel blocks from the file, fits them in fixed-size
+batches (one compilation) and assembles per-pixel arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lucijax import instrument
+from lucijax.fit.map import FitSettings, PixelFit, Status, make_batch_fitter, start_templates
+from lucijax.lines import LineSet, make_line_set, sky_line_set
+from lucijax.model import LineModel, ModelSpec, SpectralGrid
+
+log = logging.getLogger(__name__)
+
+
+class LineOutsideWindowError(ValueError):
+    """A requested line cannot be observed inside the fit window."""
+
+
+@dataclass
+class FitPlan:
+    """Everything static about a fit of one cube: built once, used for every chunk."""
+
+    spec: ModelSpec
+    settings: FitSettings
+    window: np.ndarray  # channel indices of the fit window
+    grid: SpectralGrid
+    model: LineModel
+    redshift: float
+    fitter: object
+    flux_unit: str
+
+    @property
+    def line_set(self) -> LineSet:
+        return self.spec.line_set
+
+
+def parse_region(text: str) -> tuple[int, int, int, int]:
+    """'x0:x1,y0:y1' -> (x0, x1, y0, y1), 0-based, half-open (numpy slices)."""
+    try:
+        xs, ys = text.split(",")
+        x0, x1 = (int(v) for v in xs.split(":"))
+        y0, y1 = (int(v) for v in ys.split(":"))
+    except ValueError as err:
+        raise ValueError(f"cannot read region '{text}': expected x0:x1,y0:y1 (pixels, 0-based, end excluded)") from err
+    return x0, x1, y0, y1
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """'SMIN:SMAX' (cm^-1) -> (smin, smax)."""
+    try:
+        smin, smax = (float(v) for v in text.split(":"))
+    except ValueError as err:
+        raise ValueError(f"cannot read window '{text}': expected SMIN:SMAX in cm-1, e.g. 14700:15400") from err
+    if not smin < smax:
+        raise ValueError(f"window '{text}': SMIN must be smaller than SMAX")
+    return smin, smax
+
+
+def pixel_fwhm_cm1(header, calib_map=None) -> np.ndarray | float:
+    """Instrumental sinc FWHM of pixels: from the calibration laser map when there is one,
+    else from the spectrum's own ``calib_coeff_orig``, else from ``axis_corr``."""
+    if calib_map is not None:
+        corr = instrument.corr_from_calib(calib_map, header.nm_laser)
+    elif header.calib_coeff_orig is not None:
+        corr = header.calib_coeff_orig
+    else:
+        corr = header.axis_corr
+    return instrument.sinc_fwhm_cm1(header.step_nm, header.step_nb, header.zpd_index, corr)
+
+
+def fit_window_channels(header, window_cm1=None) -> np.ndarray:
+    """Channel indices inside the fit window (default: the filter band)."""
+    axis = header.axis_cm1
+    if window_cm1 is None:
+        if header.filter_name is None:
+            log.warning("no filter name in the header: fitting the whole spectral axis")
+            lo, hi = axis[0], axis[-1]
+        else:
+            lo, hi = instrument.get_filter(header.filter_name).band_cm1
+    else:
+        lo, hi = window_cm1
+    idx = np.nonzero((axis >= lo) & (axis <= hi))[0]
+    if idx.size < 10:
+        raise ValueError(f"the fit window {lo:.1f}-{hi:.1f} cm-1 holds {idx.size} channels of the cube's axis "
+                         f"({axis[0]:.1f}-{axis[-1]:.1f} cm-1): widen it")
+    return idx
+
+
+def plan_fit(
+    header,
+    lines=None,
+    *,
+    model: str = "sincgauss",
+    redshift: float = 0.0,
+    window_cm1=None,
+    sky_lines=None,
+    groups=None,
+    tie_nii: bool = True,
+    tie_oiii: bool = False,
+    continuum_order: int = 0,
+    settings: FitSettings | None = None,
+) -> FitPlan:
+    """Build the :class:`FitPlan` of a cube (see :func:`lucijax.fit_cube` for parameters)."""
+    settings = settings or FitSettings()
+    window = fit_window_channels(header, window_cm1)
+    axis_obs = header.axis_cm1[window]
+    typical_fwhm = float(np.median(np.atleast_1d(pixel_fwhm_cm1(header))))
+    if sky_lines is not None:
+        line_set = sky_line_set(sky_lines, (axis_obs[0] * (1 + redshift), axis_obs[-1] * (1 + redshift)), typical_fwhm * (1 + redshift))
+    else:
+        if not lines:
+            raise ValueError("no lines to fit: give --lines (e.g. Halpha NII6583 NII6548) or --sky-lines FILE")
+        line_set = make_line_set(lines, groups, tie_nii=tie_nii, tie_oiii=tie_oiii)
+    # every line must be observable inside the window over the velocity range
+    lo_obs, hi_obs = axis_obs[0], axis_obs[-1]
+    for name, rest_nm in zip(line_set.names, line_set.rest_nm):
+        pos = 1e7 / rest_nm / (1 + redshift)
+        if not lo_obs < pos < hi_obs:
+            raise LineOutsideWindowError(
+                f"line {name} ({rest_nm} nm, expected at {pos:.1f} cm-1 for redshift {redshift}) falls outside "
+                f"the fit window {lo_obs:.1f}-{hi_obs:.1f} cm-1"
+                + (f" of filter {header.filter_name}" if header.filter_name and window_cm1 is None else "")
+            )
+    spec = ModelSpec(line_set, model, continuum_order)
+    axis_rest = axis_obs * (1.0 + redshift)
+    ref = float(np.mean(axis_rest))
+    grid = SpectralGrid(axis_rest - ref, ref, redshift)
+    lm = LineModel(spec, grid)
+    templates, velocities = start_templates(lm, typical_fwhm * (1 + redshift), settings)
+    fitter = make_batch_fitter(lm, settings, templates, velocities)
+    return FitPlan(spec, settings, window, grid, lm, float(redshift), fitter, header.flux_unit)
+
+
+def _blocks(region, block):
+    x0, x1, y0, y1 = region
+    for bx in range(x0, x1, block):
+        for by in range(y0, y1, block):
+            yield bx, min(bx + block, x1), by, min(by + block, y1)
+
+
+def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block: int = 64, progress: bool = True,
+               priors=None) -> dict[str, np.ndarray]:
+    """Fit every pixel of ``region`` (x0, x1, y0, y1) of ``cube``.
+
+    Returns the :class:`PixelFit` fields as numpy arrays indexed ``[x - x0, y - y0, ...]``
+    plus ``fwhm_cm1``. Pixels are read in ``block`` x ``block`` slabs and fitted in batches
+    of ``batch_size`` (the last one padded with NaN spectra), so every batch reuses one
+    compiled program and results do not depend on the chunking.
+    """
+    nx, ny, _ = cube.shape
+    region = region or (0, nx, 0, ny)
+    x0, x1, y0, y1 = region
+    if not (0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny):
+        raise ValueError(f"region x {x0}:{x1}, y {y0}:{y1} is not inside the cube ({nx} x {ny} pixels)")
+    n_pix = (x1 - x0) * (y1 - y0)
+    out: dict[str, np.ndarray] = {}
+    bar = tqdm(total=n_pix, unit="spectra", desc="fitting", disable=not progress or n_pix < 2 * batch_size, smoothing=0.1)
+    for bx0, bx1, by0, by1 in _blocks(region, block):
+        spectra = cube.read_spectra(bx0, bx1, by0, by1)[..., plan.window]
+        calib = cube.read_calib_map(bx0, bx1, by0, by1)
+        fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, calib), spectra.shape[:2])
+        flat = spectra.reshape(-1, spectra.shape[-1])
+        fwhm_flat = np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift)
+        results = []
+        for i in range(0, flat.shape[0], batch_size):
+            y = flat[i : i + batch_size]
+            f = fwhm_flat[i : i + batch_size]
+            n = y.shape[0]
+            if n < batch_size:  # pad: same compiled shape for every batch
+                y = np.concatenate([y, np.full((batch_size - n, y.shape[1]), np.nan, y.dtype)])
+                f = np.concatenate([f, np.full(batch_size - n, f[0] if f.size else 1.0)])
+            res = plan.fitter(y, f)
+            results.append(PixelFit(*(np.asarray(a)[:n] for a in res)))
+            bar.update(n)
+        merged = {k: np.concatenate([getattr(r, k) for r in results]) for k in PixelFit._fields}
+        merged["fwhm_cm1"] = fwhm_flat
+        for k, v in merged.items():
+            v = v.reshape((bx1 - bx0, by1 - by0) + v.shape[1:])
+            if k not in out:
+                out[k] = np.full((x1 - x0, y1 - y0) + v.shape[2:], np.nan if v.dtype.kind == "f" else 0, v.dtype)
+            out[k][bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0] = v
+    bar.close()
+    return out
+
+
+__all__ = ["FitPlan", "plan_fit", "fit_region", "parse_region", "parse_window", "Status", "LineOutsideWindowError"]

@@ -1,0 +1,272 @@
+"""Line catalogue and the description of the line set to fit.
+
+Rest wavelengths are **air** wavelengths in nm, the values of ORB's line table (Martin et
+al. 2015; ``orb.core.Lines``), which ORCS and LUCI share, so that velocities are
+comparable between the codes. A 0.002 nm error in a rest wavelength is a ~1 km/s bias:
+keep this the only table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: Air rest wavelengths (nm).
+LINE_CATALOGUE_NM: dict[str, float] = {
+    "Halpha": 656.2819,
+    "Hbeta": 486.1333,
+    "Hgamma": 434.0471,
+    "NII6548": 654.805,
+    "NII6583": 658.345,
+    "SII6716": 671.644,
+    "SII6731": 673.0816,
+    "OIII4959": 495.8911,
+    "OIII5007": 500.6843,
+    "OII3726": 372.603,
+    "OII3729": 372.882,
+    "HeI5876": 587.567,
+    "HeII4686": 468.57,
+    "OI6300": 630.0304,
+}
+
+#: Other spellings users type, mapped to the catalogue names.
+LINE_ALIASES: dict[str, str] = {
+    "HA": "Halpha",
+    "HALPHA": "Halpha",
+    "HB": "Hbeta",
+    "HBETA": "Hbeta",
+    "HG": "Hgamma",
+    "HGAMMA": "Hgamma",
+    "NII6584": "NII6583",
+    "NII6548": "NII6548",
+    "NII6549": "NII6548",
+    "SII6717": "SII6716",
+    "SII6731": "SII6731",
+    "SII6730": "SII6731",
+    "OIII5007": "OIII5007",
+    "OIII4959": "OIII4959",
+    "OII3727": "OII3726",
+    "OII3726": "OII3726",
+    "OII3729": "OII3729",
+}
+
+#: Flux ratios fixed by atomic physics: (dependent, primary, flux(dependent)/flux(primary)).
+NII_TIE = ("NII6548", "NII6583", 1.0 / 3.0)
+OIII_TIE = ("OIII4959", "OIII5007", 1.0 / 3.0)
+
+
+class UnknownLineError(ValueError):
+    """A line name that is not in the catalogue."""
+
+
+def canonical_line_name(name: str) -> str:
+    """Map a user-typed line name ('Ha', '[NII]6584', 'nii6583') to its catalogue name."""
+    if name in LINE_CATALOGUE_NM:
+        return name
+    key = re.sub(r"[\[\]\s_\-]", "", str(name)).upper()
+    for cat in LINE_CATALOGUE_NM:
+        if cat.upper() == key:
+            return cat
+    if key in LINE_ALIASES:
+        return LINE_ALIASES[key]
+    raise UnknownLineError(
+        f"unknown line '{name}'; known lines: {', '.join(LINE_CATALOGUE_NM)} "
+        "(or give a user line as NAME=WAVELENGTH_NM, e.g. 'ArIII7136=713.579')"
+    )
+
+
+def parse_line(spec: str) -> tuple[str, float]:
+    """Parse 'Halpha' or a user line 'NAME=air_wavelength_nm' into (name, air nm)."""
+    if "=" in spec:
+        name, _, wl = spec.partition("=")
+        try:
+            wavelength_nm = float(wl)
+        except ValueError as err:
+            raise UnknownLineError(f"cannot read the wavelength in line '{spec}' (NAME=NM)") from err
+        if not 100.0 < wavelength_nm < 2000.0:
+            raise UnknownLineError(f"line '{spec}': wavelength must be an air wavelength in nm")
+        return name.strip(), wavelength_nm
+    name = canonical_line_name(spec)
+    return name, LINE_CATALOGUE_NM[name]
+
+
+@dataclass(frozen=True)
+class LineSet:
+    """The lines to fit and how their parameters are shared.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Line names, in fit order.
+    rest_nm : tuple of float
+        Air rest wavelength of each line (nm).
+    groups : tuple of int
+        Kinematic group of each line (0..n_groups-1): lines of a group share one velocity
+        and one broadening.
+    ties : tuple of (int, int, float)
+        ``(dependent, primary, ratio)``: flux(dependent) = ratio * flux(primary); the
+        dependent line has no amplitude of its own.
+    """
+
+    names: tuple[str, ...]
+    rest_nm: tuple[float, ...]
+    groups: tuple[int, ...]
+    ties: tuple[tuple[int, int, float], ...] = field(default=())
+
+    def __post_init__(self):
+        n = len(self.names)
+        if n == 0:
+            raise ValueError("the line set is empty: give at least one line")
+        if len(self.rest_nm) != n or len(self.groups) != n:
+            raise ValueError("names, rest_nm and groups must have the same length")
+        if len(set(self.names)) != n:
+            raise ValueError(f"a line is listed twice: {list(self.names)}")
+        if sorted(set(self.groups)) != list(range(max(self.groups) + 1)):
+            raise ValueError(f"kinematic groups must be numbered 0..G-1, got {self.groups}")
+        dependents = [d for d, _, _ in self.ties]
+        if len(set(dependents)) != len(dependents):
+            raise ValueError("a line is tied twice")
+        for d, p, _ in self.ties:
+            if p in dependents:
+                raise ValueError(f"line {self.names[p]} is tied to another line and cannot be a primary")
+            if self.groups[d] != self.groups[p]:
+                raise ValueError(f"tied lines {self.names[d]} and {self.names[p]} must share a kinematic group")
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_groups(self) -> int:
+        return max(self.groups) + 1
+
+    @property
+    def rest_cm1(self) -> np.ndarray:
+        """Rest wavenumbers (cm^-1), float64."""
+        return 1e7 / np.asarray(self.rest_nm, dtype=np.float64)
+
+    @property
+    def primary_lines(self) -> tuple[int, ...]:
+        """Indices of the lines that own an amplitude parameter."""
+        dependents = {d for d, _, _ in self.ties}
+        return tuple(i for i in range(self.n_lines) if i not in dependents)
+
+    def amplitude_column(self) -> np.ndarray:
+        """For each line, the index of the amplitude column it contributes to."""
+        prim = self.primary_lines
+        col = np.empty(self.n_lines, dtype=np.int32)
+        for j, i in enumerate(prim):
+            col[i] = j
+        for d, p, _ in self.ties:
+            col[d] = prim.index(p)
+        return col
+
+    def flux_ratio(self) -> np.ndarray:
+        """For each line, flux(line)/flux(primary of its column) (1 for primaries)."""
+        ratio = np.ones(self.n_lines, dtype=np.float64)
+        for d, _, r in self.ties:
+            ratio[d] = r
+        return ratio
+
+
+def make_line_set(
+    lines,
+    groups=None,
+    *,
+    tie_nii: bool = True,
+    tie_oiii: bool = False,
+    extra_ties=(),
+) -> LineSet:
+    """Build a :class:`LineSet` from line names.
+
+    Parameters
+    ----------
+    lines : sequence of str
+        Catalogue names or aliases ('Halpha', 'NII6584', '[SII]6717') or user lines
+        'NAME=air_nm'.
+    groups : sequence of int, optional
+        Kinematic group of each line. Default: all lines share one velocity and broadening.
+    tie_nii, tie_oiii : bool
+        Fix flux([NII]6548) = flux([NII]6583)/3 and flux([OIII]4959) = flux([OIII]5007)/3
+        when both lines of the doublet are fitted in the same group.
+    extra_ties : sequence of (dependent_name, primary_name, ratio)
+        More flux ties.
+    """
+    parsed = [parse_line(s) for s in lines]
+    names = tuple(n for n, _ in parsed)
+    rest = tuple(w for _, w in parsed)
+    if groups is None:
+        groups = (0,) * len(names)
+    groups = tuple(int(g) for g in groups)
+    if len(groups) != len(names):
+        raise ValueError(f"{len(groups)} kinematic groups given for {len(names)} lines")
+    index = {n: i for i, n in enumerate(names)}
+    ties = []
+    wanted = ([NII_TIE] if tie_nii else []) + ([OIII_TIE] if tie_oiii else []) + list(extra_ties)
+    for dep, prim, ratio in wanted:
+        if dep in index and prim in index and groups[index[dep]] == groups[index[prim]]:
+            ties.append((index[dep], index[prim], float(ratio)))
+    return LineSet(names, rest, groups, tuple(ties))
+
+
+def read_sky_lines(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an ORB sky line list: columns index, air wavelength (Angstrom), intensity.
+
+    Returns (air wavelengths in nm, relative intensities). Lines starting with '#' are
+    comments.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"sky line list '{path}' does not exist")
+    rows = []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        cols = line.split()
+        try:
+            rows.append((float(cols[1]) / 10.0, float(cols[2])))
+        except (IndexError, ValueError) as err:
+            raise ValueError(f"{path}:{k}: expected 'index wavelength_A intensity', got '{line}'") from err
+    if not rows:
+        raise ValueError(f"{path}: no lines found")
+    arr = np.asarray(rows)
+    return arr[:, 0], arr[:, 1]
+
+
+def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_fwhm: float = 0.5) -> LineSet:
+    """All lines of a sky line list inside ``band_cm1``, sharing one velocity.
+
+    Lines closer than ``blend_fwhm`` x the instrumental FWHM cannot be separated: each such
+    blend gets one amplitude, its members tied in the ratio of their catalogue intensities.
+    """
+    wl_nm, intensity = read_sky_lines(path)
+    sigma = 1e7 / wl_nm
+    inside = (sigma > band_cm1[0]) & (sigma < band_cm1[1])
+    if not inside.any():
+        raise ValueError(f"{path}: no sky line falls inside {band_cm1[0]:.1f}-{band_cm1[1]:.1f} cm-1")
+    order = np.argsort(sigma[inside])
+    sigma, wl_nm, intensity = sigma[inside][order], wl_nm[inside][order], intensity[inside][order]
+    names = tuple(f"SKY{10 * w:.2f}" for w in wl_nm)
+    ties = []
+    primary = 0
+    for i in range(1, len(sigma)):
+        if sigma[i] - sigma[i - 1] < blend_fwhm * fwhm_cm1:
+            # same blend as line i-1: tie to the blend's brightest line so far
+            ties.append((i, primary, float(intensity[i] / intensity[primary])))
+        else:
+            primary = i
+    # re-root each blend on its brightest member so ratios stay well scaled
+    blends: dict[int, list[int]] = {}
+    for d, p, _ in ties:
+        blends.setdefault(p, [p]).append(d)
+    final_ties = []
+    for members in blends.values():
+        brightest = max(members, key=lambda j: intensity[j])
+        for j in members:
+            if j != brightest:
+                final_ties.append((j, brightest, float(intensity[j] / intensity[brightest])))
+    return LineSet(names, tuple(float(w) for w in wl_nm), (0,) * len(names), tuple(final_ties))
