@@ -43,6 +43,18 @@ class FitResult:
         """JSON-ready result of the first pixel (single spectra)."""
         return spectrum_summary(self.maps, self.plan)
 
+    def model_spectrum(self, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+        """(observed axis cm^-1, fitted model) of map pixel ``[y, x]`` on the fit window."""
+        import jax.numpy as jnp
+
+        plan = self.plan
+        raw_v = self.raw["velocity_kms"][x, y]
+        theta = np.concatenate([raw_v, self.raw["broadening_kms"][x, y]]) if plan.spec.has_broadening else raw_v
+        fwhm = self.raw["fwhm_cm1"][x, y]
+        model = plan.model.spectrum(jnp.asarray(theta, jnp.float32), jnp.asarray(self.raw["linear"][x, y], jnp.float32), jnp.float32(fwhm))
+        axis_obs = (plan.grid.axis_rel_cm1 + plan.grid.ref_cm1) / (1.0 + plan.redshift)
+        return axis_obs, np.asarray(model)
+
     def write(self, out_dir) -> Path:
         """Write ``out_dir/maps.fits`` (and ``out_dir/fit.json`` for a single spectrum)."""
         out_dir = Path(out_dir)

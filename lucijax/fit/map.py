@@ -103,6 +103,7 @@ class PixelFit(NamedTuple):
     snr: jax.Array  # brightest line amplitude / noise
     status: jax.Array  # int32
     start_velocity_kms: jax.Array  # (G,)
+    linear: jax.Array  # (K,) column amplitudes then continuum coefficients
 
 
 # ------------------------------------------------------------------------ the start
@@ -335,6 +336,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         snr=out(jnp.max(amplitude) / noise),
         status=status,
         start_velocity_kms=out(theta_start[:G]),
+        linear=out(alpha, scale),
     )
 
 

@@ -1,0 +1,159 @@
+"""Command line: ``lucijax fit``, ``lucijax demo``, ``lucijax plot``. Thin: parse, call the
+library, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+STATUS_HELP = "STATUS: 0 converged, 1 invalid input, 2 not converged, 3 at a bound, 4 unresolved (broadening 0), 5 singular"
+
+
+def _settings(args):
+    from lucijax.fit.map import FitSettings
+
+    vmin, vmax = (float(v) for v in args.velocity_range.split(":"))
+    bmin, bmax = (float(v) for v in args.broadening_range.split(":"))
+    return FitSettings(n_iter=args.iterations, velocity_range_kms=(vmin, vmax), broadening_range_kms=(bmin, bmax))
+
+
+def _print_summary(result, elapsed: float):
+    import numpy as np
+
+    maps = result.maps
+    status = maps["STATUS"]
+    n = status.size
+    first = result.plan.line_set.names[0].upper()
+    ok = status == 0
+    print(f"fitted {n} spectra in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} spectra/s, compilation included)")
+    counts = {int(k): int(v) for k, v in zip(*np.unique(status, return_counts=True))}
+    print(f"status counts {counts}   ({STATUS_HELP})")
+    if ok.any():
+        v = maps[f"{first}_VELOCITY"][ok]
+        ve = maps[f"{first}_VELOCITY_ERR"][ok]
+        chi2 = maps["CHI2"][ok]
+        print(f"{first} velocity: median {np.nanmedian(v):.2f} km/s, median error {np.nanmedian(ve):.2f} km/s; "
+              f"median reduced chi2 {np.nanmedian(chi2):.3f}")
+
+
+def cmd_fit(args) -> int:
+    import lucijax
+
+    t0 = time.time()
+    result = lucijax.fit_cube(
+        args.input,
+        args.lines,
+        model=args.model,
+        region=args.region,
+        redshift=args.redshift,
+        window=args.window,
+        sky_lines=args.sky_lines,
+        groups=args.groups,
+        tie_nii=not args.no_nii_tie,
+        tie_oiii=args.oiii_tie,
+        continuum_order=args.continuum_order,
+        settings=_settings(args),
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    elapsed = time.time() - t0
+    out = result.write(args.out)
+    if result.is_single_spectrum:
+        summary = result.summary()
+        print(json.dumps({k: summary[k] for k in ("velocity", "velocity_err", "broadening", "broadening_err", "chi2", "status")}))
+        for name, vals in summary["lines"].items():
+            print(f"  {name:>14s}: flux {vals['flux']:.4g} +- {vals['flux_err']:.2g} {summary['flux_unit']}"
+                  if vals["flux"] is not None else f"  {name:>14s}: NaN")
+        print(f"wrote {out / 'maps.fits'} and {out / 'fit.json'}")
+    else:
+        _print_summary(result, elapsed)
+        print(f"wrote {out / 'maps.fits'}")
+    if args.plot:
+        from lucijax.plots import plot_maps
+
+        first = result.plan.line_set.names[0].upper()
+        names = [f"{first}_FLUX", f"{first}_VELOCITY", f"{first}_BROADENING", f"{first}_VELOCITY_ERR", "CHI2", "STATUS"]
+        plot_maps(result.maps, names, result.wcs, result.units, path=out / "maps.png")
+        print(f"wrote {out / 'maps.png'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from lucijax.demo import run_demo
+
+    return run_demo(Path(args.out), size=args.size, progress=not args.quiet)
+
+
+def cmd_plot(args) -> int:
+    from lucijax.io import read_map_units, read_map_wcs, read_maps_fits
+    from lucijax.plots import plot_maps
+
+    maps = read_maps_fits(args.maps)
+    names = args.names or [n for n in maps if n.endswith(("_FLUX", "_VELOCITY"))][:4] + ["CHI2", "STATUS"]
+    out = Path(args.output or Path(args.maps).with_suffix(".png"))
+    plot_maps(maps, names, read_map_wcs(args.maps, names[0]), read_map_units(args.maps), path=out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lucijax", description="Fit emission lines in every pixel of a SITELLE cube (JAX).")
+    p.add_argument("--verbose", "-v", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="fit a cube (ORB HDF5 levels 1-3, FITS) or an extracted spectrum")
+    f.add_argument("input", help="cube or spectrum file")
+    f.add_argument("--lines", nargs="+", help="line names (Halpha NII6583 NII6548 SII6716 SII6731 ...) or NAME=air_nm")
+    f.add_argument("--sky-lines", help="ORB sky line list: fit every line of it in the band with one velocity")
+    f.add_argument("--model", default="sincgauss", choices=["sincgauss", "sinc", "gaussian"])
+    f.add_argument("--out", default="lucijax_out", help="output folder (maps.fits, fit.json)")
+    f.add_argument("--redshift", type=float, default=0.0)
+    f.add_argument("--region", help="pixel box x0:x1,y0:y1 (0-based, end excluded)")
+    f.add_argument("--window", help="fit window SMIN:SMAX in cm-1 (default: the filter band)")
+    f.add_argument("--groups", nargs="+", type=int, help="kinematic group of each line (default: all share one)")
+    f.add_argument("--no-nii-tie", action="store_true", help="free the [NII]6583/6548 flux ratio (default: 3)")
+    f.add_argument("--oiii-tie", action="store_true", help="fix [OIII]5007/4959 = 3 in flux")
+    f.add_argument("--continuum-order", type=int, default=0, help="degree of the continuum polynomial")
+    f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
+    f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
+    f.add_argument("--iterations", type=int, default=10, help="Levenberg-Marquardt iterations")
+    f.add_argument("--batch-size", type=int, default=256, help="spectra per compiled batch")
+    f.add_argument("--plot", action="store_true", help="also write maps.png")
+    f.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_fit)
+
+    d = sub.add_parser("demo", help="simulate a small SN3 cube, fit it, write maps and a figure")
+    d.add_argument("--out", default="lucijax_demo", help="output folder")
+    d.add_argument("--size", type=int, default=48, help="cube side in pixels")
+    d.add_argument("--quiet", "-q", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    pl = sub.add_parser("plot", help="plot maps of a maps.fits file")
+    pl.add_argument("maps", help="maps.fits written by lucijax fit")
+    pl.add_argument("--names", nargs="+", help="EXTNAMEs to plot")
+    pl.add_argument("--output", "-o", help="PNG file (default: next to maps.fits)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    warnings.filterwarnings("ignore", message=".*JAXopt is no longer maintained.*")
+    from lucijax.io import MissingHeaderError
+    from lucijax.lines import UnknownLineError
+
+    try:
+        return args.func(args)
+    except (UnknownLineError, MissingHeaderError, FileNotFoundError, ValueError) as err:
+        print(f"lucijax: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Figures: maps on the sky (WCSAxes) and a spectrum with its model and residuals."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg") if matplotlib.get_backend().lower() in ("", "agg") else None
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _robust_limits(img, lo=2.0, hi=98.0):
+    finite = np.isfinite(img)
+    if not finite.any():
+        return 0.0, 1.0
+    vmin, vmax = np.percentile(img[finite], [lo, hi])
+    return (vmin, vmax) if vmax > vmin else (vmin - 1, vmin + 1)
+
+
+def plot_maps(maps: dict, names, wcs=None, units: dict | None = None, path=None, ncols: int = 3, title: str | None = None):
+    """A grid of maps (FITS-ordered [y, x]) with sky axes when a celestial WCS is given.
+
+    Returns the matplotlib Figure; saves it to ``path`` when given.
+    """
+    names = [n for n in names if n in maps]
+    ncols = min(ncols, len(names))
+    nrows = int(np.ceil(len(names) / ncols))
+    fig = plt.figure(figsize=(4.6 * ncols, 4.0 * nrows))
+    for k, name in enumerate(names):
+        img = np.asarray(maps[name], dtype=float)
+        kw = {"projection": wcs} if wcs is not None else {}
+        ax = fig.add_subplot(nrows, ncols, k + 1, **kw)
+        cmap = "RdBu_r" if "VELOCITY" in name and not name.endswith("ERR") else "viridis"
+        if name == "STATUS":
+            cmap = "tab10"
+            vmin, vmax = -0.5, 9.5
+        elif cmap == "RdBu_r":
+            med = np.nanmedian(img) if np.isfinite(img).any() else 0.0
+            half = max(abs(_robust_limits(img)[0] - med), abs(_robust_limits(img)[1] - med), 1e-6)
+            vmin, vmax = med - half, med + half
+        else:
+            vmin, vmax = _robust_limits(img)
+        im = ax.imshow(img, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        unit = (units or {}).get(name, "")
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cb.set_label(unit)
+        ax.set_title(name, fontsize=10)
+        if wcs is not None:
+            ax.coords[0].set_axislabel("RA")
+            ax.coords[1].set_axislabel("Dec")
+        else:
+            ax.set_xlabel("x (pixel)")
+            ax.set_ylabel("y (pixel)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_spectrum_fit(axis_cm1, spectrum, model, *, lines=None, unit: str = "", path=None, title: str | None = None):
+    """Spectrum, model and residuals of one pixel. ``lines``: {name: position cm^-1}."""
+    fig, (ax, axr) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot(axis_cm1, spectrum, color="0.3", lw=0.9, label="data")
+    ax.plot(axis_cm1, model, color="C3", lw=1.2, label="model")
+    for name, pos in (lines or {}).items():
+        ax.axvline(pos, color="C0", lw=0.6, ls=":")
+        ax.text(pos, ax.get_ylim()[1], name, rotation=90, va="top", ha="right", fontsize=7, color="C0")
+    axr.plot(axis_cm1, np.asarray(spectrum) - np.asarray(model), color="0.3", lw=0.8)
+    axr.axhline(0, color="C3", lw=0.8)
+    ax.set_ylabel(f"flux ({unit})" if unit else "flux")
+    axr.set_ylabel("residual")
+    axr.set_xlabel("wavenumber (cm$^{-1}$)")
+    ax.legend(loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
