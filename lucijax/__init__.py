@@ -17,6 +17,26 @@ import jax as _jax
 _jax.config.update("jax_enable_x64", False)
 
 
+def _enable_compilation_cache():
+    """Keep compiled fits on disk (``$LUCIJAX_CACHE_DIR``, default ~/.cache/lucijax/jax) so a
+    second run with the same line set, model and batch shape skips compilation. Set
+    ``LUCIJAX_CACHE_DIR=off`` to disable."""
+    import os
+
+    path = os.environ.get("LUCIJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lucijax", "jax"))
+    if path.lower() in ("off", "none", "0", ""):
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        _jax.config.update("jax_compilation_cache_dir", path)
+        _jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    except (OSError, AttributeError):  # read-only home, old jax: run without the cache
+        pass
+
+
+_enable_compilation_cache()
+
+
 def __getattr__(name):  # lazy: importing lucijax stays cheap, the API loads on first use
     if name in ("fit_cube", "fit_spectrum", "open_cube", "FitResult"):
         from lucijax import api

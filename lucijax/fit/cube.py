@@ -163,6 +163,7 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
     if not (0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny):
         raise ValueError(f"region x {x0}:{x1}, y {y0}:{y1} is not inside the cube ({nx} x {ny} pixels)")
     n_pix = (x1 - x0) * (y1 - y0)
+    batch_size = max(1, min(int(batch_size), n_pix))  # one spectrum is not padded to 256
     out: dict[str, np.ndarray] = {}
     bar = tqdm(total=n_pix, unit="spectra", desc="fitting", disable=not progress or n_pix < 2 * batch_size, smoothing=0.1)
     for bx0, bx1, by0, by1 in _blocks(region, block):
