@@ -271,11 +271,12 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     chi2_red = jnp.sum(resid**2) / noise_s**2 / jnp.maximum(n_valid - P - K, 1.0)
 
     # -- Laplace approximation: Fisher matrix of all parameters (v, b, alpha)
-    def full_model(p):
-        return model.spectrum(p[:P], p[P:], fwhm) * mask
+    def model_of_theta(th):
+        return model.spectrum(th, alpha, fwhm) * mask
 
     p_hat = jnp.concatenate([theta, alpha])
-    jfull = jax.jacfwd(full_model)(p_hat)
+    # d model / d alpha is the design matrix itself: forward-mode only for (v, b)
+    jfull = jnp.concatenate([jax.jacfwd(model_of_theta)(theta), model.design_matrix(theta, fwhm) * mask[:, None]], axis=1)
     fisher = jfull.T @ jfull / noise_s**2
     vel_at_bound = (theta[:G] <= theta_lo[:G] + 1e-3) | (theta[:G] >= theta_hi[:G] - 1e-3)
     if has_b:
