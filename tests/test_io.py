@@ -479,7 +479,7 @@ def test_synthetic_spectrum_consistent_axis(tmp_path):
     cube.close()
 
 
-def test_synthetic_spectrum_inconsistent_axis_uses_stored_axis(tmp_path):
+def test_synthetic_spectrum_inconsistent_axis_uses_attribute_axis(tmp_path):
     n = 40
     attrs = base_attrs(n)  # cube base axis, corr = AXIS_CORR
     calib_coeff = 1.0545498170176162
@@ -487,12 +487,10 @@ def test_synthetic_spectrum_inconsistent_axis_uses_stored_axis(tmp_path):
     axis = 1e7 * ORDER / (2 * STEP) * calib_coeff + np.arange(n) * 1e7 / (2 * STEP * n) * calib_coeff
     p = tmp_path / "spec2.hdf5"
     _write_spectrum(p, n, attrs, axis)
-    with pytest.warns(UserWarning, match="stored axis is used"):
+    with pytest.warns(UserWarning, match="attribute axis is used"):
         cube = open_cube(p)
-    np.testing.assert_allclose(cube.header.axis_cm1, axis, rtol=0, atol=1e-9)
-    assert cube.header.axis_corr == calib_coeff
-    assert cube.header.attrs["axis_corr"] == AXIS_CORR  # raw attributes untouched
-    np.testing.assert_allclose(cube.read_calib_map(0, 1, 0, 1), [[calib_coeff * 543.5]])
+    np.testing.assert_allclose(cube.header.axis_cm1, attrs["axis_min"] + np.arange(n) * attrs["axis_step"], rtol=0, atol=1e-9)
+    assert cube.header.axis_corr == AXIS_CORR
 
 
 # ---------------------------------------------------------------------------
@@ -626,7 +624,7 @@ def test_real_m57_spectrum():
 
 def test_real_sky_spectrum():
     _need(SKY0)
-    with pytest.warns(UserWarning, match="stored axis is used"):
+    with pytest.warns(UserWarning, match="attribute axis is used"):
         cube = open_cube(SKY0)
     with cube:
         h = cube.header
@@ -638,10 +636,11 @@ def test_real_sky_spectrum():
         assert h.flux_unit == FLUX_UNIT
         with h5py.File(SKY0, "r") as f:
             stored_axis = f["axis"][()]
-        # the data live on the stored axis (calib_coeff), not on the parent cube's base axis
-        np.testing.assert_allclose(h.axis_cm1, stored_axis, rtol=0, atol=1e-6)
-        assert h.axis_corr == pytest.approx(1.0545498170176162, rel=1e-12)
-        assert h.attrs["axis_step"] == 2.0983247457061225
+        # the data lie on the cube's axis (attributes), not on the stored calib_coeff axis
+        assert np.max(np.abs(h.axis_cm1 - stored_axis)) > 100.0
+        assert h.axis_cm1[0] == pytest.approx(14100.74229114844) and h.axis_step_cm1 == pytest.approx(2.0983247457061225)
+        assert h.axis_corr == pytest.approx(1.0374712062298759, rel=1e-12)
+        np.testing.assert_allclose(cube.read_calib_map(0, 1, 0, 1), [[1.0545498170176162 * 543.5]])
         s = cube.read_spectra(0, 1, 0, 1)
         assert s.shape == (1, 1, 840)
 
