@@ -91,6 +91,8 @@ def fit_cube(
     settings: FitSettings | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    checkpoint_dir=None,
+    devices=None,
 ) -> FitResult:
     """Fit emission lines in every pixel of a region of a SITELLE cube.
 
@@ -120,6 +122,11 @@ def fit_cube(
         Iterations, velocity and broadening ranges.
     batch_size : int
         Spectra per compiled batch.
+    checkpoint_dir : path, optional
+        Keep each finished block of pixels there; rerunning the same fit after a crash
+        computes only the missing blocks.
+    devices : list of jax devices, optional
+        Devices to split batches over (default: every local device).
 
     Returns
     -------
@@ -138,7 +145,8 @@ def fit_cube(
             cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
             groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order, settings=settings,
         )
-        raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress)
+        raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress,
+                         checkpoint_dir=checkpoint_dir, devices=devices)
         maps, units = build_maps(raw, plan)
         wcs = region_wcs(cube_obj.header.wcs, region) if cube_obj.header.wcs is not None else None
         return FitResult(maps, units, wcs, region, plan, str(getattr(cube_obj, "path", "")),

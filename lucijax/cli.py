@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 import warnings
@@ -60,9 +61,12 @@ def cmd_fit(args) -> int:
         settings=_settings(args),
         batch_size=args.batch_size,
         progress=not args.quiet,
+        checkpoint_dir=None if args.no_checkpoint else Path(args.out) / "checkpoint",
     )
     elapsed = time.time() - t0
     out = result.write(args.out)
+    if not args.no_checkpoint and not args.keep_checkpoint:
+        shutil.rmtree(Path(args.out) / "checkpoint", ignore_errors=True)
     if result.is_single_spectrum:
         summary = result.summary()
         print(json.dumps({k: summary[k] for k in ("velocity", "velocity_err", "broadening", "broadening_err", "chi2", "status")}))
@@ -124,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--iterations", type=int, default=10, help="Levenberg-Marquardt iterations")
     f.add_argument("--batch-size", type=int, default=256, help="spectra per compiled batch")
     f.add_argument("--plot", action="store_true", help="also write maps.png")
+    f.add_argument("--no-checkpoint", action="store_true",
+                   help="do not keep finished blocks in OUT/checkpoint (by default a rerun after a crash resumes)")
+    f.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after success")
     f.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_fit)
 

@@ -8,8 +8,13 @@ batches (one compilation) and assembles per-pixel arrays.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -148,14 +153,76 @@ def _blocks(region, block):
             yield bx, min(bx + block, x1), by, min(by + block, y1)
 
 
+def _fingerprint(cube, plan: FitPlan, region, block: int) -> str:
+    """What makes block results reusable: the same file, region, blocks and fit."""
+    desc = json.dumps({
+        "file": os.path.abspath(getattr(cube, "path", "")),
+        "shape": list(cube.shape),
+        "region": list(region),
+        "block": block,
+        "spec": repr(plan.spec),
+        "settings": repr(plan.settings),
+        "window": [int(plan.window[0]), int(plan.window[-1]), int(plan.window.size)],
+        "redshift": plan.redshift,
+    }, sort_keys=True)
+    return hashlib.sha256(desc.encode()).hexdigest()[:16]
+
+
+class BlockCheckpoint:
+    """Results of finished blocks on disk, one ``.npz`` per block, written atomically, so a
+    run killed at any point and started again computes only the missing blocks."""
+
+    def __init__(self, folder, fingerprint: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp = self.folder / "fingerprint.txt"
+        if stamp.exists() and stamp.read_text().strip() != fingerprint:
+            stale = list(self.folder.glob("block_*.npz"))
+            log.warning("checkpoint folder %s holds results of another fit: %d stale blocks removed", folder, len(stale))
+            for f in stale:
+                f.unlink()
+        stamp.write_text(fingerprint)
+
+    def _path(self, bx0: int, by0: int) -> Path:
+        return self.folder / f"block_{bx0:05d}_{by0:05d}.npz"
+
+    def has(self, bx0: int, by0: int) -> bool:
+        return self._path(bx0, by0).exists()
+
+    def save(self, bx0: int, by0: int, arrays: dict) -> None:
+        final = self._path(bx0, by0)
+        tmp = final.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, final)
+
+    def load(self, bx0: int, by0: int) -> dict:
+        with np.load(self._path(bx0, by0)) as z:
+            return {k: z[k] for k in z.files}
+
+
+def batch_sharding(devices=None):
+    """A sharding that splits the pixel axis of a batch over ``devices`` (default: all
+    local devices); ``None`` for a single device."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = list(devices) if devices is not None else jax.local_devices()
+    if len(devices) < 2:
+        return None
+    return NamedSharding(Mesh(np.asarray(devices), ("pixels",)), PartitionSpec("pixels"))
+
+
 def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block: int = 64, progress: bool = True,
-               priors=None) -> dict[str, np.ndarray]:
+               checkpoint_dir=None, devices=None) -> dict[str, np.ndarray]:
     """Fit every pixel of ``region`` (x0, x1, y0, y1) of ``cube``.
 
     Returns the :class:`PixelFit` fields as numpy arrays indexed ``[x - x0, y - y0, ...]``
-    plus ``fwhm_cm1``. Pixels are read in ``block`` x ``block`` slabs and fitted in batches
-    of ``batch_size`` (the last one padded with NaN spectra), so every batch reuses one
-    compiled program and results do not depend on the chunking.
+    plus ``fwhm_cm1``. Pixels are read in ``block`` x ``block`` slabs (the next slab is read
+    while the current one computes) and fitted in batches of ``batch_size`` (the last one
+    padded with NaN spectra), so every batch reuses one compiled program. With
+    ``checkpoint_dir``, each finished block is saved there and a rerun of the same fit
+    computes only the missing blocks. Batches are split over ``devices`` (default: every
+    local device).
     """
     nx, ny, _ = cube.shape
     region = region or (0, nx, 0, ny)
@@ -163,34 +230,72 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
     if not (0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny):
         raise ValueError(f"region x {x0}:{x1}, y {y0}:{y1} is not inside the cube ({nx} x {ny} pixels)")
     n_pix = (x1 - x0) * (y1 - y0)
+    sharding = batch_sharding(devices)
+    n_dev = len(sharding.mesh.devices.flat) if sharding is not None else 1
     batch_size = max(1, min(int(batch_size), n_pix))  # one spectrum is not padded to 256
-    out: dict[str, np.ndarray] = {}
-    bar = tqdm(total=n_pix, unit="spectra", desc="fitting", disable=not progress or n_pix < 2 * batch_size, smoothing=0.1)
-    for bx0, bx1, by0, by1 in _blocks(region, block):
+    batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
+    ckpt = BlockCheckpoint(checkpoint_dir, _fingerprint(cube, plan, region, block)) if checkpoint_dir else None
+
+    blocks = list(_blocks(region, block))
+    todo = [b for b in blocks if ckpt is None or not ckpt.has(b[0], b[2])]
+    done_pix = n_pix - sum((b[1] - b[0]) * (b[3] - b[2]) for b in todo)
+    bar = tqdm(total=n_pix, initial=done_pix, unit="spectra", desc="fitting", smoothing=0.1,
+               disable=not progress or n_pix < 2 * batch_size)
+
+    def read(b):
+        bx0, bx1, by0, by1 = b
         spectra = cube.read_spectra(bx0, bx1, by0, by1)[..., plan.window]
         calib = cube.read_calib_map(bx0, bx1, by0, by1)
         fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, calib), spectra.shape[:2])
-        flat = spectra.reshape(-1, spectra.shape[-1])
-        fwhm_flat = np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift)
-        results = []
-        for i in range(0, flat.shape[0], batch_size):
+        return spectra.reshape(-1, spectra.shape[-1]), np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift)
+
+    def fit_block(flat, fwhm_flat):
+        pending = []
+        for i in range(0, flat.shape[0], batch_size):  # dispatch every batch, then gather
             y = flat[i : i + batch_size]
             f = fwhm_flat[i : i + batch_size]
             n = y.shape[0]
             if n < batch_size:  # pad: same compiled shape for every batch
                 y = np.concatenate([y, np.full((batch_size - n, y.shape[1]), np.nan, y.dtype)])
-                f = np.concatenate([f, np.full(batch_size - n, f[0] if f.size else 1.0)])
-            res = plan.fitter(y, f)
-            results.append(PixelFit(*(np.asarray(a)[:n] for a in res)))
+                f = np.concatenate([f, np.full(batch_size - n, f[0])])
+            if sharding is not None:
+                import jax
+
+                y, f = jax.device_put(y, sharding), jax.device_put(f, sharding)
+            pending.append((n, plan.fitter(y, f)))
+        results = []
+        for n, res in pending:
+            results.append({k: np.asarray(v)[:n] for k, v in zip(PixelFit._fields, res)})
             bar.update(n)
-        merged = {k: np.concatenate([getattr(r, k) for r in results]) for k in PixelFit._fields}
-        merged["fwhm_cm1"] = fwhm_flat
+        merged = {k: np.concatenate([r[k] for r in results]) for k in PixelFit._fields}
+        merged["fwhm_cm1"] = fwhm_flat.astype(np.float32)
+        return merged
+
+    out: dict[str, np.ndarray] = {}
+
+    def place(b, merged):
+        bx0, bx1, by0, by1 = b
         for k, v in merged.items():
             v = v.reshape((bx1 - bx0, by1 - by0) + v.shape[1:])
             if k not in out:
                 out[k] = np.full((x1 - x0, y1 - y0) + v.shape[2:], np.nan if v.dtype.kind == "f" else 0, v.dtype)
             out[k][bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0] = v
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        future = reader.submit(read, todo[0]) if todo else None
+        for i, b in enumerate(todo):
+            flat, fwhm_flat = future.result()
+            if i + 1 < len(todo):
+                future = reader.submit(read, todo[i + 1])  # overlaps with the fit below
+            merged = fit_block(flat, fwhm_flat)
+            if ckpt is not None:
+                ckpt.save(b[0], b[2], merged)
+            else:
+                place(b, merged)
     bar.close()
+    if ckpt is not None:
+        for b in blocks:
+            place(b, ckpt.load(b[0], b[2]))
     return out
 
 
