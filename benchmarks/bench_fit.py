@@ -130,6 +130,19 @@ def machine_info() -> dict:
     }
 
 
+def git_revision() -> str | None:
+    """Commit of the lucijax checkout (+ '-dirty' with uncommitted changes), if a git repo."""
+    try:
+        root = HERE.parent
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev + ("-dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def loadavg():
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -375,7 +388,7 @@ def main(argv=None) -> int:
     res["cube"] = {"path": cube_path, "shape": list(cube.data.shape), "make_write_seconds": ph.seconds,
                    "luci_attrs_added": added}
     res["versions"] = {"jax": jax.__version__, "jaxlib": getattr(__import__("jaxlib"), "__version__", None),
-                       "numpy": np.__version__, "lucijax": lucijax.__version__,
+                       "numpy": np.__version__, "lucijax": lucijax.__version__, "lucijax_git": git_revision(),
                        "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()]}
 
     # ---- lucijax
@@ -433,7 +446,7 @@ def print_report(res):
     print(f"command : {res['command']}")
     print(f"machine : {m['nproc']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}, {m['mem_gb']} GB; {m['platform']}")
     v = res["versions"]
-    print(f"versions: lucijax {v['lucijax']}, jax {v['jax']} ({v['jax_backend']}), numpy {v['numpy']}"
+    print(f"versions: lucijax {v['lucijax']} (git {v.get('lucijax_git')}), jax {v['jax']} ({v['jax_backend']}), numpy {v['numpy']}"
           + (f", LUCI {luci.get('luci_version')}" if luci else ""))
     print(f"cube    : {s}x{s} x {res['cube']['shape'][2]} ch synthetic SN3, 5 lines, sincgauss, seed "
           f"{res['args']['seed']}; jax persistent cache: {'on' if res['jax_cache'] else 'off'}")

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--continuum-order", type=int, default=0, help="degree of the continuum polynomial")
     f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
     f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
-    f.add_argument("--iterations", type=int, default=10, help="Levenberg-Marquardt iterations")
+    f.add_argument("--iterations", type=int, default=8, help="Levenberg-Marquardt iterations")
     f.add_argument("--batch-size", type=int, default=256, help="spectra per compiled batch")
     f.add_argument("--plot", action="store_true", help="also write maps.png")
     f.add_argument("--no-checkpoint", action="store_true",
