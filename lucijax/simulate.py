@@ -98,7 +98,9 @@ def render_spectra(line_set: LineSet, model: str, axis_cm1, fwhm_cm1, velocity_k
 
     ``velocity_kms``/``broadening_kms`` are (B, G), ``amplitudes`` (B, n_primary) peak
     amplitudes of the primary lines (tied lines follow their flux ratio), ``continuum``
-    (B,), ``fwhm_cm1`` (B,). Evaluated in float64 in float32 with positions relative to the band centre.
+    (B,), ``fwhm_cm1`` (B,). Evaluated by the fit's own line model (float32, positions
+    relative to the band centre); the line shapes themselves are tested against
+    brute-force convolutions.
     """
     spec = ModelSpec(line_set, model, 0)
     axis_rest = np.asarray(axis_cm1, np.float64) * (1.0 + redshift)
@@ -142,7 +144,8 @@ def make_cube(
     other lines get realistic ratios to the first line: [NII]6583/Halpha in 0.1-0.6 (flux),
     [NII]6548 = [NII]6583/3, [SII] lines 0.05-0.3 each. The calibration laser map varies
     smoothly by +-``calib_spread`` (relative) across the field, so each pixel has its own
-    instrumental FWHM.
+    instrumental FWHM. With ``redshift``, lines sit at ``rest * doppler(v) / (1 + z)`` and
+    the truth fluxes (``*_FLUX_CM1``) are in the observed frame.
     """
     rng = np.random.default_rng(seed)
     line_set = make_line_set(lines)
@@ -170,7 +173,8 @@ def make_cube(
         elif i > 0:
             flux_ratio[:, i] = rng.uniform(0.1, 0.5, n)
     amp_first = snr * noise
-    x0 = line_set.rest_cm1[None, :] * np.sqrt((1 - velocity[:, line_set.groups] / 299792.458) / (1 + velocity[:, line_set.groups] / 299792.458))
+    # observed line positions: residual velocity on top of the redshift
+    x0 = line_set.rest_cm1[None, :] * np.sqrt((1 - velocity[:, line_set.groups] / 299792.458) / (1 + velocity[:, line_set.groups] / 299792.458)) / (1.0 + redshift)
     sg = x0 * broadening[:, line_set.groups] / 299792.458
     from lucijax.lineshapes import get_model
 
@@ -181,9 +185,7 @@ def make_cube(
     amp_prim = flux[:, prim] / unit_flux[:, prim]
     continuum = rng.uniform(*continuum_snr, n) * noise
 
-    clean = render_spectra(line_set, model, axis, fwhm.reshape(n), velocity, broadening, amp_prim, continuum, redshift=0.0)
-    if redshift:
-        raise NotImplementedError("redshifted synthetic cubes: shift velocities instead")
+    clean = render_spectra(line_set, model, axis, fwhm.reshape(n), velocity, broadening, amp_prim, continuum, redshift=redshift)
     data = clean + rng.normal(0.0, noise, clean.shape)
     data = data.reshape(nx, ny, -1)
 
