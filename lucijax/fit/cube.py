@@ -200,16 +200,11 @@ class BlockCheckpoint:
             return {k: z[k] for k in z.files}
 
 
-def batch_sharding(devices=None):
-    """A sharding that splits the pixel axis of a batch over ``devices`` (default: all
-    local devices); ``None`` for a single device."""
+def fit_devices(devices=None) -> list:
+    """The devices batches are spread over (default: every local device)."""
     import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    devices = list(devices) if devices is not None else jax.local_devices()
-    if len(devices) < 2:
-        return None
-    return NamedSharding(Mesh(np.asarray(devices), ("pixels",)), PartitionSpec("pixels"))
+    return list(devices) if devices is not None else jax.local_devices()
 
 
 def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block: int = 64, progress: bool = True,
@@ -230,10 +225,8 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
     if not (0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny):
         raise ValueError(f"region x {x0}:{x1}, y {y0}:{y1} is not inside the cube ({nx} x {ny} pixels)")
     n_pix = (x1 - x0) * (y1 - y0)
-    sharding = batch_sharding(devices)
-    n_dev = len(sharding.mesh.devices.flat) if sharding is not None else 1
+    devs = fit_devices(devices)
     batch_size = max(1, min(int(batch_size), n_pix))  # one spectrum is not padded to 256
-    batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
     ckpt = BlockCheckpoint(checkpoint_dir, _fingerprint(cube, plan, region, block)) if checkpoint_dir else None
 
     blocks = list(_blocks(region, block))
@@ -258,10 +251,11 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
             if n < batch_size:  # pad: same compiled shape for every batch
                 y = np.concatenate([y, np.full((batch_size - n, y.shape[1]), np.nan, y.dtype)])
                 f = np.concatenate([f, np.full(batch_size - n, f[0])])
-            if sharding is not None:
+            if len(devs) > 1:  # round robin: every device runs the same compiled batch
                 import jax
 
-                y, f = jax.device_put(y, sharding), jax.device_put(f, sharding)
+                dev = devs[(i // batch_size) % len(devs)]
+                y, f = jax.device_put(y, dev), jax.device_put(f, dev)
             pending.append((n, plan.fitter(y, f)))
         results = []
         for n, res in pending:
