@@ -37,7 +37,7 @@ What it does
      cube with that plan already compiled (internal API; the throughput ``fit_cube``
      would reach if it reused its compiled fitter). ``--no-steady`` skips it.
 3. LUCI: ``/work/luci-venv/bin/python benchmarks/luci_runner.py CUBE --region ...`` as a
-   subprocess on a centred ``--luci-region-size`` square (LUCI fits ~0.5-2 spectra/s on
+   subprocess on a centred ``--luci-region-size`` square (LUCI fits ~1-3 spectra/s on
    this class of machine), with ``--n-threads`` = ``--threads``; its timed
    ``fit_seconds`` excludes import, cube loading and a 2-pixel warm-up (see the runner).
    LUCI is run as shipped (ML initial guess, ``nii_cons=True``, no uncertainties, its own
@@ -53,6 +53,9 @@ contention can be judged (cpu/wall close to the thread count = the engine had th
 
 ``--threads N`` sets LUCI's ``n_threads``; if N is below the number of CPUs, the whole
 benchmark (and so XLA's thread pool and LUCI's workers) is pinned to the first N CPUs.
+On CPU, JAX sees one device by default and XLA runs this program on about one core;
+``--host-devices N`` splits the CPU into N XLA devices, over which ``fit_cube`` shards its
+batches (lucijax's multi-device path).
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--luci-python", default=DEFAULT_LUCI_PYTHON, help=f"LUCI venv interpreter ({DEFAULT_LUCI_PYTHON})")
     p.add_argument("--luci-axis", choices=["luci", "exact"], default="luci", help="runner --axis (default: as shipped)")
     p.add_argument("--luci-timeout", type=float, default=3600.0, help="seconds before the LUCI run is killed")
+    p.add_argument("--host-devices", type=int, default=0,
+                   help="N > 0: XLA_FLAGS=--xla_force_host_platform_device_count=N, so that fit_cube shards its "
+                   "batches over N CPU devices (default 0: JAX's default, one CPU device)")
     p.add_argument("--no-jax-cache", action="store_true", help="no persistent compilation cache (warm calls recompile)")
     p.add_argument("--no-steady", action="store_true", help="skip the reused-plan fit_region measurement")
     p.add_argument("--no-half", action="store_true", help="skip the half-cube call (no marginal throughput)")
@@ -360,6 +366,9 @@ def main(argv=None) -> int:
     # default ~/.cache/lucijax/jax). Point it at a fresh directory so that the cold call
     # really compiles, and set it again after the import (before any compilation: JAX
     # initialises the cache once, at first use) in case the package's mechanism changes.
+    if args.host_devices > 0:  # before JAX is imported
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.host_devices}".strip()
     cache_dir = out_dir / "jax_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     if args.no_jax_cache:
@@ -389,7 +398,8 @@ def main(argv=None) -> int:
                    "luci_attrs_added": added}
     res["versions"] = {"jax": jax.__version__, "jaxlib": getattr(__import__("jaxlib"), "__version__", None),
                        "numpy": np.__version__, "lucijax": lucijax.__version__, "lucijax_git": git_revision(),
-                       "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()]}
+                       "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
+                       "XLA_FLAGS": os.environ.get("XLA_FLAGS")}
 
     # ---- lucijax
     full = run_lucijax(args, cube_path, out_dir, res)
@@ -446,12 +456,13 @@ def print_report(res):
     print(f"command : {res['command']}")
     print(f"machine : {m['nproc']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}, {m['mem_gb']} GB; {m['platform']}")
     v = res["versions"]
-    print(f"versions: lucijax {v['lucijax']} (git {v.get('lucijax_git')}), jax {v['jax']} ({v['jax_backend']}), numpy {v['numpy']}"
+    print(f"versions: lucijax {v['lucijax']} (git {v.get('lucijax_git')}), jax {v['jax']} ({v['jax_backend']}, "
+          f"{len(v['jax_devices'])} device(s)), numpy {v['numpy']}"
           + (f", LUCI {luci.get('luci_version')}" if luci else ""))
     print(f"cube    : {s}x{s} x {res['cube']['shape'][2]} ch synthetic SN3, 5 lines, sincgauss, seed "
           f"{res['args']['seed']}; jax persistent cache: {'on' if res['jax_cache'] else 'off'}")
     print()
-    hdr = f"{'engine':8s} {'measurement':52s} {'n spec':>7s} {'seconds':>9s} {'spectra/s':>10s} {'cpu s':>7s} {'load':>5s}"
+    hdr = f"{'engine':8s} {'measurement':60s} {'n spec':>7s} {'seconds':>9s} {'spectra/s':>10s} {'cpu s':>7s} {'load':>5s}"
     print(hdr)
     print("-" * len(hdr))
 
@@ -459,15 +470,16 @@ def print_report(res):
         if not d or "seconds" not in d:
             return
         load = d.get("loadavg_before")
-        print(f"{engine:8s} {label:52s} {d.get('n_spectra') or '-':>7} {d['seconds']:9.2f} "
+        print(f"{engine:8s} {label:60s} {d.get('n_spectra') or '-':>7} {d['seconds']:9.2f} "
               f"{fmt(d.get('spectra_per_s'), '.2f'):>10s} {fmt(d.get('cpu_seconds'), '.0f'):>7s} "
               f"{fmt(load[0] if load else None, '.1f'):>5s}")
 
     c = res["args"]["compile_region_size"]
     row("lucijax", "import jax + lucijax", lj.get("import"))
     row("lucijax", f"fit_cube {c}x{c}, cold: compile + startup", lj.get("cold"))
-    row("lucijax", f"fit_cube {s}x{s // 2} (compile cached)", lj.get("half"))
-    row("lucijax", f"fit_cube {s}x{s} full cube (compile cached)  [headline]", lj.get("full"))
+    how = "compile cached" if res["jax_cache"] else "recompiled: no cache"
+    row("lucijax", f"fit_cube {s}x{s // 2} ({how})", lj.get("half"))
+    row("lucijax", f"fit_cube {s}x{s} full cube ({how})  [headline]", lj.get("full"))
     row("lucijax", "marginal (N_full - N_half)/(t_full - t_half)", lj.get("marginal"))
     row("lucijax", "fit_region, compiled plan reused (steady state)", lj.get("steady"))
     row("lucijax", "estimate of a first call: cold + full", lj.get("full_incl_compile_estimate"))
