@@ -11,7 +11,28 @@ Quick start (notebook)::
 
 __version__ = "0.1.0"
 
-import jax as _jax
+import os as _os
+
+
+def _split_cpu_into_devices():
+    """One XLA host device per CPU core, so that batches run on every core at once (the
+    driver sends batches round robin to the devices; one CPU device runs on ~1 core).
+    Only effective before JAX starts its CPU backend; ``LUCIJAX_CPU_DEVICES=N`` overrides
+    the count, and an explicit ``--xla_force_host_platform_device_count`` is respected."""
+    flags = _os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    try:
+        n = int(_os.environ.get("LUCIJAX_CPU_DEVICES", 0)) or len(_os.sched_getaffinity(0))
+    except (AttributeError, ValueError):
+        n = _os.cpu_count() or 1
+    if n > 1:
+        _os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={n}").strip()
+
+
+_split_cpu_into_devices()
+
+import jax as _jax  # noqa: E402
 
 # float32 throughout the hot path, but float64 host-side maths (axes, WCS) stays in numpy.
 _jax.config.update("jax_enable_x64", False)

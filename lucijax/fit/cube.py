@@ -137,13 +137,24 @@ def plan_fit(
                 + (f" of filter {header.filter_name}" if header.filter_name and window_cm1 is None else "")
             )
     spec = ModelSpec(line_set, model, continuum_order)
-    axis_rest = axis_obs * (1.0 + redshift)
-    ref = float(np.mean(axis_rest))
-    grid = SpectralGrid(axis_rest - ref, ref, redshift)
-    lm = LineModel(spec, grid)
-    templates, velocities = start_templates(lm, typical_fwhm * (1 + redshift), settings)
-    fitter = make_batch_fitter(lm, settings, templates, velocities)
-    return FitPlan(spec, settings, window, grid, lm, float(redshift), fitter, header.flux_unit)
+    key = (spec, settings, axis_obs.tobytes(), float(redshift), typical_fwhm, header.flux_unit)
+    plan = _PLANS.get(key)
+    if plan is None:  # one traced and compiled fitter per fit set-up, reused by later calls
+        axis_rest = axis_obs * (1.0 + redshift)
+        ref = float(np.mean(axis_rest))
+        grid = SpectralGrid(axis_rest - ref, ref, redshift)
+        lm = LineModel(spec, grid)
+        templates, velocities = start_templates(lm, typical_fwhm * (1 + redshift), settings)
+        fitter = make_batch_fitter(lm, settings, templates, velocities)
+        plan = FitPlan(spec, settings, window, grid, lm, float(redshift), fitter, header.flux_unit)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = plan
+    return plan
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 8
 
 
 def _blocks(region, block):
