@@ -165,10 +165,21 @@ class LineSet:
         return col
 
     def flux_ratio(self) -> np.ndarray:
-        """For each line, flux(line)/flux(primary of its column) (1 for primaries)."""
+        """For each line, flux(line)/flux(primary of its column) (1 for primaries), as a ratio
+        of energy fluxes (erg/cm^2/s), the quantity atomic physics fixes."""
         ratio = np.ones(self.n_lines, dtype=np.float64)
         for d, _, r in self.ties:
             ratio[d] = r
+        return ratio
+
+    def flux_ratio_cm1(self) -> np.ndarray:
+        """:meth:`flux_ratio` for fluxes integrated over wavenumber of a spectrum per unit
+        wavelength (what the model integrates): ``F_erg = F_cm1 * 1e8 / x0^2``, so
+        ``F_cm1(dep)/F_cm1(prim) = ratio * (x0_dep / x0_prim)^2`` (velocity-independent)."""
+        ratio = self.flux_ratio()
+        rest = self.rest_cm1
+        for d, p, r in self.ties:
+            ratio[d] = r * (rest[d] / rest[p]) ** 2
         return ratio
 
 

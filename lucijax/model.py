@@ -120,7 +120,7 @@ class LineModel:
         self.rest_rel_cm1 = jnp.asarray(ls.rest_cm1 - grid.ref_cm1, jnp.float32)
         self.group = np.asarray(ls.groups, np.int32)
         self.column = ls.amplitude_column()
-        self.flux_ratio = jnp.asarray(ls.flux_ratio(), jnp.float32)
+        self.flux_ratio = jnp.asarray(ls.flux_ratio_cm1(), jnp.float32)
         self.is_primary = np.zeros(ls.n_lines, bool)
         self.is_primary[list(ls.primary_lines)] = True
         self.primary_of = np.asarray(ls.primary_lines, np.int32)[self.column]

@@ -172,6 +172,9 @@ def make_cube(
             flux_ratio[:, i] = rng.uniform(0.05, 0.3, n)
         elif i > 0:
             flux_ratio[:, i] = rng.uniform(0.1, 0.5, n)
+    ratio_cm1 = line_set.flux_ratio_cm1()
+    for dep, prim, _ in line_set.ties:  # tied lines follow their primary, as in the model
+        flux_ratio[:, dep] = ratio_cm1[dep] * flux_ratio[:, prim]
     amp_first = snr * noise
     # observed line positions: residual velocity on top of the redshift
     x0 = line_set.rest_cm1[None, :] * np.sqrt((1 - velocity[:, line_set.groups] / 299792.458) / (1 + velocity[:, line_set.groups] / 299792.458)) / (1.0 + redshift)
