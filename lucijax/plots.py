@@ -53,10 +53,7 @@ def plot_maps(maps: dict, names, wcs=None, units: dict | None = None, path=None,
             ax.set_ylabel("y (pixel)")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_spectrum_fit(axis_cm1, spectrum, model, *, lines=None, unit: str = "", path=None, title: str | None = None):
@@ -75,6 +72,11 @@ def plot_spectrum_fit(axis_cm1, spectrum, model, *, lines=None, unit: str = "", 
     ax.legend(loc="upper left")
     if title:
         ax.set_title(title)
+    return _finish(fig, path)
+
+
+def _finish(fig, path):
+    """Lay out ``fig``, save it to ``path`` when given, return it."""
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
