@@ -109,12 +109,18 @@ class LineSet:
     ties : tuple of (int, int, float)
         ``(dependent, primary, ratio)``: flux(dependent) = ratio * flux(primary); the
         dependent line has no amplitude of its own.
+    velocity_chain : tuple of (int, int)
+        ``(group, base_group)``: the velocity parameter of ``group`` is its offset from the
+        velocity of ``base_group`` (kinematic components ordered in velocity; see
+        :mod:`lucijax.fit.components`). Empty (default): every velocity parameter is the
+        group's velocity itself.
     """
 
     names: tuple[str, ...]
     rest_nm: tuple[float, ...]
     groups: tuple[int, ...]
     ties: tuple[tuple[int, int, float], ...] = field(default=())
+    velocity_chain: tuple[tuple[int, int], ...] = field(default=())
 
     def __post_init__(self):
         n = len(self.names)
@@ -134,6 +140,32 @@ class LineSet:
                 raise ValueError(f"line {self.names[p]} is tied to another line and cannot be a primary")
             if self.groups[d] != self.groups[p]:
                 raise ValueError(f"tied lines {self.names[d]} and {self.names[p]} must share a kinematic group")
+        chained = [g for g, _ in self.velocity_chain]
+        if len(set(chained)) != len(chained):
+            raise ValueError(f"a group is offset from two base groups: {self.velocity_chain}")
+        n_groups = max(self.groups) + 1
+        for g, b in self.velocity_chain:
+            if not (0 <= g < n_groups and 0 <= b < n_groups) or g == b:
+                raise ValueError(f"velocity chain ({g}, {b}) must link two different groups of 0..{n_groups - 1}")
+        self.velocity_matrix()  # raises on a cycle
+
+    def velocity_matrix(self) -> np.ndarray:
+        """(G, G) matrix ``T`` with group velocities ``= T @ velocity parameters`` (the
+        identity without a velocity chain; entries 0/1, exact in float32)."""
+        n_groups = max(self.groups) + 1
+        base = dict(self.velocity_chain)
+        t = np.zeros((n_groups, n_groups))
+        for g in range(n_groups):
+            seen, k = set(), g
+            while True:  # v_g = p_g + p_base(g) + p_base(base(g)) + ...
+                if k in seen:
+                    raise ValueError(f"the velocity chain {self.velocity_chain} has a cycle")
+                seen.add(k)
+                t[g, k] = 1.0
+                if k not in base:
+                    break
+                k = base[k]
+        return t
 
     @property
     def n_lines(self) -> int:

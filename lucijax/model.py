@@ -119,6 +119,8 @@ class LineModel:
         self.rest_cm1 = jnp.asarray(ls.rest_cm1, jnp.float32)
         self.rest_rel_cm1 = jnp.asarray(ls.rest_cm1 - grid.ref_cm1, jnp.float32)
         self.group = np.asarray(ls.groups, np.int32)
+        # ordered components: group velocities = T @ velocity parameters (None: identity)
+        self.velocity_matrix = jnp.asarray(ls.velocity_matrix(), jnp.float32) if ls.velocity_chain else None
         self.column = ls.amplitude_column()
         self.flux_ratio = jnp.asarray(ls.flux_ratio_cm1(), jnp.float32)
         self.is_primary = np.zeros(ls.n_lines, bool)
@@ -131,11 +133,18 @@ class LineModel:
     # -- parameters --------------------------------------------------------------
     def split_theta(self, theta):
         """(velocity_kms[G], broadening_kms[G]) from the non-linear vector (broadening 0
-        for the sinc, which has none)."""
+        for the sinc, which has none). With a velocity chain in the line set, the velocity
+        parameters of chained groups are offsets from their base group, and the returned
+        velocities are the groups' own."""
         g = self.spec.n_groups
         if self.spec.has_broadening:
-            return theta[:g], theta[g:]
-        return theta, jnp.zeros_like(theta)
+            velocity, broadening = theta[:g], theta[g:]
+        else:
+            velocity, broadening = theta, jnp.zeros_like(theta)
+        if self.velocity_matrix is not None:
+            # elementwise sum, not a matmul (GPU float32 matmuls may run in reduced precision)
+            velocity = jnp.sum(self.velocity_matrix * velocity[None, :], axis=1)
+        return velocity, broadening
 
     def line_kinematics(self, theta):
         """Per line: observed position relative to ref (cm^-1), position (cm^-1) and the
