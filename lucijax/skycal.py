@@ -1,0 +1,282 @@
+"""Sky-line velocity calibration.
+
+The OH sky lines are at rest: the velocity a fit measures on them is the error of the
+cube's wavenumber calibration at that place of the field. Calibration errors vary smoothly
+across the detector, so:
+
+1. :func:`measure_sky_velocities` averages the spectra of sky pixels in ``bin_size`` x
+   ``bin_size`` boxes (a boolean sky mask excludes the targets) and fits every OH line of an
+   ORB line list in each binned spectrum with one shared velocity (the fit of
+   :func:`lucijax.fit.cube.plan_fit` with ``sky_lines=``);
+2. :func:`fit_velocity_correction` fits a low-order 2-D Legendre polynomial in the pixel
+   coordinates to those velocities, weighted by their errors, rejecting outliers by
+   iterative sigma clipping (a star, a target that leaked into a bin, a failed fit);
+3. :meth:`VelocityCorrection.map` evaluates it on any pixel grid, and
+   :func:`apply_velocity_correction` subtracts it from the ``*_VELOCITY`` maps of a science
+   fit (to first order in v/c a calibration error shifts every line by the same velocity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.polynomial import legendre
+from tqdm.auto import tqdm
+
+
+@dataclass
+class SkyVelocities:
+    """Velocities of the sky lines in spatial bins (pixel coordinates of the full cube)."""
+
+    x: np.ndarray  # mean x of the bin's sky pixels
+    y: np.ndarray
+    velocity_kms: np.ndarray
+    velocity_err_kms: np.ndarray
+    status: np.ndarray
+    n_pixels: np.ndarray
+    bin_size: int
+
+
+def measure_sky_velocities(cube, sky_lines, *, bin_size: int = 16, sky_mask=None, region=None, model: str = "sinc",
+                           continuum_order: int = 1, settings=None, min_fraction: float = 0.5, batch_size: int = 64,
+                           progress: bool = True) -> SkyVelocities:
+    """Fit the sky lines of binned sky regions.
+
+    Parameters
+    ----------
+    cube : SpectralCube
+        An open cube (:func:`lucijax.open_cube`).
+    sky_lines : path
+        ORB sky line list (``index wavelength_A intensity`` per line).
+    bin_size : int
+        Side of the square bins, pixels.
+    sky_mask : bool array [y, x] of the cube image, optional
+        True for sky pixels (default: every pixel).
+    region : (x0, x1, y0, y1), optional
+        Part of the cube to use (default all).
+    model : str
+        Line shape of the sky lines (unresolved: 'sinc').
+    min_fraction : float
+        Bins with fewer sky pixels than this fraction of ``bin_size**2`` are skipped.
+
+    Returns
+    -------
+    SkyVelocities
+    """
+    from lucijax.fit.cube import pixel_fwhm_cm1, plan_fit
+    from lucijax.fit.map import FitSettings
+
+    nx, ny, _ = cube.shape
+    x0, x1, y0, y1 = region or (0, nx, 0, ny)
+    if sky_mask is not None:
+        sky_mask = np.asarray(sky_mask, bool)
+        if sky_mask.shape != (ny, nx):
+            raise ValueError(f"sky_mask has shape {sky_mask.shape}, the cube image is {(ny, nx)} ([y, x])")
+    settings = settings or FitSettings(velocity_range_kms=(-100.0, 100.0))
+    plan = plan_fit(cube.header, sky_lines=sky_lines, model=model, continuum_order=continuum_order, settings=settings)
+    spectra, fwhms, xs, ys, counts = [], [], [], [], []
+    boxes = [(bx, min(bx + bin_size, x1), by, min(by + bin_size, y1))
+             for bx in range(x0, x1, bin_size) for by in range(y0, y1, bin_size)]
+    for bx0, bx1, by0, by1 in tqdm(boxes, desc="binning sky", disable=not progress):
+        use = np.ones((bx1 - bx0, by1 - by0), bool) if sky_mask is None else sky_mask[by0:by1, bx0:bx1].T
+        if use.sum() < min_fraction * bin_size**2:
+            continue
+        block = cube.read_spectra(bx0, bx1, by0, by1)[..., plan.window]
+        fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, cube.read_calib_map(bx0, bx1, by0, by1)), use.shape)
+        gx, gy = np.meshgrid(np.arange(bx0, bx1), np.arange(by0, by1), indexing="ij")
+        spectra.append(np.nanmean(block[use], axis=0))
+        fwhms.append(float(np.mean(fwhm[use])))
+        xs.append(float(gx[use].mean()))
+        ys.append(float(gy[use].mean()))
+        counts.append(int(use.sum()))
+    if not spectra:
+        raise ValueError("no bin holds enough sky pixels: lower min_fraction or bin_size, or check the sky mask")
+    y = np.asarray(spectra, np.float32)
+    f = np.asarray(fwhms, np.float64) * (1.0 + plan.redshift)
+    vel, err, status = [], [], []
+    for i in range(0, len(y), batch_size):
+        yb, fb = y[i : i + batch_size], f[i : i + batch_size]
+        n = yb.shape[0]
+        if n < batch_size and len(y) > batch_size:  # one compiled shape
+            yb = np.concatenate([yb, np.full((batch_size - n, yb.shape[1]), np.nan, np.float32)])
+            fb = np.concatenate([fb, np.full(batch_size - n, fb[0])])
+        res = plan.fitter(yb, fb)
+        vel.append(np.asarray(res.velocity_kms)[:n, 0])
+        err.append(np.asarray(res.velocity_err_kms)[:n, 0])
+        status.append(np.asarray(res.status)[:n])
+    return SkyVelocities(np.asarray(xs), np.asarray(ys), np.concatenate(vel), np.concatenate(err),
+                         np.concatenate(status), np.asarray(counts), int(bin_size))
+
+
+@dataclass
+class VelocityCorrection:
+    """A smooth velocity-correction field: a 2-D Legendre polynomial of total degree
+    ``order`` in pixel coordinates scaled to [-1, 1] over ``(nx, ny)``."""
+
+    coefficients: np.ndarray  # (order + 1, order + 1), zero above total degree `order`
+    order: int
+    shape_xy: tuple[int, int]  # (nx, ny) of the full cube
+    rms_kms: float = float("nan")  # weighted rms of the kept points about the surface
+    used: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # kept points (not clipped)
+
+    def _scaled(self, x, y):
+        nx, ny = self.shape_xy
+        return 2.0 * np.asarray(x, float) / max(nx - 1, 1) - 1.0, 2.0 * np.asarray(y, float) / max(ny - 1, 1) - 1.0
+
+    def evaluate(self, x, y) -> np.ndarray:
+        """Correction (km/s) at full-cube pixel coordinates ``x``, ``y`` (broadcast)."""
+        u, v = self._scaled(x, y)
+        return legendre.legval2d(u, v, self.coefficients)
+
+    def map(self, region=None) -> np.ndarray:
+        """Correction on every pixel of ``region`` (x0, x1, y0, y1; default the whole
+        cube), FITS-ordered ``[y, x]``."""
+        nx, ny = self.shape_xy
+        x0, x1, y0, y1 = region or (0, nx, 0, ny)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        return self.evaluate(xx, yy)
+
+
+def _design(u, v, order):
+    cols, index = [], []
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            ci = np.zeros(i + 1)
+            ci[i] = 1.0
+            cj = np.zeros(j + 1)
+            cj[j] = 1.0
+            cols.append(legendre.legval(u, ci) * legendre.legval(v, cj))
+            index.append((i, j))
+    return np.stack(cols, axis=1), index
+
+
+def fit_velocity_correction(x, y, velocity_kms, velocity_err_kms, shape_xy, *, order: int = 2, clip_sigma: float = 3.5,
+                            max_iter: int = 10) -> VelocityCorrection:
+    """Weighted least-squares 2-D Legendre surface with iterative sigma clipping.
+
+    Each iteration fits the kept points with weights ``1/sqrt(err^2 + s^2)``, where ``s`` is
+    the extra scatter that brings the reduced chi2 of the kept points to 1 (0 when the
+    error bars explain the scatter), and rejects points whose residual exceeds
+    ``clip_sigma`` times their total error, using a robust (MAD) scale of the normalised
+    residuals. Stops when the kept set no longer changes.
+
+    Parameters
+    ----------
+    x, y : arrays
+        Full-cube pixel coordinates of the measurements.
+    velocity_kms, velocity_err_kms : arrays
+        Measured sky velocities and their errors (non-finite values are ignored).
+    shape_xy : (nx, ny)
+        Size of the cube image (sets the coordinate scaling).
+    order : int
+        Total degree of the polynomial (0 = a constant offset).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    vel, err = np.asarray(velocity_kms, float), np.asarray(velocity_err_kms, float)
+    good = np.isfinite(vel) & np.isfinite(err) & (err > 0) & np.isfinite(x) & np.isfinite(y)
+    n_terms = (order + 1) * (order + 2) // 2
+    if good.sum() < n_terms + 1:
+        raise ValueError(f"{int(good.sum())} valid sky measurements cannot constrain a degree-{order} surface "
+                         f"({n_terms} terms): use smaller bins or a lower order")
+    corr = VelocityCorrection(np.zeros((order + 1, order + 1)), int(order), tuple(int(s) for s in shape_xy))
+    u, v = corr._scaled(x, y)
+    a, index = _design(u, v, order)
+    keep = good.copy()
+    extra = 0.0
+    for _ in range(max_iter):
+        sig = np.sqrt(err**2 + extra**2)
+        w = 1.0 / sig[keep]
+        coef, *_ = np.linalg.lstsq(a[keep] * w[:, None], vel[keep] * w, rcond=None)
+        resid = vel - a @ coef
+        dof = max(keep.sum() - n_terms, 1)
+        chi2 = np.sum((resid[keep] / err[keep]) ** 2) / dof
+        # extra scatter s with sum(r^2 / (err^2 + s^2)) = dof (bisection), 0 if chi2 <= 1
+        extra = 0.0
+        if chi2 > 1:
+            lo_s, hi_s = 0.0, float(np.max(np.abs(resid[keep]))) + 1e-9
+            for _ in range(60):
+                mid = 0.5 * (lo_s + hi_s)
+                if np.sum(resid[keep] ** 2 / (err[keep] ** 2 + mid**2)) > dof:
+                    lo_s = mid
+                else:
+                    hi_s = mid
+            extra = 0.5 * (lo_s + hi_s)
+        z = resid / np.sqrt(err**2 + extra**2)
+        mad = 1.4826 * np.median(np.abs(z[keep] - np.median(z[keep])))
+        scale = max(mad, 1.0) if np.isfinite(mad) else 1.0
+        new_keep = good & (np.abs(z) < clip_sigma * scale)
+        if new_keep.sum() < n_terms + 1 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    for (i, j), c in zip(index, coef):
+        corr.coefficients[i, j] = c
+    w2 = 1.0 / (err[keep] ** 2 + extra**2)
+    corr.rms_kms = float(np.sqrt(np.sum(w2 * resid[keep] ** 2) / np.sum(w2)))
+    corr.used = keep
+    return corr
+
+
+def calibrate_sky(cube, sky_lines, *, bin_size: int = 16, order: int = 2, sky_mask=None, region=None,
+                  clip_sigma: float = 3.5, progress: bool = True, **measure_kwargs) -> tuple[VelocityCorrection, SkyVelocities]:
+    """:func:`measure_sky_velocities` then :func:`fit_velocity_correction` (converged,
+    non-bound fits only)."""
+    from lucijax.fit.map import Status
+
+    sky = measure_sky_velocities(cube, sky_lines, bin_size=bin_size, sky_mask=sky_mask, region=region,
+                                 progress=progress, **measure_kwargs)
+    ok = np.isin(sky.status, [Status.CONVERGED, Status.UNRESOLVED])
+    vel = np.where(ok, sky.velocity_kms, np.nan)
+    corr = fit_velocity_correction(sky.x, sky.y, vel, sky.velocity_err_kms, cube.shape[:2], order=order,
+                                   clip_sigma=clip_sigma)
+    return corr, sky
+
+
+def apply_velocity_correction(maps: dict, correction_map: np.ndarray) -> dict:
+    """A copy of ``maps`` with ``correction_map`` ([y, x], km/s, same shape as the maps)
+    subtracted from every ``*_VELOCITY`` map (errors unchanged)."""
+    out = dict(maps)
+    corr = np.asarray(correction_map)
+    for name, arr in maps.items():
+        if name.endswith("_VELOCITY") or name == "VELOCITY":
+            if np.shape(arr) != corr.shape:
+                raise ValueError(f"correction map {corr.shape} and map {name} {np.shape(arr)} differ in shape")
+            out[name] = np.asarray(arr) - corr.astype(np.asarray(arr).dtype)
+    return out
+
+
+def correct_result(result, correction: VelocityCorrection):
+    """Subtract ``correction`` from the velocity maps of a :class:`lucijax.api.FitResult`
+    (in place, on its region) and return it. ``raw`` keeps the uncorrected fit."""
+    result.maps = apply_velocity_correction(result.maps, correction.map(result.region))
+    return result
+
+
+def write_velocity_correction(path, correction: VelocityCorrection, wcs=None, sky: SkyVelocities | None = None):
+    """Write the correction map of the whole cube (EXTNAME VELOCITY_CORRECTION, km/s,
+    [y, x]) with its polynomial in the header."""
+    from lucijax.io import write_maps_fits
+
+    extra = {"ORIGIN": "lucijax skycal", "SKYORDER": correction.order, "SKYRMS": correction.rms_kms}
+    for (i, j), c in np.ndenumerate(correction.coefficients):
+        if i + j <= correction.order:
+            extra[f"SKYC{i}_{j}"] = float(c)
+    if sky is not None:
+        extra["SKYBIN"] = sky.bin_size
+        extra["SKYNBIN"] = int(np.size(sky.x))
+        extra["SKYNUSED"] = int(correction.used.sum())
+    write_maps_fits(path, {"VELOCITY_CORRECTION": correction.map().astype(np.float32)},
+                    {"VELOCITY_CORRECTION": "km/s"}, wcs2d=wcs, header_extra=extra)
+    return path
+
+
+__all__ = [
+    "SkyVelocities",
+    "VelocityCorrection",
+    "measure_sky_velocities",
+    "fit_velocity_correction",
+    "calibrate_sky",
+    "apply_velocity_correction",
+    "correct_result",
+    "write_velocity_correction",
+]
