@@ -93,6 +93,8 @@ def fit_cube(
     progress: bool = True,
     checkpoint_dir=None,
     devices=None,
+    mask=None,
+    background=None,
 ) -> FitResult:
     """Fit emission lines in every pixel of a region of a SITELLE cube.
 
@@ -127,6 +129,14 @@ def fit_cube(
         computes only the missing blocks.
     devices : list of jax devices, optional
         Devices to split batches over (default: every local device).
+    mask : bool [y, x] array of the cube image, ds9 .reg file, mask .fits or 'x0:x1,y0:y1', optional
+        Fit only these pixels (``lucijax.regions.read_mask``); the others are NaN with
+        STATUS -1 and are not computed. Without ``region``, the region is the mask's
+        bounding box. A cube view with a ``pixel_mask`` (``lucijax.regions.BinnedCube``)
+        supplies its own.
+    background : array (n_channels,), optional
+        Per-pixel background spectrum (``lucijax.regions.background_spectrum``) subtracted
+        from every spectrum before fitting.
 
     Returns
     -------
@@ -140,13 +150,27 @@ def fit_cube(
         if isinstance(window, str):
             window = parse_window(window)
         nx, ny, _ = cube_obj.shape
+        pixel_mask = getattr(cube_obj, "pixel_mask", None)
+        if mask is not None:
+            from lucijax.regions import mask_bounding_box, read_mask
+
+            full = read_mask(mask, (ny, nx), cube_obj.header.wcs)
+            region = region if region is not None else mask_bounding_box(full)
+        if background is not None:
+            from lucijax.regions import BinnedCube
+
+            cube_obj = BinnedCube(cube_obj, 1, background=background, close_base=own)
         region = tuple(region) if region is not None else (0, nx, 0, ny)
+        if mask is not None:
+            pixel_mask = full.T[region[0]:region[1], region[2]:region[3]]
+        elif pixel_mask is not None:
+            pixel_mask = pixel_mask[region[0]:region[1], region[2]:region[3]]
         plan = plan_fit(
             cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
             groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order, settings=settings,
         )
         raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress,
-                         checkpoint_dir=checkpoint_dir, devices=devices)
+                         checkpoint_dir=checkpoint_dir, devices=devices, pixel_mask=pixel_mask)
         maps, units = build_maps(raw, plan)
         wcs = region_wcs(cube_obj.header.wcs, region) if cube_obj.header.wcs is not None else None
         return FitResult(maps, units, wcs, region, plan, str(getattr(cube_obj, "path", "")),

@@ -27,6 +27,10 @@ from lucijax.model import LineModel, ModelSpec, SpectralGrid
 log = logging.getLogger(__name__)
 
 
+#: STATUS of pixels left out by ``fit_region(pixel_mask=...)``: not fitted, maps NaN.
+MASKED_STATUS = -1
+
+
 class LineOutsideWindowError(ValueError):
     """A requested line cannot be observed inside the fit window."""
 
@@ -164,7 +168,7 @@ def _blocks(region, block):
             yield bx, min(bx + block, x1), by, min(by + block, y1)
 
 
-def _fingerprint(cube, plan: FitPlan, region, block: int) -> str:
+def _fingerprint(cube, plan: FitPlan, region, block: int, mask=None) -> str:
     """What makes block results reusable: the same file, region, blocks and fit."""
     desc = json.dumps({
         "file": os.path.abspath(getattr(cube, "path", "")),
@@ -175,6 +179,7 @@ def _fingerprint(cube, plan: FitPlan, region, block: int) -> str:
         "settings": repr(plan.settings),
         "window": [int(plan.window[0]), int(plan.window[-1]), int(plan.window.size)],
         "redshift": plan.redshift,
+        "mask": None if mask is None else hashlib.sha256(np.packbits(mask).tobytes()).hexdigest(),
     }, sort_keys=True)
     return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
@@ -219,7 +224,7 @@ def fit_devices(devices=None) -> list:
 
 
 def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block: int = 64, progress: bool = True,
-               checkpoint_dir=None, devices=None) -> dict[str, np.ndarray]:
+               checkpoint_dir=None, devices=None, pixel_mask=None) -> dict[str, np.ndarray]:
     """Fit every pixel of ``region`` (x0, x1, y0, y1) of ``cube``.
 
     Returns the :class:`PixelFit` fields as numpy arrays indexed ``[x - x0, y - y0, ...]``
@@ -228,21 +233,36 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
     padded with NaN spectra), so every batch reuses one compiled program. With
     ``checkpoint_dir``, each finished block is saved there and a rerun of the same fit
     computes only the missing blocks. Batches are split over ``devices`` (default: every
-    local device).
+    local device). With ``pixel_mask`` (bool ``[x - x0, y - y0]``), only its pixels are
+    read into batches and fitted; the others are NaN with ``status`` = ``MASKED_STATUS``.
     """
     nx, ny, _ = cube.shape
     region = region or (0, nx, 0, ny)
     x0, x1, y0, y1 = region
     if not (0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny):
         raise ValueError(f"region x {x0}:{x1}, y {y0}:{y1} is not inside the cube ({nx} x {ny} pixels)")
-    n_pix = (x1 - x0) * (y1 - y0)
+    sel = None
+    if pixel_mask is not None:
+        sel = np.asarray(pixel_mask, bool)
+        if sel.shape != (x1 - x0, y1 - y0):
+            raise ValueError(f"pixel_mask has shape {sel.shape}, expected [x, y] = {(x1 - x0, y1 - y0)} of the region")
+        if not sel.any():
+            raise ValueError("the mask selects no pixel of the region")
+
+    def _sel(b):  # flat indices of the pixels of block b to fit (None: all)
+        return None if sel is None else np.flatnonzero(sel[b[0] - x0 : b[1] - x0, b[2] - y0 : b[3] - y0])
+
+    def _count(b):
+        return (b[1] - b[0]) * (b[3] - b[2]) if sel is None else int(_sel(b).size)
+
+    n_pix = (x1 - x0) * (y1 - y0) if sel is None else int(sel.sum())
     devs = fit_devices(devices)
     batch_size = max(1, min(int(batch_size), n_pix))  # one spectrum is not padded to 256
-    ckpt = BlockCheckpoint(checkpoint_dir, _fingerprint(cube, plan, region, block)) if checkpoint_dir else None
+    ckpt = BlockCheckpoint(checkpoint_dir, _fingerprint(cube, plan, region, block, sel)) if checkpoint_dir else None
 
-    blocks = list(_blocks(region, block))
+    blocks = [b for b in _blocks(region, block) if _count(b) > 0]
     todo = [b for b in blocks if ckpt is None or not ckpt.has(b[0], b[2])]
-    done_pix = n_pix - sum((b[1] - b[0]) * (b[3] - b[2]) for b in todo)
+    done_pix = n_pix - sum(_count(b) for b in todo)
     bar = tqdm(total=n_pix, initial=done_pix, unit="spectra", desc="fitting", smoothing=0.1,
                disable=not progress or n_pix < 2 * batch_size)
 
@@ -251,7 +271,9 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
         spectra = cube.read_spectra(bx0, bx1, by0, by1)[..., plan.window]
         calib = cube.read_calib_map(bx0, bx1, by0, by1)
         fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, calib), spectra.shape[:2])
-        return spectra.reshape(-1, spectra.shape[-1]), np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift)
+        flat, fwhm = spectra.reshape(-1, spectra.shape[-1]), np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift)
+        idx = _sel(b)
+        return (flat, fwhm) if idx is None else (flat[idx], fwhm[idx])
 
     def fit_block(flat, fwhm_flat):
         pending = []
@@ -280,10 +302,16 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
 
     def place(b, merged):
         bx0, bx1, by0, by1 = b
+        idx = _sel(b)
         for k, v in merged.items():
+            fill = np.nan if v.dtype.kind == "f" else MASKED_STATUS
+            if idx is not None:  # scatter the fitted pixels; the others stay masked
+                full = np.full(((bx1 - bx0) * (by1 - by0),) + v.shape[1:], fill, v.dtype)
+                full[idx] = v
+                v = full
             v = v.reshape((bx1 - bx0, by1 - by0) + v.shape[1:])
             if k not in out:
-                out[k] = np.full((x1 - x0, y1 - y0) + v.shape[2:], np.nan if v.dtype.kind == "f" else 0, v.dtype)
+                out[k] = np.full((x1 - x0, y1 - y0) + v.shape[2:], fill, v.dtype)
             out[k][bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0] = v
 
     with ThreadPoolExecutor(max_workers=1) as reader:
@@ -304,4 +332,5 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
     return out
 
 
-__all__ = ["FitPlan", "plan_fit", "fit_region", "parse_region", "parse_window", "Status", "LineOutsideWindowError"]
+__all__ = ["FitPlan", "plan_fit", "fit_region", "parse_region", "parse_window", "Status", "LineOutsideWindowError",
+           "MASKED_STATUS"]
