@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Acceptance of the network (issue 4): accuracy and calibration, inference speed, and the
+MAP fit started and bounded by the MDN against the matched-filter start.
+
+Usage (repository root, lucijax's environment)::
+
+    python benchmarks/bench_mdn.py                 # all three parts
+    python benchmarks/bench_mdn.py --parts 1 2     # skip the fits
+    python benchmarks/bench_mdn.py --out /tmp/bench_mdn   # + bench_mdn.json
+
+1. Accuracy: for every shipped network (``lucijax.mdn.available_filters``, MDN and CNN),
+   ``--n-eval`` held-out spectra of its training recipe simulated with the seed the
+   training used + ``EVAL_SEED_OFFSET`` (never seen in training): RMSE of velocity and
+   broadening, fraction of truths inside mean +- 3 sigma, robust std (1.4826 MAD) of the
+   z-scores (truth - mean)/sigma, at SNR >= 10 and per SNR bin; for SN3 also per
+   resolution bin at SNR >= 10.
+2. Speed: ``jax.jit(jax.vmap(load_predictor('SN3', axis)))`` on 16384 spectra of the SN3
+   band (840-channel cube, 401-channel window), compile excluded, best of 5; also with the
+   batch sharded over every local XLA device.
+3. Fits: ``make_cube(64, 64, seed=20240611)`` (SN3, 5 lines, sincgauss), fitted twice with
+   ``plan.fitter`` in batches of 256: the default matched-filter start (bounds = settings'
+   ranges) and ``theta_start`` = MDN mean with ``theta_lo/hi`` = mean -+ 3 sigma clipped to
+   velocity +-600 km/s and broadening 0-300 km/s. Reported: fraction of pixels with
+   |v - truth| > 50 km/s at SNR 3-5 (and at SNR >= 5), at SNR >= 5 the median velocity
+   error (bias), robust std of the velocity errors and of the pulls (error / velocity_err),
+   status counts (STATUS 3 = at a bound), and the throughput of both (MDN inference
+   included in the MDN run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def robust_std(x):
+    x = np.asarray(x, np.float64)
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def part1(n_eval: int, log):
+    from lucijax.mdn import available_filters, load_network
+    from lucijax.mdn.train import evaluation_set, format_table, metrics, predict_features, snr_rows
+
+    out = {}
+    for mdn in (True, False):
+        for filt in available_filters(mdn):
+            cfg, params = load_network(filt, mdn)
+            recipe, net_cfg = cfg["recipe"], cfg["net"]
+            t0 = time.perf_counter()
+            ev = evaluation_set(recipe, cfg["train"]["seed"], n_eval)
+            mean, sigma = predict_features(recipe, net_cfg, params, ev["x"], ev["scalars"])
+            rows = snr_rows(ev, mean, sigma)
+            if filt == "SN3":
+                r = ev["resolution"]
+                edges = [1000, 2000, 3500, 5000, 7000, 10000]
+                for lo, hi in zip(edges[:-1], edges[1:]):
+                    rows.append((f"SNR >= 10, R {lo}-{hi}", metrics(ev["theta"], mean, sigma, (ev["snr"] >= 10) & (r >= lo) & (r < hi))))
+            kind = "MDN" if mdn else "CNN"
+            log(f"\n### {filt} {kind}: {n_eval} held-out spectra (R {recipe.resolution_range[0]:.0f}-"
+                f"{recipe.resolution_range[1]:.0f}, v {recipe.velocity_range_kms}, b {recipe.broadening_range_kms}) "
+                f"[{time.perf_counter() - t0:.0f} s]\n")
+            log(format_table(rows))
+            out[f"{filt}_{kind.lower()}"] = {label: m for label, m in rows}
+    return out
+
+
+def sn3_cube_axis():
+    from lucijax import instrument
+    from lucijax.simulate import filter_header
+
+    header = filter_header("SN3")
+    axis = header["axis_min"] + np.arange(header["step_nb"]) * header["axis_step"]
+    lo, hi = instrument.get_filter("SN3").band_cm1
+    return axis[(axis >= lo) & (axis <= hi)]
+
+
+def part2(log, n=16384, repeats=5):
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from lucijax.mdn import load_predictor
+
+    axis = sn3_cube_axis()
+    predict = load_predictor("SN3", axis)
+    rng = np.random.default_rng(0)
+    x0 = 15237.0 + rng.uniform(-20, 20, n)
+    y = (rng.normal(0, 1, (n, axis.size)) + 30 * np.exp(-0.5 * ((axis[None, :] - x0[:, None]) / 1.5) ** 2)).astype(np.float32)
+    fwhm = np.full(n, 3.2, np.float32)
+    f = jax.jit(jax.vmap(predict))
+    res = {}
+
+    def timeit(fn, *args):
+        jax.block_until_ready(fn(*args))  # compile
+        best = np.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best = min(best, time.perf_counter() - t)
+        return n / best
+
+    yj, fj = jnp.asarray(y), jnp.asarray(fwhm)
+    res["one_device_spectra_per_s"] = timeit(f, yj, fj)
+    devs = jax.local_devices()
+    if len(devs) > 1:
+        mesh = Mesh(np.array(devs), ("b",))
+        sh = NamedSharding(mesh, PartitionSpec("b"))
+        res["sharded_spectra_per_s"] = timeit(f, jax.device_put(yj, sh), jax.device_put(fj, sh))
+    res["n_devices"] = len(devs)
+    res["n_channels"] = int(axis.size)
+    res["load_average"] = os.getloadavg()[0]
+    log(f"\n### Inference speed (SN3, {n} spectra of {axis.size} channels, jit+vmap, compile excluded, best of {repeats})\n")
+    log(f"one XLA device: {res['one_device_spectra_per_s']:.0f} spectra/s")
+    if "sharded_spectra_per_s" in res:
+        log(f"sharded over {len(devs)} XLA CPU devices: {res['sharded_spectra_per_s']:.0f} spectra/s")
+    log(f"(load average at the end: {res['load_average']:.2f}; {os.cpu_count()} CPUs)")
+    return res
+
+
+def part3(log, size=64, seed=20240611, batch=256):
+    import jax
+    import jax.numpy as jnp
+
+    from lucijax.fit.cube import plan_fit
+    from lucijax.fit.map import Status
+    from lucijax.io import open_cube
+    from lucijax.mdn import load_predictor
+    from lucijax.simulate import DEFAULT_LINES, make_cube
+
+    cube = make_cube(size, size, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "c.hdf5")
+        cube.write(path)
+        with open_cube(path) as c:
+            header = c.header
+    plan = plan_fit(header, list(DEFAULT_LINES), model="sincgauss")
+    nx, ny, nch = cube.data.shape
+    y = cube.data.reshape(nx * ny, nch)[:, plan.window]  # pixel i = x * ny + y
+    fwhm = cube.fwhm_cm1.reshape(-1).astype(np.float32)
+    truth_v = cube.truth["VELOCITY"].T.ravel()
+    snr = cube.truth["SNR"].T.ravel()
+    n = y.shape[0]
+    lo_phys = np.array([-600.0, 0.0], np.float32)
+    hi_phys = np.array([600.0, 300.0], np.float32)
+
+    predict = jax.jit(jax.vmap(load_predictor("SN3", header.axis_cm1[plan.window], plan.redshift)))
+
+    def mdn_start(yb, fb):
+        mean, sigma = predict(jnp.asarray(yb), jnp.asarray(fb))
+        mean, sigma = np.asarray(mean), np.asarray(sigma)
+        lo = np.clip(mean - 3 * sigma, lo_phys, hi_phys)
+        hi = np.clip(mean + 3 * sigma, lo_phys, hi_phys)
+        hi = np.maximum(hi, lo + np.array([1.0, 1.0], np.float32))  # never an empty box
+        start = np.clip(mean, lo, hi)
+        return start, lo, hi, mean, sigma
+
+    def run(use_mdn):
+        # warm-up (compile) on the first batch, then time the whole cube
+        if use_mdn:
+            s, lo, hi, _, _ = mdn_start(y[:batch], fwhm[:batch])
+            jax.block_until_ready(plan.fitter(y[:batch], fwhm[:batch], s, lo, hi))
+        else:
+            jax.block_until_ready(plan.fitter(y[:batch], fwhm[:batch]))
+        t = time.perf_counter()
+        outs, extra = [], []
+        for i in range(0, n, batch):
+            yb, fb = y[i : i + batch], fwhm[i : i + batch]
+            if use_mdn:
+                s, lo, hi, mean, sigma = mdn_start(yb, fb)
+                outs.append(plan.fitter(yb, fb, s, lo, hi))
+                extra.append((mean, sigma))
+            else:
+                outs.append(plan.fitter(yb, fb))
+        jax.block_until_ready(outs)
+        dt = time.perf_counter() - t
+        v = np.concatenate([np.asarray(o.velocity_kms)[:, 0] for o in outs])
+        ve = np.concatenate([np.asarray(o.velocity_err_kms)[:, 0] for o in outs])
+        st = np.concatenate([np.asarray(o.status) for o in outs])
+        return v, ve, st, n / dt, extra
+
+    res = {}
+    for name, use in (("matched-filter start", False), ("MDN start + bounds", True)):
+        v, ve, st, rate, extra = run(use)
+        err = v - truth_v
+        s35 = (snr >= 3) & (snr < 5)
+        s5 = snr >= 5
+        r = {
+            "n_pixels": n,
+            "n_snr_3_5": int(s35.sum()),
+            "frac_off50_snr_3_5": float(np.mean(np.abs(err[s35]) > 50)),
+            "frac_off50_snr_ge5": float(np.mean(np.abs(err[s5]) > 50)),
+            "frac_off50_all": float(np.mean(np.abs(err) > 50)),
+            "median_err_snr_ge5_kms": float(np.median(err[s5])),
+            "robust_std_err_snr_ge5_kms": robust_std(err[s5]),
+            "pull_robust_std_snr_ge5": robust_std(err[s5] / ve[s5]),
+            "status_counts": {Status(k).name: int(c) for k, c in zip(*np.unique(st, return_counts=True))},
+            "n_status3_at_bound": int(np.sum(st == Status.AT_BOUND)),
+            "spectra_per_s": rate,
+        }
+        if extra:
+            mean = np.concatenate([e[0] for e in extra])
+            sigma = np.concatenate([e[1] for e in extra])
+            truth_b = cube.truth["BROADENING"].T.ravel()
+            r["mdn_truth_in_3sigma_velocity"] = float(np.mean(np.abs(truth_v - mean[:, 0]) <= 3 * sigma[:, 0]))
+            r["mdn_truth_in_3sigma_broadening"] = float(np.mean(np.abs(truth_b - mean[:, 1]) <= 3 * sigma[:, 1]))
+            r["mdn_velocity_rmse_snr_ge5"] = float(np.sqrt(np.mean((mean[s5, 0] - truth_v[s5]) ** 2)))
+        res[name] = r
+    log(f"\n### MAP fit: matched-filter start vs MDN start and bounds ({size}x{size} SN3 cube, seed {seed}, "
+        f"batches of {batch})\n")
+    keys = list(res["matched-filter start"].keys())
+    log("| quantity | matched-filter start | MDN start + bounds |\n|---|---|---|")
+    for k in keys + [k for k in res["MDN start + bounds"] if k not in keys]:
+        a = res["matched-filter start"].get(k, "–")
+        b = res["MDN start + bounds"].get(k, "–")
+        fmt = lambda q: f"{q:.4g}" if isinstance(q, float) else str(q)  # noqa: E731
+        log(f"| {k} | {fmt(a)} | {fmt(b)} |")
+    log(f"(load average at the end: {os.getloadavg()[0]:.2f})")
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="*", type=int, default=[1, 2, 3])
+    ap.add_argument("--n-eval", type=int, default=20000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    results = {"load_average_start": os.getloadavg()[0]}
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if 1 in args.parts:
+        results["accuracy"] = part1(args.n_eval, log)
+    if 2 in args.parts:
+        results["speed"] = part2(log)
+    if 3 in args.parts:
+        results["fits"] = part3(log)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_mdn.json"), "w") as f:
+            json.dump(results, f, indent=2, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Per-spectrum posteriors of the velocity and the broadening from a network (MDN).
+
+``load_predictor(filter_name, axis_obs_cm1, redshift)`` returns a pure, jax-traceable
+function of ONE spectrum giving the Gaussian posterior (mean, sigma) of
+[velocity_kms, broadening_kms]; it starts and bounds the MAP fit. Weights for each filter
+ship in ``lucijax/mdn/weights`` with the JSON config that made them
+(``scripts/train_mdn.py`` regenerates them).
+"""
+
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+from lucijax.mdn.predictor import (  # noqa: E402
+    MissingWeightsError,
+    Predictor,
+    available_filters,
+    load_network,
+    load_predictor,
+)
+
+__all__ = ["WEIGHTS_DIR", "MissingWeightsError", "Predictor", "available_filters", "load_network", "load_predictor"]
