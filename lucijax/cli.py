@@ -12,7 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
-STATUS_HELP = "STATUS: 0 converged, 1 invalid input, 2 not converged, 3 at a bound, 4 unresolved (broadening 0), 5 singular"
+STATUS_HELP = "STATUS: -1 masked (not fitted), 0 converged, 1 invalid input, 2 not converged, 3 at a bound, 4 unresolved (broadening 0), 5 singular"
 
 
 def _settings(args):
@@ -45,12 +45,19 @@ def _print_summary(result, elapsed: float):
 def cmd_fit(args) -> int:
     import lucijax
 
+    from lucijax.tooling import finish_result, prepare_fit_input, write_extras
+
     t0 = time.time()
+    prep = prepare_fit_input(args.input, region=args.region, mask=args.mask, bin_factor=args.bin,
+                             voronoi_snr=args.voronoi_snr, integrated=args.integrated,
+                             background_region=args.background_region,
+                             background_statistic=args.background_statistic, redshift=args.redshift,
+                             combine=args.combine)
     result = lucijax.fit_cube(
-        args.input,
+        prep.source,
         args.lines,
         model=args.model,
-        region=args.region,
+        region=prep.region,
         redshift=args.redshift,
         window=args.window,
         sky_lines=args.sky_lines,
@@ -62,9 +69,16 @@ def cmd_fit(args) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         checkpoint_dir=None if args.no_checkpoint else Path(args.out) / "checkpoint",
+        **prep.fit_kwargs,
     )
+    result = finish_result(result, prep, heliocentric=args.heliocentric)
     elapsed = time.time() - t0
     out = result.write(args.out)
+    for note in prep.notes:
+        print(note)
+    for path in write_extras(result, prep, out, model_cube=args.model_cube, snr_map=args.snr_map, progress=not args.quiet):
+        print(f"wrote {path}")
+    prep.close()
     if not args.no_checkpoint and not args.keep_checkpoint:
         shutil.rmtree(Path(args.out) / "checkpoint", ignore_errors=True)
     if result.is_single_spectrum:
@@ -132,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not keep finished blocks in OUT/checkpoint (by default a rerun after a crash resumes)")
     f.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after success")
     f.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    t = f.add_argument_group("cube tools")
+    t.add_argument("--mask", help="fit only these pixels: ds9 region file (.reg), mask image (.fits) or x0:x1,y0:y1")
+    t.add_argument("--bin", type=int, help="bin N x N pixels before fitting (maps on the binned grid and WCS)")
+    t.add_argument("--voronoi-snr", type=float, help="Voronoi bins reaching this line S/N; maps back on pixels")
+    t.add_argument("--integrated", nargs="?", const="sum", choices=["sum", "mean"],
+                   help="fit the integrated (summed, or mean) spectrum of --mask or --region")
+    t.add_argument("--combine", default="sum", choices=["sum", "mean"], help="how --bin / --voronoi-snr combine pixels")
+    t.add_argument("--background-region", help="subtract the background spectrum of this region (.reg, .fits, x0:x1,y0:y1)")
+    t.add_argument("--background-statistic", default="median", choices=["median", "mean"])
+    t.add_argument("--heliocentric", action="store_true", help="correct velocities to the heliocentric frame")
+    t.add_argument("--model-cube", action="store_true", help="also write OUT/model.fits and OUT/residual.fits")
+    t.add_argument("--snr-map", action="store_true", help="also write OUT/snr.fits and OUT/deep.fits")
     f.set_defaults(func=cmd_fit)
 
     d = sub.add_parser("demo", help="simulate a small SN3 cube, fit it, write maps and a figure")

@@ -169,3 +169,45 @@ def test_model_and_residual_cubes(fitted, tmp_path):
           f"overall {resid[:, ok].std() / NOISE:.4f}")
     assert abs(ratio - 1) < 0.05
     assert abs(np.mean(resid[:, ok])) < 0.02 * NOISE
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.mark.timeout(400)
+def test_cli_tools(tmp_path, capsys):
+    from astropy.io import fits
+
+    from lucijax.cli import main
+    from lucijax.io import read_maps_fits
+
+    syn = simulate.make_cube(16, 16, seed=29, velocity_range_kms=(30.0, 30.0))
+    syn.attrs.update({"DATE-OBS": "2019-06-01T10:00:00"})
+    path = tmp_path / "cube.hdf5"
+    syn.write(path)
+    out = tmp_path / "binned"
+    rc = main(["fit", str(path), "--lines", *LINES, "--out", str(out), "--bin", "2", "--background-region",
+               "0:16,0:2", "--background-statistic", "mean", "--heliocentric", "--model-cube", "--snr-map",
+               "--batch-size", "64", "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "binned 2x2" in text and "heliocentric correction" in text
+    maps = read_maps_fits(out / "maps.fits")
+    assert maps["HALPHA_FLUX"].shape == (8, 8)
+    with fits.open(out / "model.fits") as h:
+        assert h[0].data.shape[1:] == (8, 8)
+    with fits.open(out / "snr.fits") as h:
+        assert h["SNR"].data.shape == (16, 16)
+    assert (out / "residual.fits").exists() and (out / "deep.fits").exists()
+    from lucijax.heliocentric import heliocentric_correction_kms
+
+    corr = heliocentric_correction_kms({"DATE-OBS": "2019-06-01T10:00:00", **syn.attrs})
+    assert np.nanmedian(maps["HALPHA_VELOCITY"]) == pytest.approx(30.0 + corr, abs=2.0)
+
+    reg = tmp_path / "r.reg"
+    reg.write_text("image\ncircle(8.5,8.5,4)\n")
+    rc = main(["fit", str(path), "--lines", *LINES, "--out", str(tmp_path / "integ"), "--mask", str(reg),
+               "--integrated", "--quiet"])
+    assert rc == 0
+    import json
+
+    summary = json.loads((tmp_path / "integ" / "fit.json").read_text())
+    assert summary["velocity"] == pytest.approx(30.0, abs=2.0)
