@@ -75,6 +75,55 @@ def plot_spectrum_fit(axis_cm1, spectrum, model, *, lines=None, unit: str = "", 
     return _finish(fig, path)
 
 
+def plot_corner(samples: dict, names=None, *, truths: dict | None = None, units: dict | None = None, path=None,
+                title: str | None = None, **corner_kwargs):
+    """Posterior corner plot (``corner`` package) of one pixel.
+
+    Parameters
+    ----------
+    samples : dict
+        Parameter name -> samples, shape ``(draws,)`` or ``(chains, draws)`` (flattened).
+    names : list of str, optional
+        Parameters to show, in order (default: every key of ``samples``).
+    truths : dict, optional
+        Parameter name -> value to mark (e.g. the MAP fit or the simulation truth).
+    units : dict, optional
+        Parameter name -> unit for the axis labels.
+    path : path, optional
+        Save the figure there.
+    corner_kwargs
+        Passed to ``corner.corner`` (e.g. ``bins``, ``smooth``).
+
+    Returns the matplotlib Figure; the titles give the median and the 16-84 % interval.
+    """
+    import corner
+
+    names = list(names or samples)
+    missing = [n for n in names if n not in samples]
+    if missing:
+        raise KeyError(f"no samples for {missing}; samples given: {list(samples)}")
+    cols = [np.asarray(samples[n], dtype=float).reshape(-1) for n in names]
+    if len({c.size for c in cols}) != 1:
+        raise ValueError("every parameter needs the same number of samples")
+    data = np.stack(cols, axis=1)
+    keep = np.all(np.isfinite(data), axis=1)
+    if keep.sum() < max(10, data.shape[1] + 1):
+        raise ValueError(f"only {int(keep.sum())} finite samples: too few for a corner plot")
+    labels = [f"{n} ({(units or {}).get(n)})" if (units or {}).get(n) else n for n in names]
+    kw = dict(quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".3g", title_kwargs={"fontsize": 9},
+              label_kwargs={"fontsize": 9})
+    if truths is not None:
+        kw["truths"] = [truths.get(n) for n in names]
+        kw["truth_color"] = "C3"
+    kw.update(corner_kwargs)
+    fig = corner.corner(data[keep], labels=labels, **kw)
+    if title:
+        fig.suptitle(title, y=1.02)
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
 def _finish(fig, path):
     """Lay out ``fig``, save it to ``path`` when given, return it."""
     fig.tight_layout()
