@@ -95,6 +95,9 @@ def fit_cube(
     devices=None,
     mask=None,
     background=None,
+    components: int = 1,
+    min_separation_kms: float = 40.0,
+    freeze=None,
 ) -> FitResult:
     """Fit emission lines in every pixel of a region of a SITELLE cube.
 
@@ -137,6 +140,17 @@ def fit_cube(
     background : array (n_channels,), optional
         Per-pixel background spectrum (``lucijax.regions.background_spectrum``) subtracted
         from every spectrum before fitting.
+    components : int
+        Kinematic components per kinematic group (``lucijax.fit.components``): every line
+        is fitted once per component (maps ``{LINE}_C{k}_...``), components ordered in
+        velocity (``v_k >= v_{k-1} + min_separation_kms``), so they never swap or collapse.
+    min_separation_kms : float
+        Smallest velocity difference between neighbouring components.
+    freeze : path to a maps.fits or dict of [y, x] maps, optional
+        Freeze mode (``lucijax.fit.freeze``): velocities and broadenings taken from these
+        maps (``{LINE}_VELOCITY``/``_BROADENING`` of each group's first line, or plain
+        ``VELOCITY``/``BROADENING``; region-sized or cube-sized), only the amplitudes and
+        the continuum fitted.
 
     Returns
     -------
@@ -169,8 +183,15 @@ def fit_cube(
             cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
             groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order, settings=settings,
         )
-        raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress,
-                         checkpoint_dir=checkpoint_dir, devices=devices, pixel_mask=pixel_mask)
+        if int(components) > 1:
+            from lucijax.fit.components import ComponentSettings, plan_components
+
+            plan = plan_components(plan, ComponentSettings(int(components), float(min_separation_kms)))
+        if freeze is not None:
+            raw = _fit_frozen(cube_obj, plan, freeze, region, pixel_mask, batch_size, progress)
+        else:
+            raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress,
+                             checkpoint_dir=checkpoint_dir, devices=devices, pixel_mask=pixel_mask)
         maps, units = build_maps(raw, plan)
         wcs = region_wcs(cube_obj.header.wcs, region) if cube_obj.header.wcs is not None else None
         return FitResult(maps, units, wcs, region, plan, str(getattr(cube_obj, "path", "")),
@@ -178,6 +199,23 @@ def fit_cube(
     finally:
         if own:
             cube_obj.close()
+
+
+def _fit_frozen(cube_obj, plan, freeze, region, pixel_mask, batch_size, progress) -> dict:
+    """Freeze mode of :func:`fit_cube`: kinematics from maps, masked pixels left out."""
+    from lucijax.fit.cube import MASKED_STATUS
+    from lucijax.fit.freeze import fit_region_frozen, kinematic_maps
+
+    nx, ny, _ = cube_obj.shape
+    theta, theta_err = kinematic_maps(freeze, plan.line_set, region, (nx, ny))
+    if plan.spec.has_broadening and np.all(np.isnan(theta[..., plan.spec.n_groups:])):
+        raise ValueError(f"freeze maps have no broadening maps, which the {plan.spec.shape} model needs")
+    if pixel_mask is not None:
+        theta[~np.asarray(pixel_mask, bool)] = np.nan
+    raw = fit_region_frozen(cube_obj, plan, theta, theta_err, region, batch_size=batch_size, progress=progress)
+    if pixel_mask is not None:
+        raw["status"][~np.asarray(pixel_mask, bool)] = MASKED_STATUS
+    return raw
 
 
 def fit_spectrum(path, lines=None, **kwargs) -> dict:

@@ -126,3 +126,26 @@ def test_missing_or_misshaped_maps_are_reported(frozen_cube):
     v = np.arange(14 * 14, dtype=float).reshape(14, 14)
     theta, _ = kinematic_maps({"VELOCITY": v, "BROADENING": v}, ls, (2, 5, 3, 9), (14, 14))
     np.testing.assert_array_equal(theta[..., 0], v[3:9, 2:5].T)
+
+
+def test_fit_cube_freeze_api(frozen_cube, tmp_path):
+    """``lucijax.fit_cube(..., freeze=maps.fits)``: a free fit of the whole cube, then a
+    frozen fit of a sub-region with the cube-sized maps; same amplitudes, same velocities."""
+    _, path = frozen_cube
+    free = lucijax.fit_cube(path, list(DEFAULT_LINES), progress=False)
+    free.write(tmp_path)
+    region = (3, 11, 2, 9)
+    frozen = lucijax.fit_cube(path, list(DEFAULT_LINES), region=region, freeze=tmp_path / "maps.fits", progress=False)
+    x0, x1, y0, y1 = region
+    sub = {k: v[y0:y1, x0:x1] for k, v in free.maps.items()}
+    ok = sub["STATUS"] == 0
+    np.testing.assert_allclose(frozen.maps["HALPHA_VELOCITY"], sub["HALPHA_VELOCITY"], atol=1e-3)
+    np.testing.assert_allclose(frozen.maps["HALPHA_AMPLITUDE"][ok], sub["HALPHA_AMPLITUDE"][ok], rtol=2e-3)
+    np.testing.assert_allclose(frozen.maps["HALPHA_FLUX"][ok], sub["HALPHA_FLUX"][ok], rtol=2e-3)
+    assert np.all(frozen.maps["STATUS"] == 0)
+    # the model spectrum of the frozen fit is available like any fit's
+    axis, model = frozen.model_spectrum(2, 3)
+    assert axis.shape == model.shape and np.nanmax(model) > 0
+    with pytest.raises(ValueError, match="broadening"):
+        lucijax.fit_cube(path, list(DEFAULT_LINES), region=region, freeze={"VELOCITY": free.maps["HALPHA_VELOCITY"]},
+                         progress=False)
