@@ -69,9 +69,17 @@ def cmd_fit(args) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         checkpoint_dir=None if args.no_checkpoint else Path(args.out) / "checkpoint",
+        components=args.components,
+        min_separation_kms=args.min_separation,
+        freeze=args.freeze,
         **prep.fit_kwargs,
     )
     result = finish_result(result, prep, heliocentric=args.heliocentric)
+    if args.velocity_correction:
+        from lucijax.skycal import correct_result_from_file
+
+        result = correct_result_from_file(result, args.velocity_correction)
+        print(f"velocities corrected by {args.velocity_correction}")
     elapsed = time.time() - t0
     out = result.write(args.out)
     for note in prep.notes:
@@ -119,6 +127,34 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_skycal(args) -> int:
+    import numpy as np
+
+    import lucijax
+    from lucijax.fit.cube import parse_region
+    from lucijax.skycal import calibrate_sky, write_sky_bins, write_velocity_correction
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with lucijax.open_cube(args.input) as cube:
+        sky_mask = None
+        if args.sky_mask:
+            from lucijax.regions import read_mask
+
+            nx, ny, _ = cube.shape
+            sky_mask = read_mask(args.sky_mask, (ny, nx), cube.header.wcs)
+        corr, sky = calibrate_sky(cube, args.sky_lines, bin_size=args.bin, order=args.order, sky_mask=sky_mask,
+                                  region=parse_region(args.region) if args.region else None, clip_sigma=args.clip,
+                                  model=args.model, progress=not args.quiet)
+        path = write_velocity_correction(out / "velocity_correction.fits", corr, wcs=cube.header.wcs, sky=sky)
+    write_sky_bins(out / "sky_bins.txt", sky, corr)
+    cmap = corr.map()
+    print(f"{sky.x.size} sky bins, {int(corr.used.sum())} kept; median bin velocity {float(np.median(sky.velocity_kms)):.2f} km/s; "
+          f"surface rms {corr.rms_kms:.2f} km/s; correction {np.nanmin(cmap):.2f} .. {np.nanmax(cmap):.2f} km/s")
+    print(f"wrote {path} and {out / 'sky_bins.txt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lucijax", description="Fit emission lines in every pixel of a SITELLE cube (JAX).")
     p.add_argument("--verbose", "-v", action="store_true", help="log more")
@@ -158,7 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--heliocentric", action="store_true", help="correct velocities to the heliocentric frame")
     t.add_argument("--model-cube", action="store_true", help="also write OUT/model.fits and OUT/residual.fits")
     t.add_argument("--snr-map", action="store_true", help="also write OUT/snr.fits and OUT/deep.fits")
+    t.add_argument("--components", type=int, default=1,
+                   help="kinematic components per line (ordered in velocity; maps {LINE}_C1_..., {LINE}_C2_...)")
+    t.add_argument("--min-separation", type=float, default=40.0, help="smallest velocity step between components, km/s")
+    t.add_argument("--freeze", metavar="MAPS.fits",
+                   help="take velocities and broadenings from these maps; fit only amplitudes and continuum")
+    t.add_argument("--velocity-correction", metavar="CORR.fits",
+                   help="subtract this sky velocity-correction map (lucijax skycal) from the velocity maps")
     f.set_defaults(func=cmd_fit)
+
+    sc = sub.add_parser("skycal", help="velocity-correction map from the OH sky lines of binned sky regions")
+    sc.add_argument("input", help="cube file")
+    sc.add_argument("--sky-lines", required=True, help="ORB sky line list (index wavelength_A intensity)")
+    sc.add_argument("--bin", type=int, default=16, help="side of the sky bins, pixels")
+    sc.add_argument("--order", type=int, default=2, help="total degree of the 2-D polynomial")
+    sc.add_argument("--sky-mask", help="sky pixels: ds9 region file (.reg), mask image (.fits) or x0:x1,y0:y1")
+    sc.add_argument("--region", help="use only this pixel box x0:x1,y0:y1")
+    sc.add_argument("--clip", type=float, default=3.5, help="outlier rejection threshold (sigma)")
+    sc.add_argument("--model", default="sinc", choices=["sincgauss", "sinc", "gaussian"])
+    sc.add_argument("--out", default="lucijax_skycal", help="output folder (velocity_correction.fits, sky_bins.txt)")
+    sc.add_argument("--quiet", "-q", action="store_true")
+    sc.set_defaults(func=cmd_skycal)
 
     d = sub.add_parser("demo", help="simulate a small SN3 cube, fit it, write maps and a figure")
     d.add_argument("--out", default="lucijax_demo", help="output folder")

@@ -158,8 +158,8 @@ def fit_velocity_correction(x, y, velocity_kms, velocity_err_kms, shape_xy, *, o
     Each iteration fits the kept points with weights ``1/sqrt(err^2 + s^2)``, where ``s`` is
     the extra scatter that brings the reduced chi2 of the kept points to 1 (0 when the
     error bars explain the scatter), and rejects points whose residual exceeds
-    ``clip_sigma`` times their total error, using a robust (MAD) scale of the normalised
-    residuals. Stops when the kept set no longer changes.
+    ``clip_sigma`` x ``max(1, MAD scale of residual/err over the kept points)`` times their
+    error. Stops when the kept set no longer changes.
 
     Parameters
     ----------
@@ -202,7 +202,9 @@ def fit_velocity_correction(x, y, velocity_kms, velocity_err_kms, shape_xy, *, o
                 else:
                     hi_s = mid
             extra = 0.5 * (lo_s + hi_s)
-        z = resid / np.sqrt(err**2 + extra**2)
+        # outliers from residuals in units of their own errors, with a robust (MAD) scale:
+        # an extra-scatter term fitted to all points would absorb the outliers it should flag
+        z = resid / err
         mad = 1.4826 * np.median(np.abs(z[keep] - np.median(z[keep])))
         scale = max(mad, 1.0) if np.isfinite(mad) else 1.0
         new_keep = good & (np.abs(z) < clip_sigma * scale)
@@ -252,6 +254,34 @@ def correct_result(result, correction: VelocityCorrection):
     return result
 
 
+def correct_result_from_file(result, path):
+    """Subtract the VELOCITY_CORRECTION map of ``path`` (written by
+    :func:`write_velocity_correction`, full cube) from ``result``'s velocity maps, on its
+    region; the result must be on the cube's pixel grid (not binned)."""
+    from lucijax.io import read_maps_fits
+
+    maps = read_maps_fits(path)
+    if "VELOCITY_CORRECTION" not in maps:
+        raise ValueError(f"{path} has no VELOCITY_CORRECTION map (write it with 'lucijax skycal')")
+    full = maps["VELOCITY_CORRECTION"]
+    x0, x1, y0, y1 = result.region
+    if y1 > full.shape[0] or x1 > full.shape[1]:
+        raise ValueError(f"the fit's region {result.region} is outside the correction map {full.shape} ([y, x]); "
+                         "a velocity correction applies to fits on the cube's own pixel grid")
+    result.maps = apply_velocity_correction(result.maps, full[y0:y1, x0:x1])
+    return result
+
+
+def write_sky_bins(path, sky: SkyVelocities, correction: VelocityCorrection | None = None):
+    """Text table of the sky bins: x, y, velocity, error, status, pixels, kept, surface."""
+    used = correction.used if correction is not None else np.ones(sky.x.size, bool)
+    surf = correction.evaluate(sky.x, sky.y) if correction is not None else np.full(sky.x.size, np.nan)
+    table = np.column_stack([sky.x, sky.y, sky.velocity_kms, sky.velocity_err_kms, sky.status, sky.n_pixels, used, surf])
+    np.savetxt(path, table, fmt=["%.2f", "%.2f", "%.4f", "%.4f", "%d", "%d", "%d", "%.4f"],
+               header="x_pix y_pix velocity_kms velocity_err_kms status n_pixels kept surface_kms")
+    return path
+
+
 def write_velocity_correction(path, correction: VelocityCorrection, wcs=None, sky: SkyVelocities | None = None):
     """Write the correction map of the whole cube (EXTNAME VELOCITY_CORRECTION, km/s,
     [y, x]) with its polynomial in the header."""
@@ -278,5 +308,7 @@ __all__ = [
     "calibrate_sky",
     "apply_velocity_correction",
     "correct_result",
+    "correct_result_from_file",
+    "write_sky_bins",
     "write_velocity_correction",
 ]

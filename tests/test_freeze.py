@@ -149,3 +149,21 @@ def test_fit_cube_freeze_api(frozen_cube, tmp_path):
     with pytest.raises(ValueError, match="broadening"):
         lucijax.fit_cube(path, list(DEFAULT_LINES), region=region, freeze={"VELOCITY": free.maps["HALPHA_VELOCITY"]},
                          progress=False)
+
+
+def test_cli_freeze(frozen_cube, tmp_path):
+    """``lucijax fit --freeze maps.fits``: the frozen fit's velocities are the given ones."""
+    from lucijax.cli import main
+    from lucijax.io import read_maps_fits
+
+    _, path = frozen_cube
+    lines = list(DEFAULT_LINES)
+    assert main(["fit", str(path), "--lines", *lines, "--region", "3:11,2:9", "--out", str(tmp_path / "free"),
+                 "--no-checkpoint", "-q"]) == 0
+    assert main(["fit", str(path), "--lines", *lines, "--region", "3:11,2:9", "--freeze", str(tmp_path / "free" / "maps.fits"),
+                 "--out", str(tmp_path / "frozen"), "--no-checkpoint", "-q"]) == 0
+    free = read_maps_fits(tmp_path / "free" / "maps.fits")
+    frozen = read_maps_fits(tmp_path / "frozen" / "maps.fits")
+    np.testing.assert_allclose(frozen["HALPHA_VELOCITY"], free["HALPHA_VELOCITY"], atol=1e-3)
+    ok = free["STATUS"] == 0
+    np.testing.assert_allclose(frozen["HALPHA_FLUX"][ok], free["HALPHA_FLUX"][ok], rtol=2e-3)
