@@ -532,9 +532,10 @@ class VoronoiBinning:
         """Map per-bin values (shape ``(n_bins, ...)``) to a ``[y, x]`` image of the region."""
         values = np.asarray(values)
         out = values[np.maximum(self.bin_number, 0)]
-        if values.dtype.kind in "iub":
-            out = out.astype(np.int64) if values.dtype.kind == "b" else out
-        else:
+        integer_fill = isinstance(fill, (int, np.integer)) and not isinstance(fill, bool)
+        if values.dtype.kind in "iub" and integer_fill:
+            out = out.astype(np.int64)
+        else:  # a NaN fill needs floats
             out = out.astype(np.result_type(values.dtype, np.float32))
         out[self.bin_number < 0] = fill
         return out

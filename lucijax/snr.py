@@ -16,6 +16,7 @@ Default windows are rest-frame air wavelengths (nm) per filter, shifted by ``1 +
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,7 +70,8 @@ def signal_noise(spectra, line_channels, noise_channels) -> dict[str, np.ndarray
     ``snr_integrated``. NaN channels are ignored; spectra without a finite noise get NaN.
     """
     s = np.asarray(spectra, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN spectra give NaN
         nz = s[..., noise_channels]
         cont = np.nanmedian(nz, axis=-1)
         noise = 1.4826 * np.nanmedian(np.abs(nz - cont[..., None]), axis=-1)
@@ -77,29 +79,18 @@ def signal_noise(spectra, line_channels, noise_channels) -> dict[str, np.ndarray
         n_line = np.sum(np.isfinite(line), axis=-1)
         peak = np.nanmax(line, axis=-1)
         integ = np.nansum(line, axis=-1)
-        integ_noise = noise * np.sqrt(n_line)
         noise = np.where(noise > 0, noise, np.nan)
+        integ_noise = noise * np.sqrt(n_line)
+        integ = np.where(n_line > 0, integ, np.nan)
         return {
             "continuum": cont,
             "noise": noise,
             "peak": peak,
-            "integrated": np.where(n_line > 0, integ, np.nan),
-            "integrated_noise": np.where(integ_noise > 0, integ_noise, np.nan),
+            "integrated": integ,
+            "integrated_noise": integ_noise,
             "snr": peak / noise,
             "snr_integrated": integ / integ_noise,
         }
-
-
-class _quiet:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 @dataclass
