@@ -142,7 +142,7 @@ def test_model_and_residual_cubes(fitted, tmp_path):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from lucijax.io.model_cube import observed_axis_cm1, write_model_cube
+    from lucijax.io.model_cube import write_model_cube
 
     syn, path, res = fitted
     mpath, rpath = tmp_path / "model.fits", tmp_path / "resid.fits"
