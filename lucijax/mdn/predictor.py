@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,8 @@ from lucijax.mdn.preprocess import features, interp_weights
 
 log = logging.getLogger(__name__)
 
-Predictor = object  # documented signature: predict(y (n,), fwhm_cm1 scalar) -> (mean (2,), sigma (2,))
+#: What :func:`load_predictor` returns: ``predict(y (n,), fwhm_cm1 ()) -> (mean (2,), sigma (2,))``.
+Predictor = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class MissingWeightsError(ValueError):
@@ -68,7 +70,7 @@ def load_network(filter_name: str, mdn: bool = True, weights_dir: str | None = N
     return cfg, params
 
 
-def load_predictor(filter_name: str, axis_obs_cm1, redshift: float = 0.0, mdn: bool = True, weights_dir=None):
+def load_predictor(filter_name: str, axis_obs_cm1, redshift: float = 0.0, mdn: bool = True, weights_dir=None) -> Predictor:
     """The network of ``filter_name`` as a function of ONE spectrum.
 
     Parameters
