@@ -93,6 +93,8 @@ class SpectrumNet(nn.Module):
         curv = sm - 2.0 * s0 + sp
         shift = jnp.where(curv < 0, 0.5 * (sm - sp) / jnp.minimum(curv, -1e-6), 0.0)
         v_peak = jax.lax.stop_gradient(v_grid[kb]) + dv * jnp.clip(shift, -1.0, 1.0)
+        self.sow("intermediates", "comb_peak_velocity_kms", v_peak)
+        self.sow("intermediates", "comb_soft_velocity_kms", v_soft)
         # aligned line profiles at the comb's peak velocity
         offsets = jnp.arange(c.n_offsets, dtype=jnp.float32) - (c.n_offsets - 1) / 2
         centre = jnp.asarray(pos0, jnp.float32) + jnp.asarray(dpos, jnp.float32) * v_peak
