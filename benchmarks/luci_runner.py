@@ -177,6 +177,19 @@ def _parse_args(argv=None):
     )
     p.add_argument("--object-name", default="bench")
     p.add_argument("--quiet", action="store_true", help="LUCI logger at WARNING")
+    p.add_argument(
+        "--bayes-emcee",
+        action="store_true",
+        help="instead of fit_cube: LUCI's emcee path (fit_pixel with bayes_bool=True) for every pixel of the "
+        "region, one at a time; chains saved to OUT/luci_emcee_chains.npz (see run_bayes_emcee)",
+    )
+    p.add_argument(
+        "--emcee-steps",
+        type=int,
+        default=None,
+        help="with --bayes-emcee: cap emcee's run_mcmc steps (LUCI uses 3000 steps x 2000 walkers)",
+    )
+    p.add_argument("--emcee-walkers", type=int, default=None, help="with --bayes-emcee: override LUCI's 2000 walkers")
     return p.parse_args(argv)
 
 
@@ -376,6 +389,123 @@ def run(args, result: dict) -> dict:
     return result
 
 
+def run_bayes_emcee(args, result: dict) -> dict:
+    """LUCI's Bayesian path: ``SitelleCube.fit_pixel(..., bayes_bool=True,
+    bayes_method='emcee')`` for each pixel of the region, in this process, one at a time
+    (LUCI's MAP fit, then ``SpectrumFitter.fit_Bayes``: emcee ``EnsembleSampler`` with
+    LUCI's log_probability, 2000 walkers, 3000 steps, 500 discarded).
+
+    ``emcee.EnsembleSampler`` is wrapped (not changed) to record the time of ``run_mcmc``
+    and the full chain of each pixel; ``--emcee-steps`` / ``--emcee-walkers`` optionally
+    shorten the run (the per-step cost and the autocorrelation time per step do not depend
+    on the run length, so effective samples per second can be measured on a shorter run).
+    Saved: ``OUT/luci_emcee_chains.npz`` with ``chains`` [pixel, step, walker, param]
+    (float32; params = LUCI's [amplitudes..., shift (cm-1), sigma (cm-1), continuum]),
+    ``pixels`` [(x, y)], ``run_seconds`` (run_mcmc wall time per pixel), ``fit_seconds``
+    (whole fit_pixel call per pixel).
+    """
+    import numpy as np
+
+    t_setup0 = time.perf_counter()
+    cube_path = os.path.abspath(args.cube)
+    nx, ny, nz, (x0, x1, y0, y1) = _check_cube(cube_path, args.region)
+    out_dir = os.path.abspath(args.out) if args.out else tempfile.mkdtemp(prefix="luci_runner_")
+    os.makedirs(out_dir, exist_ok=True)
+    os.chdir(out_dir)
+    if cube_path.endswith(".hdf5"):
+        luci_cube_stem = cube_path[: -len(".hdf5")]
+    else:
+        link_dir = tempfile.mkdtemp(prefix="luci_cube_")
+        luci_cube_stem = os.path.join(link_dir, "cube")
+        os.symlink(cube_path, luci_cube_stem + ".hdf5")
+    import emcee
+    import luci
+    from luci import SitelleCube
+
+    if args.quiet:
+        import logging
+
+        from luci.log import get_logger
+
+        get_logger().setLevel(logging.WARNING)
+    result["luci_version"] = getattr(luci, "__version__", "unknown")
+    result["emcee_version"] = getattr(emcee, "__version__", "unknown")
+    records = []
+    _Base = emcee.EnsembleSampler
+
+    class RecordingSampler(_Base):
+        def __init__(self, nwalkers, ndim, *a, **k):
+            self._orig_nwalkers = nwalkers
+            super().__init__(nwalkers, ndim, *a, **k)
+
+        def run_mcmc(self, initial_state, nsteps, **kw):
+            steps = nsteps if args.emcee_steps is None else min(nsteps, args.emcee_steps)
+            t = time.perf_counter()
+            out = super().run_mcmc(initial_state, steps, **{**kw, "progress": False})
+            records.append({"seconds": time.perf_counter() - t, "chain": self.get_chain().astype(np.float32),
+                            "luci_steps": nsteps, "steps": steps, "walkers": self.nwalkers})
+            return out
+
+        def get_chain(self, **kw):
+            if "discard" in kw and args.emcee_steps is not None:  # keep LUCI's 1/6 burn-in fraction
+                kw["discard"] = min(kw["discard"], self.iteration // 6)
+            return super().get_chain(**kw)
+
+    emcee.EnsembleSampler = RecordingSampler
+    if args.emcee_walkers is not None:
+        import luci.fitting.spectrum_fitter as sf
+
+        orig_bayes = sf.SpectrumFitter.fit_Bayes
+
+        def fit_bayes_walkers(self):
+            # LUCI hard-codes n_walkers = 2000 inside fit_Bayes: rebuild the same call with fewer
+            orig_np_randn = np.random.randn
+
+            def randn(*shape):
+                if len(shape) == 2 and shape[0] == 2000:
+                    shape = (args.emcee_walkers, shape[1])
+                return orig_np_randn(*shape)
+
+            np.random.randn = randn
+            try:
+                return orig_bayes(self)
+            finally:
+                np.random.randn = orig_np_randn
+
+        sf.SpectrumFitter.fit_Bayes = fit_bayes_walkers
+
+        def init_walkers(self, nwalkers, ndim, *a, **k):
+            _Base.__init__(self, args.emcee_walkers if nwalkers == 2000 else nwalkers, ndim, *a, **k)
+
+        RecordingSampler.__init__ = init_walkers
+
+    cube = SitelleCube(cube_path=luci_cube_stem, output_dir=out_dir, object_name=args.object_name,
+                       redshift=args.redshift, resolution=args.resolution, ML_bool=not args.no_ml)
+    if args.no_ml:
+        cube.ML_bool = False
+    result["setup_seconds"] = time.perf_counter() - t_setup0
+    lines = list(args.lines)
+    n = len(lines)
+    pixels, fit_seconds = [], []
+    for x in range(x0, x1):
+        for y in range(y0, y1):
+            t = time.perf_counter()
+            cube.fit_pixel(lines, args.model, [1] * n, [1] * n, x, y, bayes_bool=True, bayes_method="emcee",
+                           nii_cons=not args.no_nii_cons)
+            fit_seconds.append(time.perf_counter() - t)
+            pixels.append((x, y))
+            print(f"pixel {x},{y}: {fit_seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+    chains = np.stack([r["chain"] for r in records])
+    path = os.path.join(out_dir, "luci_emcee_chains.npz")
+    np.savez(path, chains=chains, pixels=np.asarray(pixels), run_seconds=np.asarray([r["seconds"] for r in records]),
+             fit_seconds=np.asarray(fit_seconds))
+    result.update(n_spectra=len(pixels), chains_file=path, emcee_steps=records[0]["steps"],
+                  luci_emcee_steps=records[0]["luci_steps"], emcee_walkers=records[0]["walkers"],
+                  run_seconds=[r["seconds"] for r in records], fit_seconds=fit_seconds,
+                  entry_point="luci.SitelleCube.fit_pixel(bayes_bool=True, bayes_method='emcee')")
+    return result
+
+
 def main(argv=None) -> int:
     args = _parse_args(argv)
     json_out = _redirect_stdout_to_stderr()
@@ -400,7 +530,10 @@ def main(argv=None) -> int:
     }
     rc = 0
     try:
-        run(args, result)
+        if args.bayes_emcee:
+            run_bayes_emcee(args, result)
+        else:
+            run(args, result)
     except BaseException as exc:  # noqa: BLE001 -- always emit the JSON line
         traceback.print_exc(file=sys.stderr)
         result["error"] = f"{type(exc).__name__}: {exc}"

@@ -98,6 +98,10 @@ def fit_cube(
     components: int = 1,
     min_separation_kms: float = 40.0,
     freeze=None,
+    bayes: str | None = None,
+    bayes_settings=None,
+    bayes_samples=None,
+    bayes_components: bool = False,
 ) -> FitResult:
     """Fit emission lines in every pixel of a region of a SITELLE cube.
 
@@ -151,6 +155,17 @@ def fit_cube(
         maps (``{LINE}_VELOCITY``/``_BROADENING`` of each group's first line, or plain
         ``VELOCITY``/``BROADENING``; region-sized or cube-sized), only the amplitudes and
         the continuum fitted.
+    bayes : {'nuts', 'ensemble', 'nested', 'mh'}, optional
+        After the MAP fit, sample every pixel's posterior (``lucijax.fit.bayes``): the
+        maps then hold posterior medians, half 16-84 % widths as ``*_ERR``, and
+        ``RHAT_MAX``, ``ESS_MIN`` (``LOGZ`` for 'nested').
+    bayes_settings : lucijax.fit.bayes.BayesSettings, optional
+    bayes_samples : path, optional
+        Write every pixel's samples to this HDF5 file.
+    bayes_components : bool
+        With ``bayes='nested'``: fit one and two kinematic components per pixel and choose
+        by evidence (``N_COMPONENTS``, ``LOGZ_1COMP``, ``LOGZ_2COMP``; second-component
+        maps ``{LINE}_2_...``).
 
     Returns
     -------
@@ -192,7 +207,18 @@ def fit_cube(
         else:
             raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress,
                              checkpoint_dir=checkpoint_dir, devices=devices, pixel_mask=pixel_mask)
+        if bayes:
+            from lucijax.fit.bayes import bayes_region
+
+            if int(components) > 1 or freeze is not None:
+                raise ValueError("bayes= works with one component and no freeze (use bayes_components=True)")
+            raw = bayes_region(cube_obj, plan, region, raw, bayes, bayes_settings, components=bayes_components,
+                               samples_path=bayes_samples, progress=progress)
         maps, units = build_maps(raw, plan)
+        if bayes:
+            from lucijax.fit.bayes import add_bayes_maps
+
+            add_bayes_maps(maps, units, raw, plan)
         wcs = region_wcs(cube_obj.header.wcs, region) if cube_obj.header.wcs is not None else None
         return FitResult(maps, units, wcs, region, plan, str(getattr(cube_obj, "path", "")),
                          bool(cube_obj.is_single_spectrum), raw)
