@@ -42,6 +42,18 @@ def _print_summary(result, elapsed: float):
               f"median reduced chi2 {np.nanmedian(chi2):.3f}")
 
 
+def _bayes_kwargs(args) -> dict:
+    """fit_cube keywords of the --bayes options (none without --bayes)."""
+    if not getattr(args, "bayes", None):
+        return {}
+    from lucijax.fit.bayes import BayesSettings
+
+    settings = BayesSettings(sampler=args.bayes, prior=args.bayes_prior, num_warmup=args.bayes_num_warmup,
+                             num_samples=args.bayes_num_samples, num_chains=args.bayes_chains)
+    return dict(bayes=args.bayes, bayes_settings=settings, bayes_samples=args.bayes_samples,
+                bayes_components=args.bayes_components)
+
+
 def cmd_fit(args) -> int:
     import lucijax
 
@@ -72,6 +84,7 @@ def cmd_fit(args) -> int:
         components=args.components,
         min_separation_kms=args.min_separation,
         freeze=args.freeze,
+        **_bayes_kwargs(args),
         **prep.fit_kwargs,
     )
     result = finish_result(result, prep, heliocentric=args.heliocentric)
@@ -201,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take velocities and broadenings from these maps; fit only amplitudes and continuum")
     t.add_argument("--velocity-correction", metavar="CORR.fits",
                    help="subtract this sky velocity-correction map (lucijax skycal) from the velocity maps")
+    b = f.add_argument_group("Bayesian posteriors (after the MAP fit; lucijax.fit.bayes)")
+    b.add_argument("--bayes", choices=["nuts", "ensemble", "nested", "mh"],
+                   help="sample every pixel's posterior: maps of medians, *_ERR = half 16-84%% width, RHAT_MAX, "
+                   "ESS_MIN (LOGZ for nested); 'mh' = broad priors with the MDN as proposal")
+    b.add_argument("--bayes-samples", metavar="FILE.h5", help="write every pixel's samples to this HDF5 file")
+    b.add_argument("--bayes-prior", choices=["informed", "broad"],
+                   help="velocity/broadening prior: MDN (or MAP) mean +- 3 sigma, or the search range "
+                   "(default: broad for mh, informed otherwise)")
+    b.add_argument("--bayes-num-samples", type=int, default=500, help="draws per chain")
+    b.add_argument("--bayes-num-warmup", type=int, default=300, help="warm-up steps per chain")
+    b.add_argument("--bayes-chains", type=int, default=2, help="chains per pixel (ensemble: walkers are separate)")
+    b.add_argument("--bayes-components", action="store_true",
+                   help="with --bayes nested: fit 1 and 2 components, choose by evidence (N_COMPONENTS map)")
     f.set_defaults(func=cmd_fit)
 
     sc = sub.add_parser("skycal", help="velocity-correction map from the OH sky lines of binned sky regions")
