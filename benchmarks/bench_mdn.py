@@ -24,7 +24,8 @@ Usage (repository root, lucijax's environment)::
    |v - truth| > 50 km/s at SNR 3-5 (and at SNR >= 5), at SNR >= 5 the median velocity
    error (bias), robust std of the velocity errors and of the pulls (error / velocity_err),
    status counts (STATUS 3 = at a bound), and the throughput of both (MDN inference
-   included in the MDN run).
+   included in the MDN run). A third run uses the MDN only where its sigma_v <=
+   ``--fallback-sigma`` km/s and the matched-filter start elsewhere.
 """
 
 from __future__ import annotations
@@ -98,33 +99,39 @@ def part2(log, n=16384, repeats=5):
     res = {}
 
     def timeit(fn, *args):
+        """(best wall rate, rate per CPU-second of this process over all repeats)."""
         jax.block_until_ready(fn(*args))  # compile
         best = np.inf
+        c0, w0 = time.process_time(), time.perf_counter()
         for _ in range(repeats):
             t = time.perf_counter()
             jax.block_until_ready(fn(*args))
             best = min(best, time.perf_counter() - t)
-        return n / best
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        return n / best, n * repeats / cpu, cpu / wall
 
     yj, fj = jnp.asarray(y), jnp.asarray(fwhm)
-    res["one_device_spectra_per_s"] = timeit(f, yj, fj)
+    res["one_device_spectra_per_s"], res["one_device_per_cpu_s"], res["one_device_cores_used"] = timeit(f, yj, fj)
     devs = jax.local_devices()
     if len(devs) > 1:
         mesh = Mesh(np.array(devs), ("b",))
         sh = NamedSharding(mesh, PartitionSpec("b"))
-        res["sharded_spectra_per_s"] = timeit(f, jax.device_put(yj, sh), jax.device_put(fj, sh))
+        res["sharded_spectra_per_s"], res["sharded_per_cpu_s"], res["sharded_cores_used"] = timeit(
+            f, jax.device_put(yj, sh), jax.device_put(fj, sh))
     res["n_devices"] = len(devs)
     res["n_channels"] = int(axis.size)
     res["load_average"] = os.getloadavg()[0]
     log(f"\n### Inference speed (SN3, {n} spectra of {axis.size} channels, jit+vmap, compile excluded, best of {repeats})\n")
-    log(f"one XLA device: {res['one_device_spectra_per_s']:.0f} spectra/s")
+    log(f"one XLA device: {res['one_device_spectra_per_s']:.0f} spectra/s wall "
+        f"({res['one_device_per_cpu_s']:.0f} per CPU-second, {res['one_device_cores_used']:.2f} cores busy)")
     if "sharded_spectra_per_s" in res:
-        log(f"sharded over {len(devs)} XLA CPU devices: {res['sharded_spectra_per_s']:.0f} spectra/s")
+        log(f"sharded over {len(devs)} XLA CPU devices: {res['sharded_spectra_per_s']:.0f} spectra/s wall "
+            f"({res['sharded_per_cpu_s']:.0f} per CPU-second, {res['sharded_cores_used']:.2f} cores busy)")
     log(f"(load average at the end: {res['load_average']:.2f}; {os.cpu_count()} CPUs)")
     return res
 
 
-def part3(log, size=64, seed=20240611, batch=256):
+def part3(log, size=64, seed=20240611, batch=256, fallback_sigma_kms=20.0):
     import jax
     import jax.numpy as jnp
 
@@ -161,33 +168,52 @@ def part3(log, size=64, seed=20240611, batch=256):
         start = np.clip(mean, lo, hi)
         return start, lo, hi, mean, sigma
 
-    def run(use_mdn):
-        # warm-up (compile) on the first batch, then time the whole cube
-        if use_mdn:
-            s, lo, hi, _, _ = mdn_start(y[:batch], fwhm[:batch])
-            jax.block_until_ready(plan.fitter(y[:batch], fwhm[:batch], s, lo, hi))
-        else:
-            jax.block_until_ready(plan.fitter(y[:batch], fwhm[:batch]))
-        t = time.perf_counter()
+    def fit_batches(idx, mode):
+        """Fit pixels ``idx`` in batches of ``batch`` (the last padded by repeating a pixel).
+        mode: 'mf' (matched-filter start, default bounds) or 'mdn'."""
         outs, extra = [], []
-        for i in range(0, n, batch):
-            yb, fb = y[i : i + batch], fwhm[i : i + batch]
-            if use_mdn:
+        for i in range(0, len(idx), batch):
+            sl = idx[i : i + batch]
+            pad = np.concatenate([sl, np.repeat(sl[-1:], batch - len(sl))])
+            yb, fb = y[pad], fwhm[pad]
+            if mode == "mdn":
                 s, lo, hi, mean, sigma = mdn_start(yb, fb)
-                outs.append(plan.fitter(yb, fb, s, lo, hi))
-                extra.append((mean, sigma))
+                outs.append((len(sl), plan.fitter(yb, fb, s, lo, hi)))
+                extra.append((mean[: len(sl)], sigma[: len(sl)]))
             else:
-                outs.append(plan.fitter(yb, fb))
-        jax.block_until_ready(outs)
+                outs.append((len(sl), plan.fitter(yb, fb)))
+        jax.block_until_ready([o for _, o in outs])
+        cat = lambda f: np.concatenate([np.asarray(f(o))[:m] for m, o in outs])  # noqa: E731
+        return cat(lambda o: o.velocity_kms[:, 0]), cat(lambda o: o.velocity_err_kms[:, 0]), cat(lambda o: o.status), extra
+
+    everything = np.arange(n)
+
+    def run(strategy):
+        # warm-up (compile) on one batch of each path, then time the whole cube
+        for mode in ("mf", "mdn"):
+            if strategy in (mode, "fallback"):
+                fit_batches(everything[:batch], mode)
+        t = time.perf_counter()
+        if strategy == "fallback":  # MDN where it is confident, matched filter elsewhere
+            mean, sigma = (np.asarray(a) for a in predict(jnp.asarray(y), jnp.asarray(fwhm)))
+            sure = sigma[:, 0] <= fallback_sigma_kms
+            v, ve, st = np.empty(n), np.empty(n), np.empty(n, np.int32)
+            extra = []
+            for sel, mode in ((np.nonzero(sure)[0], "mdn"), (np.nonzero(~sure)[0], "mf")):
+                if sel.size:
+                    a, b, c, _ = fit_batches(sel, mode)
+                    v[sel], ve[sel], st[sel] = a, b, c
+            extra = [(mean, sigma)]
+        else:
+            v, ve, st, extra = fit_batches(everything, strategy)
         dt = time.perf_counter() - t
-        v = np.concatenate([np.asarray(o.velocity_kms)[:, 0] for o in outs])
-        ve = np.concatenate([np.asarray(o.velocity_err_kms)[:, 0] for o in outs])
-        st = np.concatenate([np.asarray(o.status) for o in outs])
         return v, ve, st, n / dt, extra
 
     res = {}
-    for name, use in (("matched-filter start", False), ("MDN start + bounds", True)):
-        v, ve, st, rate, extra = run(use)
+    names = {"mf": "matched-filter start", "mdn": "MDN start + bounds",
+             "fallback": f"MDN if sigma_v <= {fallback_sigma_kms:g}, else matched filter"}
+    for strategy, name in names.items():
+        v, ve, st, rate, extra = run(strategy)
         err = v - truth_v
         s35 = (snr >= 3) & (snr < 5)
         s5 = snr >= 5
@@ -214,13 +240,13 @@ def part3(log, size=64, seed=20240611, batch=256):
         res[name] = r
     log(f"\n### MAP fit: matched-filter start vs MDN start and bounds ({size}x{size} SN3 cube, seed {seed}, "
         f"batches of {batch})\n")
-    keys = list(res["matched-filter start"].keys())
-    log("| quantity | matched-filter start | MDN start + bounds |\n|---|---|---|")
-    for k in keys + [k for k in res["MDN start + bounds"] if k not in keys]:
-        a = res["matched-filter start"].get(k, "–")
-        b = res["MDN start + bounds"].get(k, "–")
-        fmt = lambda q: f"{q:.4g}" if isinstance(q, float) else str(q)  # noqa: E731
-        log(f"| {k} | {fmt(a)} | {fmt(b)} |")
+    cols = list(names.values())
+    keys = list(res[cols[1]].keys())
+    log("| quantity | " + " | ".join(cols) + " |")
+    log("|---" * (len(cols) + 1) + "|")
+    fmt = lambda q: f"{q:.4g}" if isinstance(q, float) else str(q)  # noqa: E731
+    for k in keys:
+        log(f"| {k} | " + " | ".join(fmt(res[c].get(k, "–")) for c in cols) + " |")
     log(f"(load average at the end: {os.getloadavg()[0]:.2f})")
     return res
 
@@ -230,6 +256,8 @@ def main(argv=None):
     ap.add_argument("--parts", nargs="*", type=int, default=[1, 2, 3])
     ap.add_argument("--n-eval", type=int, default=20000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--fallback-sigma", type=float, default=20.0,
+                    help="part 3: MDN sigma_v (km/s) above which the 'fallback' run uses the matched-filter start")
     args = ap.parse_args(argv)
     results = {"load_average_start": os.getloadavg()[0]}
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -238,7 +266,7 @@ def main(argv=None):
     if 2 in args.parts:
         results["speed"] = part2(log)
     if 3 in args.parts:
-        results["fits"] = part3(log)
+        results["fits"] = part3(log, fallback_sigma_kms=args.fallback_sigma)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "bench_mdn.json"), "w") as f:

@@ -21,6 +21,9 @@ import time
 # one CPU device using every core (lucijax otherwise splits the CPU into one device per core)
 os.environ.setdefault("LUCIJAX_CPU_DEVICES", "1")
 
+#: Epochs of the shipped networks where they differ from TrainConfig's default.
+DEFAULT_EPOCHS = {"SN3": 10}
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,8 +48,9 @@ def main(argv=None):
     tc = TrainConfig(seed=args.seed)
     if args.n_train:
         tc = dataclasses.replace(tc, n_train=args.n_train)
-    if args.epochs:
-        tc = dataclasses.replace(tc, epochs=args.epochs)
+    epochs = args.epochs or DEFAULT_EPOCHS.get(args.filter)
+    if epochs:
+        tc = dataclasses.replace(tc, epochs=epochs)
     out = args.out or str(WEIGHTS_DIR)
     os.makedirs(out, exist_ok=True)
     kind = "mdn" if net_cfg.mdn else "cnn"

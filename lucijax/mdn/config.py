@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 #: Version of the preprocessing + architecture + training recipe; bump on any change that
 #: makes old weights incompatible.
-MDN_VERSION = "1"
+MDN_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,12 @@ class NetConfig:
     soft-argmax velocity (spaced ``offset_step`` grid points) feed the dense layers."""
 
     space_to_depth: int = 4
-    conv_features: tuple = (12, 12)
+    conv_features: tuple = (8, 8)
     kernel_size: int = 5
-    n_evidence: int = 4
+    n_evidence: int = 3
     comb_velocity_kms: float = 650.0
-    n_velocities: int = 131
-    n_offsets: int = 15
+    n_velocities: int = 66
+    n_offsets: int = 11
     offset_step: float = 1.0
     dense_features: tuple = (64, 64)
     mdn: bool = True

@@ -1,8 +1,8 @@
 """What the network sees of one spectrum (pure ``jax.numpy``, one spectrum; vmap it).
 
 1. The channels of the spectrum (any evenly or unevenly sampled axis, NaN = bad channel)
-   give a robust continuum (median) and a robust noise (1.4826 MAD of the first
-   differences / sqrt 2).
+   give a robust continuum (median) and a robust noise (1.4826 median of the absolute
+   first differences / sqrt 2); medians by bisection (:func:`masked_median`).
 2. The continuum-subtracted spectrum is resampled by linear interpolation onto the
    filter's fixed rest-frame grid (:class:`lucijax.mdn.config.FilterRecipe`); grid points
    outside the spectrum's axis are 0.
@@ -17,6 +17,7 @@ axis in training) so both paths share :func:`features`.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -50,11 +51,37 @@ def uniform_interp_weights(grid_rel_cm1, first_cm1, step_cm1, n_valid):
     return lo, jnp.where(inside, w, 0.0), inside
 
 
+#: Bisection steps of :func:`masked_median` (the bracket shrinks by 2^-n of the data range).
+MEDIAN_BISECTIONS = 24
+
+
+def masked_median(v, valid, n_steps: int = MEDIAN_BISECTIONS):
+    """Median of ``v[valid]`` by bisection on the value (no sort: cheap under vmap on CPU).
+
+    Returns the midpoint of a bracket ``[lo, hi]`` holding the lower median, whose width
+    is ``(max - min) / 2^n_steps``; NaN if no value is valid.
+    """
+    n = jnp.sum(valid)
+    k = (n + 1) // 2  # rank of the lower median
+    lo = jnp.min(jnp.where(valid, v, jnp.inf))
+    hi = jnp.max(jnp.where(valid, v, -jnp.inf))
+
+    def step(_, bracket):
+        a, b = bracket
+        mid = 0.5 * (a + b)
+        enough = jnp.sum(valid & (v <= mid)) >= k
+        return jnp.where(enough, a, mid), jnp.where(enough, mid, b)
+
+    lo, hi = jax.lax.fori_loop(0, n_steps, step, (lo, hi))
+    return jnp.where(n > 0, 0.5 * (lo + hi), jnp.nan)
+
+
 def robust_level_and_noise(y):
     """(median, noise) of a spectrum, ignoring non-finite channels."""
-    yv = jnp.where(jnp.isfinite(y), y, jnp.nan)
-    level = jnp.nanmedian(yv)
-    noise = _NOISE_FROM_DIFF * jnp.nanmedian(jnp.abs(jnp.diff(yv)))
+    valid = jnp.isfinite(y)
+    level = masked_median(y, valid)
+    d = jnp.abs(jnp.diff(y))
+    noise = _NOISE_FROM_DIFF * masked_median(d, valid[1:] & valid[:-1])
     return level, noise
 
 
