@@ -252,6 +252,7 @@ def nested_settings():
     return bz.BayesSettings(sampler="nested", num_live_points=60, num_samples=300, batch_size=2)
 
 
+@pytest.mark.slow
 def test_nested_logz_matches_analytic_linear_gaussian(plan, nested_settings):
     """Velocity and broadening pinned (1e-3 km/s box): log Z = log of the Gaussian integral
     over the linear parameters / prior volume (the box holds the whole likelihood)."""
@@ -264,6 +265,7 @@ def test_nested_logz_matches_analytic_linear_gaussian(plan, nested_settings):
     lo[:, :2], hi[:, :2] = theta - 5e-4, theta + 5e-4
     data = data._replace(lo=jnp.asarray(lo), hi=jnp.asarray(hi))
     run = bz.run_sampler(p1, data, nested_settings, jax.random.PRNGKey(3))
+    assert not jax.config.jax_enable_x64  # jaxns ran inside jax.enable_x64 only
     for i in range(2):
         d = jax.tree.map(lambda a: a[i], data)
         m = np.asarray(p1.line_model.design_matrix(jnp.asarray(theta[i], jnp.float32), d.fwhm), np.float64)
@@ -278,6 +280,7 @@ def test_nested_logz_matches_analytic_linear_gaussian(plan, nested_settings):
         assert abs(float(run["logz"][i]) - logz) < err, (run["logz"][i], logz, run["logz_err"][i])
 
 
+@pytest.mark.slow
 def test_evidence_prefers_two_components_on_obvious_case(plan, nested_settings):
     """A spectrum with a second component 275 km/s away at half the amplitude gets N = 2, a
     single-component spectrum N = 1."""

@@ -52,8 +52,8 @@ two-component model (every line twice; the second velocity is ``v1 + delta`` wit
 ``delta > 0`` so the components cannot swap), broad priors for both, ``N = 2`` where
 ``log Z2 - log Z1 > evidence_threshold``.
 
-Note: importing jaxns switches on ``jax_enable_x64`` for the whole process (jaxns does it
-itself); it is imported only when nested sampling is used.
+Note: jaxns switches on ``jax_enable_x64`` when imported; this module imports it only for
+nested sampling, restores the previous setting and runs jaxns inside ``jax.enable_x64``.
 """
 
 from __future__ import annotations
@@ -501,6 +501,22 @@ def _mh_pixel(problem, s, d, key):
                 n_grad=jnp.asarray(s.num_chains * (s.num_warmup + s.num_samples), jnp.float32))
 
 
+def _import_jaxns():
+    """Import jaxns without leaving ``jax_enable_x64`` switched on for the whole process
+    (jaxns switches it on at import); its runs go through :func:`_x64`."""
+    previous = bool(jax.config.jax_enable_x64)
+    try:
+        import jaxns  # noqa: F401
+        import jaxns.public  # noqa: F401
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def _x64():
+    """Context in which jaxns runs (it accumulates log-evidences in float64)."""
+    return jax.enable_x64(True)
+
+
 def _nested_pixel(problem, s, d, key):
     import tensorflow_probability.substrates.jax as tfp
     from jaxns import Model, Prior, TerminationCondition
@@ -558,7 +574,12 @@ def run_sampler(problem: PixelProblem, data: PixelData, settings: BayesSettings,
         problem._compiled[ck] = fn
     if keys is None:
         keys = jax.random.split(key, B)
-    out = fn(data, keys)
+    if settings.sampler == "nested":
+        _import_jaxns()
+        with _x64():
+            out = fn(data, keys)
+    else:
+        out = fn(data, keys)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
