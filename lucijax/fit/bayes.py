@@ -40,8 +40,10 @@ Samplers (``BayesSettings.sampler``)
   sequential (GHK) construction whose density is exact. With that proposal the acceptance
   ratio depends only on how well the MDN matches the *marginal* posterior of (velocity,
   broadening): the linear parameters, which make up most of the dimensions, are proposed
-  from (almost exactly) their conditional posterior. The prior stays broad, so the MDN
-  changes only the speed, not the answer.
+  from (almost exactly) their conditional posterior. After the warm-up the (velocity,
+  broadening) part of the proposal is re-centred and re-scaled on the warm-up draws (fixed
+  from then on, so the chain stays exact). The prior stays broad, so the MDN changes only
+  the speed, not the answer.
 
 Outputs per pixel: posterior medians, half the 16-84 % widths as errors, split R-hat (max
 over parameters) and effective sample size (min) from :mod:`numpyro.diagnostics`, the
@@ -114,6 +116,9 @@ class BayesSettings:
         more; 1 keeps log Z within its quoted error on the tests' analytic case).
     mh_proposal_df, mh_proposal_inflate : float
         Student-t degrees of freedom and sigma inflation of the option-2 proposal.
+    mh_adapt_scale : float
+        After the warm-up the option-2 proposal's scale is this x the warm-up draws'
+        standard deviation (see ``_mh_pixel``).
     batch_size : int
         Pixels per compiled batch.
     seed : int
@@ -139,6 +144,7 @@ class BayesSettings:
     nested_slices_per_dim: float = 1.0
     mh_proposal_df: float = 4.0
     mh_proposal_inflate: float = 1.5
+    mh_adapt_scale: float = 1.2
     batch_size: int = 64
     seed: int = 0
 
@@ -361,13 +367,13 @@ class VarProProposal:
     #: density accounts for the clamp, the target rejects what falls below the prior edge.
     MAX_TRUNCATION = 5.0
 
-    def __init__(self, problem: PixelProblem, d: PixelData, df: float, inflate: float):
+    def __init__(self, problem: PixelProblem, d: PixelData, df: float, inflate: float, mean=None, scale=None):
         if problem.ordered:
             raise NotImplementedError("the option-2 proposal is for one-component problems")
         self.p = problem
-        self.d = d
+        self.d = d if mean is None else d._replace(prop_mean=mean)
         self.df = df
-        self.scale = d.prop_sigma * inflate
+        self.scale = d.prop_sigma * inflate if scale is None else scale
 
     def _conditional(self, theta):
         """Mean, Cholesky factor of the covariance of the linear parameters given theta."""
@@ -478,43 +484,43 @@ def _ensemble_pixel(problem, s, d, key):
                 n_grad=jnp.asarray(W * (s.num_warmup + s.num_samples), jnp.float32))
 
 
-def _mh_one_chain(problem, s, d, key):
-    prop = VarProProposal(problem, d, s.mh_proposal_df, s.mh_proposal_inflate)
+def _mh_chain(problem, s, d, key, x_start, n_steps, prop):
     kernel = IndependenceMH(lambda x: problem.log_posterior(x, d), prop.sample, prop.log_prob)
-    k_init, k_run = jax.random.split(key)
-    x0, _ = prop.sample(k_init)  # an independent start from the proposal (the MDN)
-    x0 = jnp.where(jnp.isfinite(problem.log_posterior(x0, d)), x0, d.x0)
-    state = kernel.init(k_run, s.num_warmup, x0)
+    state = kernel.init(key, 0, x_start)
 
     def body(st, _):
         st = kernel.sample(st)
         return st, (st.z, st.accept_prob)
 
-    _, (xs, acc) = jax.lax.scan(body, state, None, length=s.num_warmup + s.num_samples)
-    w = s.num_warmup
-    return dict(samples=xs[w:], accept_rate=jnp.mean(acc[w:]))
+    _, (xs, acc) = jax.lax.scan(body, state, None, length=n_steps)
+    return xs, acc
 
 
 def _mh_pixel(problem, s, d, key):
-    out = jax.vmap(lambda k: _mh_one_chain(problem, s, d, k))(jax.random.split(key, s.num_chains))
-    return dict(samples=out["samples"], n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.mean(out["accept_rate"]),
-                n_grad=jnp.asarray(s.num_chains * (s.num_warmup + s.num_samples), jnp.float32))
-
-
-def _import_jaxns():
-    """Import jaxns without leaving ``jax_enable_x64`` switched on for the whole process
-    (jaxns switches it on at import); its runs go through :func:`_x64`."""
-    previous = bool(jax.config.jax_enable_x64)
-    try:
-        import jaxns  # noqa: F401
-        import jaxns.public  # noqa: F401
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
-def _x64():
-    """Context in which jaxns runs (it accumulates log-evidences in float64)."""
-    return jax.enable_x64(True)
+    """Option 2 for one pixel: ``num_chains`` independence-MH chains. Warm-up with the MDN
+    proposal; then, if the warm-up moved (>= 20 accepted proposals over all chains), the
+    proposal of (velocity, broadening) is re-centred and re-scaled on the pooled second half
+    of the warm-up (``mh_adapt_scale`` x its standard deviation), else widened 2x. The
+    kernel is fixed after the warm-up, so the draws target the posterior exactly."""
+    C = s.num_chains
+    P = problem.n_nonlinear
+    k_init, k_warm, k_run = jax.random.split(key, 3)
+    prop = VarProProposal(problem, d, s.mh_proposal_df, s.mh_proposal_inflate)
+    x0, _ = jax.vmap(prop.sample)(jax.random.split(k_init, C))  # independent starts from the proposal
+    x0 = jnp.where(jnp.isfinite(jax.vmap(lambda x: problem.log_posterior(x, d))(x0))[:, None], x0, d.x0[None, :])
+    xw, accw = jax.vmap(lambda k, x: _mh_chain(problem, s, d, k, x, s.num_warmup, prop))(jax.random.split(k_warm, C), x0)
+    half = xw[:, s.num_warmup // 2:, :P].reshape(-1, P)
+    n_moves = jnp.sum(jnp.any(jnp.diff(xw, axis=1) != 0, axis=-1))
+    adapt = (n_moves >= 20) & jnp.all(jnp.isfinite(half))
+    mean = jnp.where(adapt, jnp.mean(half, axis=0), d.prop_mean)
+    sd = jnp.maximum(jnp.std(half, axis=0), 1e-3)
+    scale = jnp.where(adapt, s.mh_adapt_scale * sd, 2.0 * s.mh_proposal_inflate * d.prop_sigma)
+    prop2 = VarProProposal(problem, d, s.mh_proposal_df, s.mh_proposal_inflate, mean=mean, scale=scale)
+    xs, acc = jax.vmap(lambda k, x: _mh_chain(problem, s, d, k, x, s.num_samples, prop2))(
+        jax.random.split(k_run, C), xw[:, -1])
+    return dict(samples=xs, n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.mean(acc),
+                n_grad=jnp.asarray(C * (s.num_warmup + s.num_samples), jnp.float32),
+                warmup_accept_rate=jnp.mean(accw), adapted=adapt)
 
 
 def _nested_pixel(problem, s, d, key):
