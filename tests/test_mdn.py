@@ -196,3 +196,16 @@ def test_redshift_and_bad_channels():
     mean0, _ = jax.jit(jax.vmap(wrong))(jnp.asarray(y), jnp.asarray(fwhm, jnp.float32))
     rmse_wrong = float(np.sqrt(np.mean((np.asarray(mean0)[:, 0] - theta[:, 0]) ** 2)))
     assert rmse_wrong > 10 * rmse_v
+
+
+@pytest.mark.skipif("SN3" not in available_filters(mdn=False), reason="no shipped SN3 CNN weights")
+def test_cnn_variant_gives_point_estimates(sn3_batch):
+    """mdn=False: the MSE-trained CNN; sigma is NaN by construction, means close to truth."""
+    axis, y, fwhm, theta, _ = sn3_batch
+    predict = load_predictor("SN3", axis, mdn=False)
+    mean, sigma = jax.jit(jax.vmap(predict))(jnp.asarray(y[:500]), jnp.asarray(fwhm[:500], jnp.float32))
+    mean, sigma = np.asarray(mean), np.asarray(sigma)
+    assert np.all(np.isnan(sigma)) and np.all(np.isfinite(mean))
+    rmse = np.sqrt(np.mean((mean - theta[:500]) ** 2, axis=0))
+    print(f"\nCNN SN3: RMSE velocity {rmse[0]:.2f}, broadening {rmse[1]:.2f} km/s")
+    assert np.all(rmse <= 12.0)
