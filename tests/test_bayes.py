@@ -206,7 +206,7 @@ def test_mh_vmapped_equals_per_pixel_and_accepts_well(plan):
     the option-2 proposal draws the linear parameters from their conditional posterior, so
     with a proposal of the posterior's width for (velocity, broadening) a good fraction of
     the proposals is accepted."""
-    s = bz.BayesSettings(sampler="mh", num_warmup=50, num_samples=300, num_chains=2)
+    s = bz.BayesSettings(sampler="mh", num_warmup=200, num_samples=300, num_chains=2)
     y, fwhm = simulate(plan, [10.0, -80.0, 150.0], [30.0, 15.0, 50.0], [[40.0, 15.0], [8.0, 3.0], [20.0, 10.0]],
                        [0.0, 0.5, 1.0], [1.0, 1.0, 1.0], seed=11)
     mf = map_fit(plan, y, fwhm)
@@ -233,7 +233,7 @@ def test_fit_cube_bayes_maps(tmp_path):
     cube = make_cube(3, 2, lines=LINES, seed=4, snr_range=(10, 40))
     cube.write(path)
     res = lucijax.fit_cube(path, LINES, window=WINDOW, progress=False, bayes="mh",
-                           bayes_settings=bz.BayesSettings(sampler="mh", num_warmup=50, num_samples=300, num_chains=2))
+                           bayes_settings=bz.BayesSettings(sampler="mh", num_warmup=200, num_samples=300, num_chains=2))
     for name in ("HALPHA_VELOCITY", "HALPHA_VELOCITY_ERR", "HALPHA_FLUX", "RHAT_MAX", "ESS_MIN", "STATUS"):
         assert res.maps[name].shape == (2, 3), name
     assert np.all(np.isfinite(res.maps["RHAT_MAX"])) and np.all(res.maps["ESS_MIN"] > 10)
