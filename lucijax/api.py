@@ -89,6 +89,7 @@ def fit_cube(
     tie_oiii: bool = False,
     continuum_order: int = 0,
     settings: FitSettings | None = None,
+    mdn: bool | str = True,
     batch_size: int = 256,
     progress: bool = True,
     checkpoint_dir=None,
@@ -125,6 +126,12 @@ def fit_cube(
         Kinematic group of each line (default: one velocity and broadening for all).
     tie_nii, tie_oiii : bool
         3:1 flux ratio of [NII]6583/6548 (default on) and [OIII]5007/4959 (default off).
+    mdn : bool or {'mdn', 'cnn'}
+        Start every fit at the filter's mixture density network's posterior mean and bound
+        it to mean +- 3 sigma (default; SN1, SN2 and SN3 ship a network, other filters fall
+        back to the matched filter); 'cnn' starts it at the point-estimate network; False
+        uses the matched-filter start over the whole velocity range. With a network the maps
+        gain MDN_VELOCITY, MDN_BROADENING (and their *_SIGMA for the MDN).
     continuum_order : int
         Degree of the continuum polynomial.
     settings : FitSettings
@@ -197,6 +204,7 @@ def fit_cube(
         plan = plan_fit(
             cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
             groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order, settings=settings,
+            mdn=mdn,
         )
         if int(components) > 1:
             from lucijax.fit.components import ComponentSettings, plan_components

@@ -78,6 +78,7 @@ def cmd_fit(args) -> int:
         tie_oiii=args.oiii_tie,
         continuum_order=args.continuum_order,
         settings=_settings(args),
+        mdn="cnn" if args.cnn else not args.no_mdn,
         batch_size=args.batch_size,
         progress=not args.quiet,
         checkpoint_dir=None if args.no_checkpoint else Path(args.out) / "checkpoint",
@@ -189,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
     f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
     f.add_argument("--iterations", type=int, default=8, help="Levenberg-Marquardt iterations")
+    f.add_argument("--no-mdn", action="store_true",
+                   help="start from a matched filter over the velocity range instead of the filter's network "
+                        "(default: the mixture density network's mean starts the fit, mean +- 3 sigma bound it)")
+    f.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
     f.add_argument("--batch-size", type=int, default=256, help="spectra per compiled batch")
     f.add_argument("--plot", action="store_true", help="also write maps.png")
     f.add_argument("--no-checkpoint", action="store_true",

@@ -59,6 +59,12 @@ def build_maps(fit: dict, plan) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     put("NOISE", fit["noise"], plan.flux_unit)
     put("FWHM", fit["fwhm_cm1"] / (1 + z), "cm-1")
     put("STATUS", fit["status"].astype(np.int16), "")
+    if "mdn_mean" in fit:  # the network that started (and bounded) the fit
+        put("MDN_VELOCITY", fit["mdn_mean"][..., 0], "km/s")
+        put("MDN_BROADENING", fit["mdn_mean"][..., 1], "km/s")
+        if getattr(plan, "network", "mdn") == "mdn":
+            put("MDN_VELOCITY_SIGMA", fit["mdn_sigma"][..., 0], "km/s")
+            put("MDN_BROADENING_SIGMA", fit["mdn_sigma"][..., 1], "km/s")
     return maps, units
 
 

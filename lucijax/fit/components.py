@@ -280,7 +280,8 @@ def plan_components(plan, csettings: ComponentSettings):
     if cached is not None and cached[0] is plan:
         return cached[1]
     fitter = make_component_fitter(plan.fitter, plan.spec, plan.grid, plan.settings, csettings)
-    cplan = dataclasses.replace(plan, spec=fitter.out_spec, model=fitter.out_model, fitter=fitter)
+    cplan = dataclasses.replace(plan, spec=fitter.out_spec, model=fitter.out_model, fitter=fitter,
+                                network_fitter=None, network=None)
     if len(_PLANS) >= 4:
         _PLANS.pop(next(iter(_PLANS)))
     _PLANS[key] = (plan, cplan)

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lucijax import instrument
-from lucijax.fit.map import FitSettings, PixelFit, Status, make_batch_fitter, start_templates
+from lucijax.fit.map import FitSettings, PixelFit, Status, make_batch_fitter, make_network_fitter, start_templates
 from lucijax.lines import LineSet, make_line_set, sky_line_set
 from lucijax.model import LineModel, ModelSpec, SpectralGrid
 
@@ -47,6 +47,11 @@ class FitPlan:
     redshift: float
     fitter: object
     flux_unit: str
+    #: Fitter started and bounded by the network (``fit(y, fwhm) -> (PixelFit, mean,
+    #: sigma)``), used by :func:`fit_region` when set; ``None``: matched-filter start.
+    network_fitter: object = None
+    #: 'mdn', 'cnn' or None: which network starts the fit.
+    network: str | None = None
 
     @property
     def line_set(self) -> LineSet:
@@ -118,9 +123,19 @@ def plan_fit(
     tie_oiii: bool = False,
     continuum_order: int = 0,
     settings: FitSettings | None = None,
+    mdn: bool | str = False,
 ) -> FitPlan:
-    """Build the :class:`FitPlan` of a cube (see :func:`lucijax.fit_cube` for parameters)."""
+    """Build the :class:`FitPlan` of a cube (see :func:`lucijax.fit_cube` for parameters).
+
+    ``mdn``: True or 'mdn' starts and bounds every fit with the filter's shipped mixture
+    density network (mean +- 3 sigma), 'cnn' starts it with the point-estimate network
+    (bounds: the settings' ranges), False uses the matched-filter start. A filter without
+    a shipped network falls back to the matched filter with a warning.
+    """
     settings = settings or FitSettings()
+    network = {True: "mdn", False: None, None: None}.get(mdn, mdn)
+    if network not in (None, "mdn", "cnn"):
+        raise ValueError(f"mdn must be True, False, 'mdn' or 'cnn', not {mdn!r}")
     window = fit_window_channels(header, window_cm1)
     axis_obs = header.axis_cm1[window]
     typical_fwhm = float(np.median(np.atleast_1d(pixel_fwhm_cm1(header))))
@@ -141,7 +156,17 @@ def plan_fit(
                 + (f" of filter {header.filter_name}" if header.filter_name and window_cm1 is None else "")
             )
     spec = ModelSpec(line_set, model, continuum_order)
-    key = (spec, settings, axis_obs.tobytes(), float(redshift), typical_fwhm, header.flux_unit)
+    if network is not None and sky_lines is not None:
+        network = None  # the networks know emission lines, not the OH sky spectrum
+    if network is not None:
+        from lucijax.mdn import available_filters
+
+        filt = (header.filter_name or "").upper()
+        if filt not in available_filters(mdn=network == "mdn"):
+            log.warning("no shipped %s network for filter %s: the fit starts from the matched filter",
+                        network.upper(), header.filter_name)
+            network = None
+    key = (spec, settings, axis_obs.tobytes(), float(redshift), typical_fwhm, header.flux_unit, network)
     plan = _PLANS.get(key)
     if plan is None:  # one traced and compiled fitter per fit set-up, reused by later calls
         axis_rest = axis_obs * (1.0 + redshift)
@@ -150,7 +175,20 @@ def plan_fit(
         lm = LineModel(spec, grid)
         templates, velocities = start_templates(lm, typical_fwhm * (1 + redshift), settings)
         fitter = make_batch_fitter(lm, settings, templates, velocities)
-        plan = FitPlan(spec, settings, window, grid, lm, float(redshift), fitter, header.flux_unit)
+        network_fitter = None
+        if network is not None:
+            from lucijax.mdn import load_predictor
+
+            predict = load_predictor(header.filter_name.upper(), axis_obs, redshift, mdn=network == "mdn")
+            reference = predict.config["recipe"].lines[0]
+            if reference in line_set.names:
+                network_fitter = make_network_fitter(lm, settings, predict)
+            else:
+                log.warning("the %s network of %s was trained on spectra led by %s, which is not fitted: "
+                            "the fit starts from the matched filter", network.upper(), header.filter_name, reference)
+                network = None
+        plan = FitPlan(spec, settings, window, grid, lm, float(redshift), fitter, header.flux_unit,
+                       network_fitter, network)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.pop(next(iter(_PLANS)))
         _PLANS[key] = plan
@@ -179,6 +217,7 @@ def _fingerprint(cube, plan: FitPlan, region, block: int, mask=None) -> str:
         "settings": repr(plan.settings),
         "window": [int(plan.window[0]), int(plan.window[-1]), int(plan.window.size)],
         "redshift": plan.redshift,
+        "network": plan.network,
         "mask": None if mask is None else hashlib.sha256(np.packbits(mask).tobytes()).hexdigest(),
     }, sort_keys=True)
     return hashlib.sha256(desc.encode()).hexdigest()[:16]
@@ -289,12 +328,18 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
 
                 dev = devs[(i // batch_size) % len(devs)]
                 y, f = jax.device_put(y, dev), jax.device_put(f, dev)
-            pending.append((n, plan.fitter(y, f)))
+            if plan.network_fitter is not None:
+                pending.append((n, plan.network_fitter(y, f)))
+            else:
+                pending.append((n, (plan.fitter(y, f),)))
         results = []
-        for n, res in pending:
-            results.append({k: np.asarray(v)[:n] for k, v in zip(PixelFit._fields, res)})
+        for n, (res, *net) in pending:
+            r = {k: np.asarray(v)[:n] for k, v in zip(PixelFit._fields, res)}
+            if net:  # the network's posterior: [velocity, broadening] mean and sigma
+                r["mdn_mean"], r["mdn_sigma"] = (np.asarray(a)[:n] for a in net)
+            results.append(r)
             bar.update(n)
-        merged = {k: np.concatenate([r[k] for r in results]) for k in PixelFit._fields}
+        merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
         merged["fwhm_cm1"] = fwhm_flat.astype(np.float32)
         return merged
 

@@ -382,3 +382,53 @@ def make_batch_fitter(model: LineModel, settings: FitSettings, templates, veloci
         return batch_start(y, fwhm, jnp.asarray(theta_start, jnp.float32), tlo, thi)
 
     return fit
+
+
+def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0):
+    """Start and bounds of one pixel's fit from a network's posterior ``mean`` / ``sigma``
+    = [velocity_kms, broadening_kms]: start at the mean, bounds mean +- ``n_sigma`` sigma
+    clipped to the settings' physical ranges (the full range where sigma is not finite,
+    as for the point-estimate CNN, or where the network returned no finite answer)."""
+    vlo, vhi = settings.velocity_range_kms
+    blo, bhi = settings.broadening_range_kms
+    ok = jnp.all(jnp.isfinite(mean))
+    mean = jnp.where(ok, mean, jnp.asarray([0.0, settings.broadening_start_kms], jnp.float32))
+    has_sigma = jnp.isfinite(sigma) & ok
+    half = jnp.where(has_sigma, n_sigma * jnp.where(has_sigma, sigma, 0.0), jnp.inf)
+    v0 = jnp.clip(mean[0], vlo, vhi)
+    v_lo = jnp.clip(mean[0] - half[0], vlo, vhi)
+    v_hi = jnp.clip(mean[0] + half[0], vlo, vhi)
+    # a bound interval must hold the start and keep some width
+    v_lo = jnp.minimum(v_lo, v0 - 1e-3)
+    v_hi = jnp.maximum(v_hi, v0 + 1e-3)
+    start, lo, hi = [jnp.full(n_groups, v0)], [jnp.full(n_groups, v_lo)], [jnp.full(n_groups, v_hi)]
+    if has_b:
+        b0 = jnp.clip(mean[1], blo, bhi)
+        b_lo = jnp.clip(mean[1] - half[1], blo, bhi)
+        b_hi = jnp.clip(mean[1] + half[1], blo, bhi)
+        b_hi = jnp.maximum(b_hi, jnp.minimum(b0 + 1.0, bhi))
+        start.append(jnp.full(n_groups, b0))
+        lo.append(jnp.full(n_groups, b_lo))
+        hi.append(jnp.full(n_groups, b_hi))
+    return tuple(jnp.concatenate(p).astype(jnp.float32) for p in (start, lo, hi))
+
+
+def make_network_fitter(model: LineModel, settings: FitSettings, predict, n_sigma: float = 3.0):
+    """A jitted batch fitter started and bounded by a network (see :mod:`lucijax.mdn`).
+
+    ``predict(y, fwhm) -> (mean, sigma)`` runs in the same compiled program as the fit.
+    Returns ``fit(y, fwhm) -> (PixelFit, mean (B, 2), sigma (B, 2))``.
+    """
+    spec = model.spec
+
+    def one(y, fwhm):
+        mean, sigma = predict(y, fwhm)
+        theta0, lo, hi = network_start(mean, sigma, settings, spec.n_groups, spec.has_broadening, n_sigma)
+        return fit_spectrum(model, settings, y, fwhm, theta0, lo, hi), mean, sigma
+
+    batch = jax.jit(jax.vmap(one))
+
+    def fit(y, fwhm):
+        return batch(jnp.asarray(y, jnp.float32), jnp.asarray(fwhm, jnp.float32))
+
+    return fit
