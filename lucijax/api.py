@@ -91,6 +91,7 @@ def fit_cube(
     settings: FitSettings | None = None,
     mdn: bool | str = True,
     batch_size: int = 256,
+    block_size: int = 64,
     progress: bool = True,
     checkpoint_dir=None,
     devices=None,
@@ -138,6 +139,8 @@ def fit_cube(
         Iterations, velocity and broadening ranges.
     batch_size : int
         Spectra per compiled batch.
+    block_size : int
+        Pixels are read (and checkpointed) in ``block_size`` x ``block_size`` slabs.
     checkpoint_dir : path, optional
         Keep each finished block of pixels there; rerunning the same fit after a crash
         computes only the missing blocks.
@@ -213,7 +216,7 @@ def fit_cube(
         if freeze is not None:
             raw = _fit_frozen(cube_obj, plan, freeze, region, pixel_mask, batch_size, progress)
         else:
-            raw = fit_region(cube_obj, plan, region, batch_size=batch_size, progress=progress,
+            raw = fit_region(cube_obj, plan, region, batch_size=batch_size, block=block_size, progress=progress,
                              checkpoint_dir=checkpoint_dir, devices=devices, pixel_mask=pixel_mask)
         if bayes:
             from lucijax.fit.bayes import bayes_region

@@ -80,6 +80,7 @@ def cmd_fit(args) -> int:
         settings=_settings(args),
         mdn="cnn" if args.cnn else not args.no_mdn,
         batch_size=args.batch_size,
+        block_size=args.block_size,
         progress=not args.quiet,
         checkpoint_dir=None if args.no_checkpoint else Path(args.out) / "checkpoint",
         components=args.components,
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the mixture density network's mean starts the fit, mean +- 3 sigma bound it)")
     f.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
     f.add_argument("--batch-size", type=int, default=256, help="spectra per compiled batch")
+    f.add_argument("--block-size", type=int, default=64,
+                   help="pixels are read and checkpointed in BLOCK x BLOCK slabs (default 64)")
     f.add_argument("--plot", action="store_true", help="also write maps.png")
     f.add_argument("--no-checkpoint", action="store_true",
                    help="do not keep finished blocks in OUT/checkpoint (by default a rerun after a crash resumes)")

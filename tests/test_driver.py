@@ -127,3 +127,49 @@ def test_two_cpu_devices_agree_with_one(cube_path, tmp_path):
     two = _fit_with_devices(cube_path, tmp_path / "two.npz", 2)
     # every device runs the same compiled batch: bit-identical maps
     _assert_same(one, two)
+
+
+def _cli_fit(cube, out, *extra):
+    return [sys.executable, "-m", "lucijax.cli", "fit", str(cube), "--lines", *LINES, "--out", str(out),
+            "--block-size", "8", "--batch-size", "32", "-q", *extra]
+
+
+def _maps(path):
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        return {h.name: np.array(h.data) for h in hdul if h.data is not None}
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_then_rerun_computes_only_missing_blocks(tmp_path):
+    """A fit killed with SIGKILL mid-run and started again with the same command keeps the
+    finished blocks untouched, computes the rest, and ends with bit-identical maps."""
+    import signal
+    import time
+
+    cube = simulate.make_cube(32, 32, seed=22).write(tmp_path / "cube.hdf5")  # 16 blocks of 8 x 8
+    env = dict(os.environ, LUCIJAX_CPU_DEVICES="1")
+    subprocess.run(_cli_fit(cube, tmp_path / "whole", "--no-checkpoint"), env=env, check=True, timeout=280)
+
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoint"
+    proc = subprocess.Popen(_cli_fit(cube, out, "--keep-checkpoint"), env=env)
+    t0 = time.time()
+    while len(list(ckpt.glob("block_*.npz"))) < 6 and proc.poll() is None and time.time() - t0 < 250:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the fit ended before it could be killed"
+    done = {p.name: p.stat().st_mtime_ns for p in ckpt.glob("block_*.npz")}
+    assert 6 <= len(done) < 16
+    assert not (out / "maps.fits").exists()
+
+    subprocess.run(_cli_fit(cube, out, "--keep-checkpoint"), env=env, check=True, timeout=280)
+    after = {p.name: p.stat().st_mtime_ns for p in ckpt.glob("block_*.npz")}
+    assert len(after) == 16
+    assert all(after[name] == mtime for name, mtime in done.items()), "a finished block was computed again"
+    whole, resumed = _maps(tmp_path / "whole" / "maps.fits"), _maps(out / "maps.fits")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], resumed[name], err_msg=name)

@@ -246,7 +246,7 @@ class BlockCheckpoint:
 
     def save(self, bx0: int, by0: int, arrays: dict) -> None:
         final = self._path(bx0, by0)
-        tmp = final.with_suffix(".tmp.npz")
+        tmp = final.with_name(f".{final.stem}.tmp.npz")  # not matched by block_*.npz
         np.savez(tmp, **arrays)
         os.replace(tmp, final)
 
