@@ -182,7 +182,7 @@ def plan_fit(
             predict = load_predictor(header.filter_name.upper(), axis_obs, redshift, mdn=network == "mdn")
             reference = predict.config["recipe"].lines[0]
             if reference in line_set.names:
-                network_fitter = make_network_fitter(lm, settings, predict)
+                network_fitter = make_network_fitter(lm, settings, predict, templates, velocities)
             else:
                 log.warning("the %s network of %s was trained on spectra led by %s, which is not fitted: "
                             "the fit starts from the matched filter", network.upper(), header.filter_name, reference)

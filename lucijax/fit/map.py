@@ -72,7 +72,7 @@ class FitSettings:
         line are excluded from the noise estimate.
     """
 
-    n_iter: int = 8
+    n_iter: int = 6
     velocity_range_kms: tuple[float, float] = (-600.0, 600.0)
     broadening_range_kms: tuple[float, float] = (0.0, 300.0)
     broadening_start_kms: float = 30.0
@@ -413,17 +413,52 @@ def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool
     return tuple(jnp.concatenate(p).astype(jnp.float32) for p in (start, lo, hi))
 
 
-def make_network_fitter(model: LineModel, settings: FitSettings, predict, n_sigma: float = 3.0):
+def _projected_rss(model: LineModel, y, mask, fwhm, theta):
+    """Residual sum of squares of ``y`` at ``theta`` with the linear parameters solved."""
+    m = model.design_matrix(theta, fwhm) * mask[:, None]
+    r = y * mask - m @ _linear_solve(m, y * mask)
+    return jnp.sum(r**2)
+
+
+def make_network_fitter(model: LineModel, settings: FitSettings, predict, templates, velocities, n_sigma: float = 3.0,
+                        guard_chi2: float = 9.0, max_sigma_kms: float = 20.0):
     """A jitted batch fitter started and bounded by a network (see :mod:`lucijax.mdn`).
 
     ``predict(y, fwhm) -> (mean, sigma)`` runs in the same compiled program as the fit.
+    The network's start is checked against the matched-filter start: when the latter fits
+    the spectrum better by more than ``guard_chi2`` (in chi2, noise from the channel-to-
+    channel scatter), the network missed the line (an alias or a faint-line lock) and the
+    fit starts from the matched filter over the settings' full ranges instead. So it does
+    where the network is unsure (velocity sigma above ``max_sigma_kms``: faint spectra,
+    whose posterior mean can fall between two aliases).
     Returns ``fit(y, fwhm) -> (PixelFit, mean (B, 2), sigma (B, 2))``.
     """
     spec = model.spec
+    G, has_b = spec.n_groups, spec.has_broadening
+    templates = jnp.asarray(templates)
+    velocities = jnp.asarray(velocities, jnp.float32)
+    group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
+    vlo, vhi = settings.velocity_range_kms
+    blo, bhi = settings.broadening_range_kms
+    full_lo = jnp.asarray([vlo] * G + ([blo] * G if has_b else []), jnp.float32)
+    full_hi = jnp.asarray([vhi] * G + ([bhi] * G if has_b else []), jnp.float32)
 
     def one(y, fwhm):
         mean, sigma = predict(y, fwhm)
-        theta0, lo, hi = network_start(mean, sigma, settings, spec.n_groups, spec.has_broadening, n_sigma)
+        theta_net, lo, hi = network_start(mean, sigma, settings, G, has_b, n_sigma)
+        mask = jnp.isfinite(y)
+        yz = jnp.where(mask, y, 0.0)
+        v_mf = start_velocity(yz, mask, templates, velocities, group_of_column, G)
+        theta_mf = jnp.concatenate([v_mf, theta_net[G:]]) if has_b else v_mf
+        scale = jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)
+        ys, fm = yz / scale, mask.astype(jnp.float32)
+        d = jnp.diff(ys)
+        noise2 = jnp.maximum((1.4826 * jnp.median(jnp.abs(d - jnp.median(d)))) ** 2 / 2.0, 1e-12)
+        worse = _projected_rss(model, ys, fm, fwhm, theta_mf) < _projected_rss(model, ys, fm, fwhm, theta_net) - guard_chi2 * noise2
+        worse = worse | (sigma[0] > max_sigma_kms)  # False for the CNN's NaN sigma
+        theta0 = jnp.where(worse, theta_mf, theta_net)
+        lo = jnp.where(worse, full_lo, lo)
+        hi = jnp.where(worse, full_hi, hi)
         return fit_spectrum(model, settings, y, fwhm, theta0, lo, hi), mean, sigma
 
     batch = jax.jit(jax.vmap(one))
