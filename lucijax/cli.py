@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--continuum-order", type=int, default=0, help="degree of the continuum polynomial")
     f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
     f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
-    f.add_argument("--iterations", type=int, default=6, help="Levenberg-Marquardt iterations")
+    f.add_argument("--iterations", type=int, default=8, help="Levenberg-Marquardt iterations")
     f.add_argument("--no-mdn", action="store_true",
                    help="start from a matched filter over the velocity range instead of the filter's network "
                         "(default: the mixture density network's mean starts the fit, mean +- 3 sigma bound it)")

@@ -72,7 +72,7 @@ class FitSettings:
         line are excluded from the noise estimate.
     """
 
-    n_iter: int = 6
+    n_iter: int = 8
     velocity_range_kms: tuple[float, float] = (-600.0, 600.0)
     broadening_range_kms: tuple[float, float] = (0.0, 300.0)
     broadening_start_kms: float = 30.0
