@@ -523,6 +523,22 @@ def _mh_pixel(problem, s, d, key):
                 warmup_accept_rate=jnp.mean(accw), adapted=adapt)
 
 
+def _import_jaxns():
+    """Import jaxns without leaving ``jax_enable_x64`` switched on for the whole process
+    (jaxns switches it on at import); its runs go through :func:`_x64`."""
+    previous = bool(jax.config.jax_enable_x64)
+    try:
+        import jaxns  # noqa: F401
+        import jaxns.public  # noqa: F401
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def _x64():
+    """Context in which jaxns runs (it accumulates log-evidences in float64)."""
+    return jax.enable_x64(True)
+
+
 def _nested_pixel(problem, s, d, key):
     import tensorflow_probability.substrates.jax as tfp
     from jaxns import Model, Prior, TerminationCondition
