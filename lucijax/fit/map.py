@@ -341,6 +341,19 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     )
 
 
+def _start_inputs(model: LineModel, settings: FitSettings, templates, velocities):
+    """What the matched-filter start needs (templates, velocity grid, group of each
+    amplitude column) and the settings' full bounds of (velocities..., broadenings...)."""
+    spec = model.spec
+    G, has_b = spec.n_groups, spec.has_broadening
+    group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
+    vlo, vhi = settings.velocity_range_kms
+    blo, bhi = settings.broadening_range_kms
+    lo = np.array([vlo] * G + ([blo] * G if has_b else []), np.float32)
+    hi = np.array([vhi] * G + ([bhi] * G if has_b else []), np.float32)
+    return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
+
+
 def make_batch_fitter(model: LineModel, settings: FitSettings, templates, velocities):
     """A jitted function fitting a batch of spectra ``(B, n)`` with their FWHM ``(B,)``.
 
@@ -349,14 +362,8 @@ def make_batch_fitter(model: LineModel, settings: FitSettings, templates, veloci
     """
     spec = model.spec
     G, has_b = spec.n_groups, spec.has_broadening
-    templates = jnp.asarray(templates)
-    velocities = jnp.asarray(velocities, jnp.float32)
-    group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
-    vlo, vhi = settings.velocity_range_kms
-    blo, bhi = settings.broadening_range_kms
-    lo = np.array([vlo] * G + ([blo] * G if has_b else []), np.float32)
-    hi = np.array([vhi] * G + ([bhi] * G if has_b else []), np.float32)
-    b0 = float(np.clip(settings.broadening_start_kms, blo, bhi))
+    templates, velocities, group_of_column, lo, hi = _start_inputs(model, settings, templates, velocities)
+    b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
 
     def one(y, fwhm):
         mask = jnp.isfinite(y)
@@ -435,13 +442,7 @@ def make_network_fitter(model: LineModel, settings: FitSettings, predict, templa
     """
     spec = model.spec
     G, has_b = spec.n_groups, spec.has_broadening
-    templates = jnp.asarray(templates)
-    velocities = jnp.asarray(velocities, jnp.float32)
-    group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
-    vlo, vhi = settings.velocity_range_kms
-    blo, bhi = settings.broadening_range_kms
-    full_lo = jnp.asarray([vlo] * G + ([blo] * G if has_b else []), jnp.float32)
-    full_hi = jnp.asarray([vhi] * G + ([bhi] * G if has_b else []), jnp.float32)
+    templates, velocities, group_of_column, full_lo, full_hi = _start_inputs(model, settings, templates, velocities)
 
     def one(y, fwhm):
         mean, sigma = predict(y, fwhm)
