@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.constants import C_KMS
-from lucijax.lineshapes import get_model
+from lucijax.lineshapes import UniformGrid, get_model, sincgauss_on_grid, uniform_step
 from lucijax.lines import LineSet
 
 
@@ -127,6 +127,9 @@ class LineModel:
         self.is_primary[list(ls.primary_lines)] = True
         self.primary_of = np.asarray(ls.primary_lines, np.int32)[self.column]
         self.axis = jnp.asarray(grid.axis_rel_cm1, jnp.float32)
+        # (first, step, n) of a uniform axis, for the sincgauss's fast path
+        step = uniform_step(grid.axis_rel_cm1) if spec.shape == "sincgauss" else None
+        self._uniform_grid = None if step is None else UniformGrid(grid.axis_rel_cm1[0], step, grid.n_channels)
         t = jnp.asarray(grid.continuum_coordinate, jnp.float32)
         self.continuum_basis = jnp.stack([t**k for k in range(spec.continuum_order + 1)], axis=1)
 
@@ -172,6 +175,8 @@ class LineModel:
     def line_profiles(self, theta, fwhm_cm1):
         """Unit-peak profile of every line on the grid, shape (n_channels, n_lines)."""
         x0_rel, _, sg = self.line_kinematics(theta)
+        if self._uniform_grid is not None:  # uniform axis: sin/cos by angle addition
+            return sincgauss_on_grid(self._uniform_grid, x0_rel, jnp.asarray(fwhm_cm1, self.axis.dtype), sg)
         dx = self.axis[:, None] - x0_rel[None, :]
         return self.profile_fn(dx, fwhm_cm1, sg[None, :])
 
