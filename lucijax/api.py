@@ -90,7 +90,7 @@ def fit_cube(
     continuum_order: int = 0,
     settings: FitSettings | None = None,
     mdn: bool | str = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     block_size: int = 64,
     progress: bool = True,
     checkpoint_dir=None,
@@ -137,8 +137,8 @@ def fit_cube(
         Degree of the continuum polynomial.
     settings : FitSettings
         Iterations, velocity and broadening ranges.
-    batch_size : int
-        Spectra per compiled batch.
+    batch_size : int, optional
+        Spectra per compiled batch (default: 64 on CPU, 4096 on a GPU).
     block_size : int
         Pixels are read (and checkpointed) in ``block_size`` x ``block_size`` slabs.
     checkpoint_dir : path, optional

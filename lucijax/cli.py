@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a matched filter over the velocity range instead of the filter's network "
                         "(default: the mixture density network's mean starts the fit, mean +- 3 sigma bound it)")
     f.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
-    f.add_argument("--batch-size", type=int, default=256, help="spectra per compiled batch")
+    f.add_argument("--batch-size", type=int, default=None,
+                   help="spectra per compiled batch (default: 64 on CPU, 4096 on a GPU)")
     f.add_argument("--block-size", type=int, default=64,
                    help="pixels are read and checkpointed in BLOCK x BLOCK slabs (default 64)")
     f.add_argument("--plot", action="store_true", help="also write maps.png")

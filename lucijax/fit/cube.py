@@ -255,6 +255,15 @@ class BlockCheckpoint:
             return {k: z[k] for k in z.files}
 
 
+def default_batch_size() -> int:
+    """Spectra per compiled batch when none is given: 64 on CPU (a batch's working arrays
+    stay in cache, and the per-core devices interleave; measured fastest on 2 cores among
+    64, 128 and 256), 4096 on an accelerator (which needs wide batches to fill it)."""
+    import jax
+
+    return 64 if jax.default_backend() == "cpu" else 4096
+
+
 def fit_devices(devices=None) -> list:
     """The devices batches are spread over (default: every local device)."""
     import jax
@@ -262,7 +271,7 @@ def fit_devices(devices=None) -> list:
     return list(devices) if devices is not None else jax.local_devices()
 
 
-def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block: int = 64, progress: bool = True,
+def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = None, block: int = 64, progress: bool = True,
                checkpoint_dir=None, devices=None, pixel_mask=None) -> dict[str, np.ndarray]:
     """Fit every pixel of ``region`` (x0, x1, y0, y1) of ``cube``.
 
@@ -272,7 +281,7 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
     padded with NaN spectra), so every batch reuses one compiled program. With
     ``checkpoint_dir``, each finished block is saved there and a rerun of the same fit
     computes only the missing blocks. Batches are split over ``devices`` (default: every
-    local device). With ``pixel_mask`` (bool ``[x - x0, y - y0]``), only its pixels are
+    local device); ``batch_size`` defaults to :func:`default_batch_size`. With ``pixel_mask`` (bool ``[x - x0, y - y0]``), only its pixels are
     read into batches and fitted; the others are NaN with ``status`` = ``MASKED_STATUS``.
     """
     nx, ny, _ = cube.shape
@@ -296,7 +305,7 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int = 256, block
 
     n_pix = (x1 - x0) * (y1 - y0) if sel is None else int(sel.sum())
     devs = fit_devices(devices)
-    batch_size = max(1, min(int(batch_size), n_pix))  # one spectrum is not padded to 256
+    batch_size = max(1, min(int(batch_size or default_batch_size()), n_pix))  # one spectrum is not padded
     ckpt = BlockCheckpoint(checkpoint_dir, _fingerprint(cube, plan, region, block, sel)) if checkpoint_dir else None
 
     blocks = [b for b in _blocks(region, block) if _count(b) > 0]

@@ -197,7 +197,7 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
     return theta, err
 
 
-def fit_region_frozen(cube, plan, theta_xy, theta_err_xy=None, region=None, *, batch_size: int = 256, block: int = 64,
+def fit_region_frozen(cube, plan, theta_xy, theta_err_xy=None, region=None, *, batch_size: int | None = None, block: int = 64,
                       progress: bool = True) -> dict[str, np.ndarray]:
     """Fit the amplitudes of every pixel of ``region`` at the kinematics ``theta_xy``
     ((x1 - x0, y1 - y0, P), see :func:`kinematic_maps`). Returns the same arrays as
@@ -219,7 +219,9 @@ def fit_region_frozen(cube, plan, theta_xy, theta_err_xy=None, region=None, *, b
         _FITTERS[key] = fitter = (plan.model, make_frozen_fitter(plan.model, plan.settings))
     fitter = fitter[1]
     n_pix = (x1 - x0) * (y1 - y0)
-    batch_size = max(1, min(int(batch_size), n_pix))
+    from lucijax.fit.cube import default_batch_size
+
+    batch_size = max(1, min(int(batch_size or default_batch_size()), n_pix))
     out: dict[str, np.ndarray] = {}
     bar = tqdm(total=n_pix, unit="spectra", desc="fitting (frozen)", disable=not progress or n_pix < 2 * batch_size)
     for bx0 in range(x0, x1, block):
