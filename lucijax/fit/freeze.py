@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lucijax.fit.linalg import spd_inverse
-from lucijax.fit.map import FitSettings, PixelFit, Status, _linear_solve
+from lucijax.fit.map import FitSettings, PixelFit, Status, _linear_solve, line_free_noise
 from lucijax.model import LineModel
 
 
@@ -78,12 +78,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     resid = ys - m @ alpha
 
     # noise from the channels away from every line
-    x0_rel, _, sg = model.line_kinematics(theta)
-    near = jnp.abs(model.axis[:, None] - x0_rel[None, :]) < settings.line_free_fwhm * fwhm + 3.0 * sg[None, :]
-    line_free = (~jnp.any(near, axis=1)) & finite
-    use = jnp.where(jnp.sum(line_free) >= 20, line_free, finite)
-    rr = jnp.where(use, resid, jnp.nan)
-    noise_s = 1.4826 * jnp.nanmedian(jnp.abs(rr - jnp.nanmedian(rr)))
+    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite)
     dof = jnp.maximum(n_valid - K, 1.0)
     noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof

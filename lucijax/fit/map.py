@@ -30,6 +30,7 @@ import jaxopt
 import numpy as np
 
 from lucijax.fit.linalg import spd_inverse, spd_solve
+from lucijax.fit.robust import mad_std, masked_median
 from lucijax.model import LineModel
 
 
@@ -131,7 +132,7 @@ def start_templates(model: LineModel, fwhm_cm1: float, settings: FitSettings) ->
 
 def start_velocity(y, mask, templates, velocities, group_of_column, n_groups):
     """Velocity of each kinematic group with the largest summed matched-filter power."""
-    yc = jnp.where(mask, y - jnp.nanmedian(jnp.where(mask, y, jnp.nan)), 0.0)
+    yc = jnp.where(mask, y - masked_median(y, mask), 0.0)
     response = jnp.einsum("vcn,n->vc", templates, yc)  # (n_v, n_columns)
     power = jnp.maximum(response, 0.0) ** 2
     onehot = jax.nn.one_hot(group_of_column, n_groups, dtype=power.dtype)  # (n_columns, G)
@@ -169,6 +170,17 @@ def _linear_solve(m, y):
     d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
     coef = spd_solve(gram * d[:, None] * d[None, :], (m.T @ y) * d, jitter=1e-6)
     return coef * d
+
+
+def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid, finite):
+    """Robust std (1.4826 MAD) of the residuals ``resid`` in the valid channels farther than
+    ``settings.line_free_fwhm`` FWHM + 3 broadening sigma from every line at ``theta``
+    (all valid channels when fewer than 20 are line-free)."""
+    x0_rel, _, sg = model.line_kinematics(theta)
+    near = jnp.abs(model.axis[:, None] - x0_rel[None, :]) < settings.line_free_fwhm * fwhm + 3.0 * sg[None, :]
+    line_free = (~jnp.any(near, axis=1)) & finite
+    use = jnp.where(jnp.sum(line_free) >= 20, line_free, finite)
+    return mad_std(resid, use)
 
 
 def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_start, theta_lo, theta_hi) -> PixelFit:
@@ -261,12 +273,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     resid = ys * mask - m @ alpha
 
     # -- noise from line-free channels
-    x0_rel, _, sg = model.line_kinematics(theta)
-    near = jnp.abs(model.axis[:, None] - x0_rel[None, :]) < settings.line_free_fwhm * fwhm + 3.0 * sg[None, :]
-    line_free = (~jnp.any(near, axis=1)) & finite
-    use = jnp.where(jnp.sum(line_free) >= 20, line_free, finite)
-    rr = jnp.where(use, resid, jnp.nan)
-    noise_s = 1.4826 * jnp.nanmedian(jnp.abs(rr - jnp.nanmedian(rr)))
+    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite)
     noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / jnp.maximum(n_valid - P - K, 1.0)))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / jnp.maximum(n_valid - P - K, 1.0)
 
@@ -454,7 +461,7 @@ def make_network_fitter(model: LineModel, settings: FitSettings, predict, templa
         scale = jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)
         ys, fm = yz / scale, mask.astype(jnp.float32)
         d = jnp.diff(ys)
-        noise2 = jnp.maximum((1.4826 * jnp.median(jnp.abs(d - jnp.median(d)))) ** 2 / 2.0, 1e-12)
+        noise2 = jnp.maximum(mad_std(d, jnp.ones(d.shape, bool)) ** 2 / 2.0, 1e-12)
         worse = _projected_rss(model, ys, fm, fwhm, theta_mf) < _projected_rss(model, ys, fm, fwhm, theta_net) - guard_chi2 * noise2
         worse = worse | (sigma[0] > max_sigma_kms)  # False for the CNN's NaN sigma
         theta0 = jnp.where(worse, theta_mf, theta_net)
