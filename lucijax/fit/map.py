@@ -71,6 +71,13 @@ class FitSettings:
     line_free_fwhm : float
         Channels closer than this many instrumental FWHM (+3 broadening sigma) to a fitted
         line are excluded from the noise estimate.
+    convergence_chi2 : float
+        STATUS is CONVERGED when a further Gauss-Newton step would lower chi2 by less than
+        this.
+    stop_chi2 : float
+        A pixel stops iterating (before ``n_iter``) once a further Gauss-Newton step would
+        lower chi2 by less than this, in units of its residual variance (a tenth of
+        ``convergence_chi2``).
     """
 
     n_iter: int = 8
@@ -81,6 +88,7 @@ class FitSettings:
     nonneg_amplitudes: bool = True
     line_free_fwhm: float = 3.0
     convergence_chi2: float = 1e-2
+    stop_chi2: float = 1e-3
 
 
 class PixelFit(NamedTuple):
@@ -228,10 +236,24 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         jac, r = jax.jacfwd(residual, has_aux=True)(u)
         return r, jac
 
+    dof = jnp.maximum(n_valid - P - K, 1.0)
+
+    def gauss_newton_decrease(u, r, jac):
+        """chi2 decrease (in units of the residual variance) a projected Gauss-Newton step
+        from ``u`` predicts."""
+        g = jac.T @ r
+        h = jac.T @ jac
+        step = -spd_solve(h + 1e-6 * jnp.diag(jnp.maximum(jnp.diagonal(h), 1e-12)), g, jitter=1e-7)
+        step = jnp.clip(u + step, lo_u, hi_u) - u
+        return -(g @ step) - 0.5 * step @ (h @ step)
+
+    def settled(u, r, jac):
+        return gauss_newton_decrease(u, r, jac) < settings.stop_chi2 * jnp.sum(r**2) / dof
+
     r0, j0 = value_and_jac(u0)
 
-    def lm_step(_, state):
-        u, r, jac, lam = state
+    def iterate(state):
+        i, u, r, jac, lam, _ = state
         g = jac.T @ r
         h = jac.T @ jac
         dh = jnp.maximum(jnp.diagonal(h), 1e-12)
@@ -243,17 +265,16 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         r = jnp.where(better, r_try, r)
         jac = jnp.where(better, jac_try, jac)
         lam = jnp.where(better, jnp.maximum(lam * 0.3, 1e-7), lam * 10.0)
-        return u, r, jac, lam
+        return i + 1, u, r, jac, lam, settled(u, r, jac)
 
-    u, r, jac, _ = jax.lax.fori_loop(0, settings.n_iter, lm_step, (u0, r0, j0, jnp.asarray(1e-3, dtype)))
+    # at most n_iter steps; a pixel stops once settled (under vmap, a batch runs until its
+    # last pixel stops, and the settled ones keep their state)
+    state = (jnp.asarray(0), u0, r0, j0, jnp.asarray(1e-3, dtype), settled(u0, r0, j0))
+    _, u, r, jac, _, _ = jax.lax.while_loop(lambda st: (st[0] < settings.n_iter) & ~st[5], iterate, state)
     theta = _to_external(u, has_b, G)
 
     # -- convergence: remaining predicted chi2 decrease of a projected Gauss-Newton step
-    g = jac.T @ r
-    h = jac.T @ jac
-    step = -spd_solve(h + 1e-6 * jnp.diag(jnp.maximum(jnp.diagonal(h), 1e-12)), g, jitter=1e-7)
-    step = jnp.clip(u + step, lo_u, hi_u) - u
-    predicted_decrease = -(g @ step) - 0.5 * step @ (h @ step)
+    predicted_decrease = gauss_newton_decrease(u, r, jac)
 
     # -- final amplitudes (>= 0 for lines) with jaxopt's box-constrained QP
     m = columns(u)
@@ -274,8 +295,8 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
     # -- noise from line-free channels
     noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite)
-    noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / jnp.maximum(n_valid - P - K, 1.0)))
-    chi2_red = jnp.sum(resid**2) / noise_s**2 / jnp.maximum(n_valid - P - K, 1.0)
+    noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
+    chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
 
     # -- Laplace approximation: Fisher matrix of all parameters (v, b, alpha)
     def model_of_theta(th):
