@@ -63,10 +63,9 @@ def load_network(filter_name: str, mdn: bool = True, weights_dir: str | None = N
     if cfg.get("version") != MDN_VERSION:
         raise MissingWeightsError(f"{stem}.json was made by MDN version {cfg.get('version')}, this lucijax reads "
                                   f"version {MDN_VERSION}: retrain with scripts/train_mdn.py")
-    recipe = cfg["recipe"]
-    net = SpectrumNet(cfg["net"], recipe)
-    template = net.init(jax.random.PRNGKey(0), jnp.zeros(recipe.n_grid), jnp.zeros(3))
-    params = serialization.from_bytes(template, stem.with_suffix(".msgpack").read_bytes())
+    # the saved state dict as it is (no ``net.init`` template: that costs seconds of
+    # small compilations at every start-up)
+    params = jax.tree.map(jnp.asarray, serialization.msgpack_restore(stem.with_suffix(".msgpack").read_bytes()))
     return cfg, params
 
 
