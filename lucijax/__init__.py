@@ -50,7 +50,8 @@ def _enable_compilation_cache():
     try:
         os.makedirs(path, exist_ok=True)
         _jax.config.update("jax_compilation_cache_dir", path)
-        _jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        # every program, small ones too: a second run then compiles nothing
+        _jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     except (OSError, AttributeError):  # read-only home, old jax: run without the cache
         pass
 

@@ -174,7 +174,10 @@ def plan_fit(
         grid = SpectralGrid(axis_rest - ref, ref, redshift)
         lm = LineModel(spec, grid)
         templates, velocities = start_templates(lm, typical_fwhm * (1 + redshift), settings)
-        fitter = make_batch_fitter(lm, settings, templates, velocities)
+        # names everything the traced programs depend on (see lucijax.fit.programs)
+        program_key = "\n".join([repr(spec), repr(settings), hashlib.sha256(axis_obs.tobytes()).hexdigest(),
+                                  repr(float(redshift)), repr(typical_fwhm)])
+        fitter = make_batch_fitter(lm, settings, templates, velocities, key=program_key)
         network_fitter = None
         if network is not None:
             from lucijax.mdn import load_predictor
@@ -182,7 +185,8 @@ def plan_fit(
             predict = load_predictor(header.filter_name.upper(), axis_obs, redshift, mdn=network == "mdn")
             reference = predict.config["recipe"].lines[0]
             if reference in line_set.names:
-                network_fitter = make_network_fitter(lm, settings, predict, templates, velocities)
+                network_fitter = make_network_fitter(lm, settings, predict, templates, velocities,
+                                                     key=f"{program_key}\n{network} {predict.weights_digest}")
             else:
                 log.warning("the %s network of %s was trained on spectra led by %s, which is not fitted: "
                             "the fit starts from the matched filter", network.upper(), header.filter_name, reference)

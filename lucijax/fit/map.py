@@ -382,11 +382,22 @@ def _start_inputs(model: LineModel, settings: FitSettings, templates, velocities
     return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
 
 
-def make_batch_fitter(model: LineModel, settings: FitSettings, templates, velocities):
+def _stored(fn, key, name):
+    """``fn`` as a :class:`~lucijax.fit.programs.StoredProgram` when a key is given."""
+    if key is None:
+        return fn
+    from lucijax.fit.programs import StoredProgram
+
+    return StoredProgram(fn, f"{name}\n{key}")
+
+
+def make_batch_fitter(model: LineModel, settings: FitSettings, templates, velocities, key: str | None = None):
     """A jitted function fitting a batch of spectra ``(B, n)`` with their FWHM ``(B,)``.
 
     Signature: ``fit(y, fwhm, theta_start=None, theta_lo=None, theta_hi=None)``; without a
     start, the matched-filter start is used and the bounds are the settings' ranges.
+    With ``key`` (text naming everything the fit depends on), the traced programs are
+    kept on disk for later processes (:mod:`lucijax.fit.programs`).
     """
     spec = model.spec
     G, has_b = spec.n_groups, spec.has_broadening
@@ -403,8 +414,8 @@ def make_batch_fitter(model: LineModel, settings: FitSettings, templates, veloci
     def one_with_start(y, fwhm, theta0, tlo, thi):
         return fit_spectrum(model, settings, y, fwhm, theta0, tlo, thi)
 
-    batch = jax.jit(jax.vmap(one))
-    batch_start = jax.jit(jax.vmap(one_with_start))
+    batch = _stored(jax.jit(jax.vmap(one)), key, "matched-filter start")
+    batch_start = _stored(jax.jit(jax.vmap(one_with_start)), key, "given start")
 
     def fit(y, fwhm, theta_start=None, theta_lo=None, theta_hi=None):
         y = jnp.asarray(y, jnp.float32)
@@ -456,7 +467,7 @@ def _projected_rss(model: LineModel, y, mask, fwhm, theta):
 
 
 def make_network_fitter(model: LineModel, settings: FitSettings, predict, templates, velocities, n_sigma: float = 3.0,
-                        guard_chi2: float = 9.0, max_sigma_kms: float = 20.0):
+                        guard_chi2: float = 9.0, max_sigma_kms: float = 20.0, key: str | None = None):
     """A jitted batch fitter started and bounded by a network (see :mod:`lucijax.mdn`).
 
     ``predict(y, fwhm) -> (mean, sigma)`` runs in the same compiled program as the fit.
@@ -466,7 +477,8 @@ def make_network_fitter(model: LineModel, settings: FitSettings, predict, templa
     fit starts from the matched filter over the settings' full ranges instead. So it does
     where the network is unsure (velocity sigma above ``max_sigma_kms``: faint spectra,
     whose posterior mean can fall between two aliases).
-    Returns ``fit(y, fwhm) -> (PixelFit, mean (B, 2), sigma (B, 2))``.
+    Returns ``fit(y, fwhm) -> (PixelFit, mean (B, 2), sigma (B, 2))``. ``key``: as for
+    :func:`make_batch_fitter` (it must then name the network's weights too).
     """
     spec = model.spec
     G, has_b = spec.n_groups, spec.has_broadening
@@ -490,7 +502,7 @@ def make_network_fitter(model: LineModel, settings: FitSettings, predict, templa
         hi = jnp.where(worse, full_hi, hi)
         return fit_spectrum(model, settings, y, fwhm, theta0, lo, hi), mean, sigma
 
-    batch = jax.jit(jax.vmap(one))
+    batch = _stored(jax.jit(jax.vmap(one)), key, f"network start {n_sigma} {guard_chi2} {max_sigma_kms}")
 
     def fit(y, fwhm):
         return batch(jnp.asarray(y, jnp.float32), jnp.asarray(fwhm, jnp.float32))

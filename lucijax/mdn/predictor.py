@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from pathlib import Path
 from typing import Callable
@@ -124,4 +125,8 @@ def load_predictor(filter_name: str, axis_obs_cm1, redshift: float = 0.0, mdn: b
     predict.filter_name = recipe.filter_name
     predict.mdn = is_mdn
     predict.config = cfg
+    digest = hashlib.sha256(repr((filter_name, bool(mdn), cfg.get("version"))).encode())
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.asarray(leaf).tobytes())
+    predict.weights_digest = digest.hexdigest()  # names the network in stored fit programs
     return predict
