@@ -6,6 +6,8 @@ results through module- or session-scoped fixtures, and synthetic cubes stay sma
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,9 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: spectra, of which ~1330 have SNR >= 5 and ~950 SNR >= 10. That puts the standard error
 #: of the median velocity error near 0.06 km/s (acceptance 0.3 km/s) and that of the
 #: median relative Halpha flux error near 0.13 % (acceptance 1 %).
-STAT_CUBE_SIZE = (40, 40)
+#: 40x40 in CI; ``LUCIJAX_STAT_SIZE=64`` measures the core acceptance on the brief's 64x64 cube
+#: (``LUCIJAX_STAT_SIZE=64 pytest -s -p no:xdist tests/test_fit_synthetic.py``).
+STAT_CUBE_SIZE = (int(os.environ.get("LUCIJAX_STAT_SIZE", 40)),) * 2
 STAT_CUBE_SEED = 20240611
 
 

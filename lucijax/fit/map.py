@@ -250,27 +250,28 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     def settled(u, r, jac):
         return gauss_newton_decrease(u, r, jac) < settings.stop_chi2 * jnp.sum(r**2) / dof
 
-    r0, j0 = value_and_jac(u0)
-
     def iterate(state):
-        i, u, r, jac, lam, _ = state
-        g = jac.T @ r
-        h = jac.T @ jac
-        dh = jnp.maximum(jnp.diagonal(h), 1e-12)
-        delta = -spd_solve(h + lam * jnp.diag(dh), g, jitter=1e-7)
-        u_try = jnp.clip(u + delta, lo_u, hi_u)
+        # evaluate the trial point, keep it if it lowers chi2, then propose the next one;
+        # the first trial is the start (the residual is traced once, inside the loop)
+        i, u, r, jac, lam, _, u_try = state
         r_try, jac_try = value_and_jac(u_try)
         better = (jnp.sum(r_try**2) < jnp.sum(r**2)) & jnp.all(jnp.isfinite(r_try)) & jnp.all(jnp.isfinite(jac_try))
         u = jnp.where(better, u_try, u)
         r = jnp.where(better, r_try, r)
         jac = jnp.where(better, jac_try, jac)
-        lam = jnp.where(better, jnp.maximum(lam * 0.3, 1e-7), lam * 10.0)
-        return i + 1, u, r, jac, lam, settled(u, r, jac)
+        lam = jnp.where(i == 0, lam, jnp.where(better, jnp.maximum(lam * 0.3, 1e-7), lam * 10.0))
+        g = jac.T @ r
+        h = jac.T @ jac
+        dh = jnp.maximum(jnp.diagonal(h), 1e-12)
+        delta = -spd_solve(h + lam * jnp.diag(dh), g, jitter=1e-7)
+        return i + 1, u, r, jac, lam, settled(u, r, jac), jnp.clip(u + delta, lo_u, hi_u)
 
-    # at most n_iter steps; a pixel stops once settled (under vmap, a batch runs until its
-    # last pixel stops, and the settled ones keep their state)
-    state = (jnp.asarray(0), u0, r0, j0, jnp.asarray(1e-3, dtype), settled(u0, r0, j0))
-    _, u, r, jac, _, _ = jax.lax.while_loop(lambda st: (st[0] < settings.n_iter) & ~st[5], iterate, state)
+    # at most n_iter steps after the start; a pixel stops once settled (under vmap, a batch
+    # runs until its last pixel stops, and the settled ones keep their state)
+    n = ys.shape[0]
+    state = (jnp.asarray(0), u0, jnp.full(n, jnp.inf, dtype), jnp.zeros((n, P), dtype), jnp.asarray(1e-3, dtype),
+             jnp.asarray(False), u0)
+    _, u, r, jac, _, _, _ = jax.lax.while_loop(lambda st: (st[0] <= settings.n_iter) & ~st[5], iterate, state)
     theta = _to_external(u, has_b, G)
 
     # -- convergence: remaining predicted chi2 decrease of a projected Gauss-Newton step
