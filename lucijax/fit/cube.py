@@ -275,6 +275,22 @@ def fit_devices(devices=None) -> list:
     return list(devices) if devices is not None else jax.local_devices()
 
 
+def _compile_for_every_device(fn, n_channels: int, batch_size: int, devs) -> None:
+    """Run one all-NaN batch on every device at once. Each device gets its own executable
+    (compiled, or loaded from the persistent cache); from threads, the devices'
+    compilations overlap instead of running one after the other."""
+    import jax
+
+    y = np.full((batch_size, n_channels), np.nan, np.float32)
+    f = np.ones(batch_size, np.float32)
+
+    def run(dev):
+        jax.block_until_ready(fn(jax.device_put(y, dev), jax.device_put(f, dev)))
+
+    with ThreadPoolExecutor(max_workers=len(devs)) as pool:
+        list(pool.map(run, devs))
+
+
 def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = None, block: int = 64, progress: bool = True,
                checkpoint_dir=None, devices=None, pixel_mask=None) -> dict[str, np.ndarray]:
     """Fit every pixel of ``region`` (x0, x1, y0, y1) of ``cube``.
@@ -371,6 +387,11 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
             if k not in out:
                 out[k] = np.full((x1 - x0, y1 - y0) + v.shape[2:], fill, v.dtype)
             out[k][bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0] = v
+
+    n_batches = sum(-(-_count(b) // batch_size) for b in todo)
+    if len(devs) > 1 and n_batches > 1:
+        n_channels = np.arange(cube.shape[2])[plan.window].size
+        _compile_for_every_device(plan.network_fitter or plan.fitter, n_channels, batch_size, devs)
 
     with ThreadPoolExecutor(max_workers=1) as reader:
         future = reader.submit(read, todo[0]) if todo else None

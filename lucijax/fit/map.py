@@ -496,7 +496,9 @@ def make_network_fitter(model: LineModel, settings: FitSettings, predict, templa
         ys, fm = yz / scale, mask.astype(jnp.float32)
         d = jnp.diff(ys)
         noise2 = jnp.maximum(mad_std(d, jnp.ones(d.shape, bool)) ** 2 / 2.0, 1e-12)
-        worse = _projected_rss(model, ys, fm, fwhm, theta_mf) < _projected_rss(model, ys, fm, fwhm, theta_net) - guard_chi2 * noise2
+        # both starts' residuals in one vmapped evaluation (one traced copy of the model)
+        rss_mf, rss_net = jax.vmap(lambda th: _projected_rss(model, ys, fm, fwhm, th))(jnp.stack([theta_mf, theta_net]))
+        worse = rss_mf < rss_net - guard_chi2 * noise2
         worse = worse | (sigma[0] > max_sigma_kms)  # False for the CNN's NaN sigma
         theta0 = jnp.where(worse, theta_mf, theta_net)
         lo = jnp.where(worse, full_lo, lo)

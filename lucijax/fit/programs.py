@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 
 import jax
@@ -75,6 +76,7 @@ class StoredProgram:
         self.fn = fn
         self.key = key
         self._programs: dict = {}
+        self._lock = threading.Lock()  # one thread traces; the others wait for its program
 
     def _path(self, signature) -> Path | None:
         folder = program_folder()
@@ -113,4 +115,6 @@ class StoredProgram:
         return prog
 
     def __call__(self, *args):
-        return self._program(args)(*args)
+        with self._lock:
+            prog = self._program(args)
+        return prog(*args)
