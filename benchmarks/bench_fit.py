@@ -19,7 +19,7 @@ What it does
    * ``cold``: one call on a small region (``--compile-region-size``, default 16x16 = 256
      spectra) in a fresh process with an empty compilation cache = start-up (imports
      excluded, reported apart) + tracing + XLA compilation + one batch. Reported as
-     "compile + startup". The region must hold at least ``batch_size`` (256) spectra:
+     "compile + startup". The region must hold at least ``batch_size`` (64 on CPU) spectra:
      ``fit_cube`` fits a smaller region as one smaller batch, a different compiled shape
      that the full cube would not reuse.
    * ``half``: the region x 0:size, y 0:size/2, then ``full``: the whole cube. **Every
@@ -84,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=64, help="cube side in pixels (size x size spectra); default 64")
     p.add_argument("--luci-region-size", type=int, default=8, help="side of LUCI's centred square region; default 8")
     p.add_argument("--compile-region-size", type=int, default=16,
-                   help="side of lucijax's cold (compile) call; default 16 (256 spectra = fit_cube's default batch, "
+                   help="side of lucijax's cold (compile) call; default 16 (256 spectra >= fit_cube's default CPU batch of 64, "
                    "so the full cube reuses that compiled batch shape)")
     p.add_argument("--skip-luci", action="store_true", help="do not run LUCI")
     p.add_argument("--threads", type=int, default=2, help="LUCI n_threads; pins the run to N CPUs if N < nproc")
