@@ -7,8 +7,9 @@ Algorithm (design notes, section 4):
    highest summed line power; a parabola through the peak refines it.
 2. **Variable projection**: amplitudes and continuum enter linearly and are solved in
    closed form for each (velocity, broadening); only the non-linear parameters are
-   iterated, by a projected Levenberg-Marquardt with a fixed iteration budget (under
-   ``vmap`` every pixel pays for the slowest one). The broadening is iterated as its
+   iterated, by a projected Levenberg-Marquardt that stops once a further step would gain
+   little, within an iteration budget (under ``vmap`` a batch runs until its slowest
+   pixel stops; the others keep their state). The broadening is iterated as its
    square, on which the line shape depends smoothly at zero.
 3. **Amplitudes >= 0**: ``jaxopt.BoxCDQP`` solves the final bounded linear problem.
 4. **Noise** from the residuals of the channels away from every fitted line (robust std),
@@ -57,7 +58,7 @@ class FitSettings:
     Attributes
     ----------
     n_iter : int
-        Levenberg-Marquardt iterations (fixed budget).
+        Most Levenberg-Marquardt iterations (see ``stop_chi2``).
     velocity_range_kms : (float, float)
         Velocities searched by the start and bounds of the fit (after de-redshifting).
     broadening_range_kms : (float, float)
