@@ -301,8 +301,9 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
     padded with NaN spectra), so every batch reuses one compiled program. With
     ``checkpoint_dir``, each finished block is saved there and a rerun of the same fit
     computes only the missing blocks. Batches are split over ``devices`` (default: every
-    local device); ``batch_size`` defaults to :func:`default_batch_size`. With ``pixel_mask`` (bool ``[x - x0, y - y0]``), only its pixels are
-    read into batches and fitted; the others are NaN with ``status`` = ``MASKED_STATUS``.
+    local device); ``batch_size`` defaults to :func:`default_batch_size`. With
+    ``pixel_mask`` (bool ``[x - x0, y - y0]``), only its pixels are read into batches and
+    fitted; the others are NaN with ``status`` = ``MASKED_STATUS``.
     """
     nx, ny, _ = cube.shape
     region = region or (0, nx, 0, ny)
@@ -343,6 +344,9 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
         idx = _sel(b)
         return (flat, fwhm) if idx is None else (flat[idx], fwhm[idx])
 
+    def run_batch(y, f):  # (PixelFit,) or (PixelFit, network mean, network sigma)
+        return plan.network_fitter(y, f) if plan.network_fitter is not None else (plan.fitter(y, f),)
+
     def fit_block(flat, fwhm_flat):
         pending = []
         for i in range(0, flat.shape[0], batch_size):  # dispatch every batch, then gather
@@ -357,10 +361,7 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
 
                 dev = devs[(i // batch_size) % len(devs)]
                 y, f = jax.device_put(y, dev), jax.device_put(f, dev)
-            if plan.network_fitter is not None:
-                pending.append((n, plan.network_fitter(y, f)))
-            else:
-                pending.append((n, (plan.fitter(y, f),)))
+            pending.append((n, run_batch(y, f)))
         results = []
         for n, (res, *net) in pending:
             r = {k: np.asarray(v)[:n] for k, v in zip(PixelFit._fields, res)}
@@ -390,8 +391,7 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
 
     n_batches = sum(-(-_count(b) // batch_size) for b in todo)
     if len(devs) > 1 and n_batches > 1:
-        n_channels = np.arange(cube.shape[2])[plan.window].size
-        _compile_for_every_device(plan.network_fitter or plan.fitter, n_channels, batch_size, devs)
+        _compile_for_every_device(run_batch, plan.window.size, batch_size, devs)
 
     with ThreadPoolExecutor(max_workers=1) as reader:
         future = reader.submit(read, todo[0]) if todo else None
