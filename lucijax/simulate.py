@@ -93,6 +93,10 @@ def filter_header(filter_name: str = "SN3", axis_corr: float = AXIS_CORR) -> dic
     }
 
 
+#: Spectra per compiled call of :func:`render_spectra` (bounds its memory).
+RENDER_BATCH = 4096
+
+
 def render_spectra(line_set: LineSet, model: str, axis_cm1, fwhm_cm1, velocity_kms, broadening_kms, amplitudes, continuum, redshift=0.0):
     """Noise-free spectra on ``axis_cm1`` for a batch of pixels.
 
@@ -112,14 +116,20 @@ def render_spectra(line_set: LineSet, model: str, axis_cm1, fwhm_cm1, velocity_k
         alpha = jnp.concatenate([amp, cont[None]])
         return lm.spectrum(theta, alpha, fwhm * (1.0 + redshift))
 
-    out = jax.jit(jax.vmap(one))(
-        jnp.asarray(velocity_kms, jnp.float32),
-        jnp.asarray(broadening_kms, jnp.float32),
-        jnp.asarray(amplitudes, jnp.float32),
-        jnp.asarray(continuum, jnp.float32),
-        jnp.asarray(fwhm_cm1, jnp.float32),
-    )
-    return np.asarray(out, np.float64)
+    render = jax.jit(jax.vmap(one))
+    args = [np.asarray(a, np.float32) for a in (velocity_kms, broadening_kms, amplitudes, continuum, fwhm_cm1)]
+    n = args[0].shape[0]
+    # batches of at most RENDER_BATCH spectra (one compiled shape; the last batch is padded):
+    # the sincgauss's intermediates take ~85 floats per channel and spectrum
+    size = min(n, RENDER_BATCH)
+    out = np.empty((n, axis_rest.size), np.float64)
+    for i in range(0, n, size):
+        part = [a[i : i + size] for a in args]
+        m = part[0].shape[0]
+        if m < size:
+            part = [np.concatenate([a, np.repeat(a[-1:], size - m, axis=0)]) for a in part]
+        out[i : i + m] = np.asarray(render(*part))[:m]
+    return out
 
 
 def make_cube(
