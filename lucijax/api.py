@@ -122,7 +122,9 @@ def fit_cube(
     window : (smin, smax) or 'SMIN:SMAX', optional
         Fit window in observed cm^-1; default the filter band.
     sky_lines : path, optional
-        ORB sky line list: fit every line in the band with one shared velocity.
+        ORB sky line list: fit every line in the band with one shared velocity (the first
+        kinematic group). ``lines`` may be given too: emission lines of gas in front of the
+        sky, in kinematic groups of their own after the sky's (``groups`` numbers them).
     groups : list of int, optional
         Kinematic group of each line (default: one velocity and broadening for all).
     tie_nii, tie_oiii : bool

@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a cube (ORB HDF5 levels 1-3, FITS) or an extracted spectrum")
     f.add_argument("input", help="cube or spectrum file")
     f.add_argument("--lines", nargs="+", help="line names (Halpha NII6583 NII6548 SII6716 SII6731 ...) or NAME=air_nm")
-    f.add_argument("--sky-lines", help="ORB sky line list: fit every line of it in the band with one velocity")
+    f.add_argument("--sky-lines", help="ORB sky line list: fit every line of it in the band with one velocity "
+                   "(first kinematic group); --lines then adds emission lines with their own velocity")
     f.add_argument("--model", default="sincgauss", choices=["sincgauss", "sinc", "gaussian"])
     f.add_argument("--out", default="lucijax_out", help="output folder (maps.fits, fit.json)")
     f.add_argument("--redshift", type=float, default=0.0)

@@ -313,3 +313,18 @@ def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_
             if j != brightest:
                 final_ties.append((j, brightest, float(intensity[j] / intensity[brightest])))
     return LineSet(names, tuple(float(w) for w in wl_nm), (0,) * len(names), tuple(final_ties))
+
+
+def join_line_sets(first: LineSet, second: LineSet) -> LineSet:
+    """The lines of ``first`` then those of ``second``, whose kinematic groups, ties and
+    velocity chain are renumbered after ``first``'s (e.g. a sky spectrum's OH lines, group
+    0, and the emission lines of the gas in front of it, groups 1...)."""
+    n, g = first.n_lines, first.n_groups
+    return LineSet(
+        first.names + second.names,
+        first.rest_nm + second.rest_nm,
+        first.groups + tuple(k + g for k in second.groups),
+        first.ties + tuple((d + n, q + n, r) for d, q, r in second.ties),
+        first.velocity_chain + tuple((a + g, b + g) for a, b in second.velocity_chain),
+    )
+

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lucijax import instrument
 from lucijax.fit.map import FitSettings, PixelFit, Status, make_batch_fitter, make_network_fitter, start_templates
-from lucijax.lines import LineSet, make_line_set, sky_line_set
+from lucijax.lines import LineSet, join_line_sets, make_line_set, sky_line_set
 from lucijax.model import LineModel, ModelSpec, SpectralGrid
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ def plan_fit(
     typical_fwhm = float(np.median(np.atleast_1d(pixel_fwhm_cm1(header))))
     if sky_lines is not None:
         line_set = sky_line_set(sky_lines, (axis_obs[0] * (1 + redshift), axis_obs[-1] * (1 + redshift)), typical_fwhm * (1 + redshift))
+        if lines:  # emission lines in front of the sky: their own kinematic groups after the sky's
+            line_set = join_line_sets(line_set, make_line_set(lines, groups, tie_nii=tie_nii, tie_oiii=tie_oiii))
     else:
         if not lines:
             raise ValueError("no lines to fit: give --lines (e.g. Halpha NII6583 NII6548) or --sky-lines FILE")

@@ -78,7 +78,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     resid = ys - m @ alpha
 
     # noise from the channels away from every line
-    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite)
+    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, n_params=K)
     dof = jnp.maximum(n_valid - K, 1.0)
     noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof

@@ -181,15 +181,29 @@ def _linear_solve(m, y):
     return coef * d
 
 
-def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid, finite):
+def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid, finite, *, leverage=None,
+                    n_params=0):
     """Robust std (1.4826 MAD) of the residuals ``resid`` in the valid channels farther than
-    ``settings.line_free_fwhm`` FWHM + 3 broadening sigma from every line at ``theta``
-    (all valid channels when fewer than 20 are line-free)."""
+    ``settings.line_free_fwhm`` FWHM + 3 broadening sigma from every line at ``theta``.
+
+    When fewer than 20 channels are line-free (a sky spectrum: lines everywhere), all
+    valid channels are used. Their residuals are then those of the whole fit, whose free
+    parameters absorb part of the noise: channel i keeps a variance ``(1 - h_i) sigma^2``,
+    with ``h_i`` the ``leverage`` (diagonal of the fit's hat matrix), so the residuals are
+    divided by ``sqrt(1 - h_i)`` first (studentized). Without ``leverage``, every channel is
+    taken to lose the same share: the robust std is scaled by ``sqrt(n / (n - n_params))``.
+    """
     x0_rel, _, sg = model.line_kinematics(theta)
     near = jnp.abs(model.axis[:, None] - x0_rel[None, :]) < settings.line_free_fwhm * fwhm + 3.0 * sg[None, :]
     line_free = (~jnp.any(near, axis=1)) & finite
-    use = jnp.where(jnp.sum(line_free) >= 20, line_free, finite)
-    return mad_std(resid, use)
+    enough = jnp.sum(line_free) >= 20
+    use = jnp.where(enough, line_free, finite)
+    if leverage is None:
+        n_use = jnp.sum(use).astype(resid.dtype)
+        studentized = resid * jnp.sqrt(n_use / jnp.maximum(n_use - n_params, 1.0))
+    else:
+        studentized = resid / jnp.sqrt(jnp.clip(1.0 - leverage, 0.05, 1.0))
+    return mad_std(jnp.where(enough, resid, studentized), use)
 
 
 def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_start, theta_lo, theta_hi) -> PixelFit:
@@ -295,19 +309,15 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         alpha = alpha_free
     resid = ys * mask - m @ alpha
 
-    # -- noise from line-free channels
-    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite)
-    noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
-    chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
-
-    # -- Laplace approximation: Fisher matrix of all parameters (v, b, alpha)
+    # -- Laplace approximation: Fisher matrix of all parameters (v, b, alpha), in units of
+    #    the inverse noise variance (the noise is estimated below)
     def model_of_theta(th):
         return model.spectrum(th, alpha, fwhm) * mask
 
     p_hat = jnp.concatenate([theta, alpha])
     # d model / d alpha is the design matrix itself: forward-mode only for (v, b)
     jfull = jnp.concatenate([jax.jacfwd(model_of_theta)(theta), model.design_matrix(theta, fwhm) * mask[:, None]], axis=1)
-    fisher = jfull.T @ jfull / noise_s**2
+    info = jfull.T @ jfull
     vel_at_bound = (theta[:G] <= theta_lo[:G] + 1e-3) | (theta[:G] >= theta_hi[:G] - 1e-3)
     if has_b:
         b_at_low = u[G:] <= lo_u[G:] + 1e-3 * (hi_u[G:] - lo_u[G:]) + 1e-6
@@ -316,11 +326,19 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     else:
         b_at_low = b_at_high = jnp.zeros(0, bool)
         frozen = jnp.zeros(P + K, bool)
-    diag = jnp.diagonal(fisher)
-    fisher = jnp.where(frozen[:, None] | frozen[None, :], 0.0, fisher) + jnp.diag(jnp.where(frozen, 1.0, 0.0))
+    diag = jnp.diagonal(info)
+    info = jnp.where(frozen[:, None] | frozen[None, :], 0.0, info) + jnp.diag(jnp.where(frozen, 1.0, 0.0))
     dscale = 1.0 / jnp.sqrt(jnp.where(frozen, 1.0, jnp.maximum(diag, 1e-30)))
-    cov = spd_inverse(fisher * dscale[:, None] * dscale[None, :], jitter=1e-7) * dscale[:, None] * dscale[None, :]
-    cov = jnp.where(frozen[:, None] | frozen[None, :], 0.0, cov)
+    cov_unit = spd_inverse(info * dscale[:, None] * dscale[None, :], jitter=1e-7) * dscale[:, None] * dscale[None, :]
+    cov_unit = jnp.where(frozen[:, None] | frozen[None, :], 0.0, cov_unit)
+    # diagonal of the hat matrix: the share of each channel's noise the free parameters absorb
+    leverage = jnp.sum((jfull @ cov_unit) * jfull, axis=1)
+
+    # -- noise from line-free channels
+    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, leverage=leverage)
+    noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
+    chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
+    cov = cov_unit * noise_s**2
     perr = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
     perr = jnp.where(frozen, jnp.nan, perr)
 
