@@ -21,8 +21,10 @@ import time
 # one CPU device using every core (lucijax otherwise splits the CPU into one device per core)
 os.environ.setdefault("LUCIJAX_CPU_DEVICES", "1")
 
-#: Epochs of the shipped networks where they differ from TrainConfig's default.
-DEFAULT_EPOCHS = {"SN3": 10}
+#: Epochs of the shipped networks (filter, kind) where they differ from TrainConfig's default.
+DEFAULT_EPOCHS = {("SN3", "mdn"): 24, ("SN3", "cnn"): 10}
+#: beta-NLL weight of the shipped MDNs where it differs from TrainConfig's default (0).
+DEFAULT_NLL_BETA = {"SN3": 0.5}
 
 
 def main(argv=None):
@@ -33,6 +35,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output folder (default: the package's weights folder)")
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--nll-beta", type=float, default=None,
+                    help="beta of the beta-NLL loss (MDN; default: the shipped network's)")
     ap.add_argument("--n-eval", type=int, default=20000)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -48,9 +52,12 @@ def main(argv=None):
     tc = TrainConfig(seed=args.seed)
     if args.n_train:
         tc = dataclasses.replace(tc, n_train=args.n_train)
-    epochs = args.epochs or DEFAULT_EPOCHS.get(args.filter)
+    epochs = args.epochs or DEFAULT_EPOCHS.get((args.filter, "mdn" if net_cfg.mdn else "cnn"))
     if epochs:
         tc = dataclasses.replace(tc, epochs=epochs)
+    beta = args.nll_beta if args.nll_beta is not None else DEFAULT_NLL_BETA.get(args.filter, 0.0)
+    if net_cfg.mdn and beta:
+        tc = dataclasses.replace(tc, nll_beta=beta)
     out = args.out or str(WEIGHTS_DIR)
     os.makedirs(out, exist_ok=True)
     kind = "mdn" if net_cfg.mdn else "cnn"

@@ -99,6 +99,12 @@ class TrainConfig:
     batch_size: int = 256
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
+    #: beta of the beta-NLL (Seitzer et al. 2022, ICLR): each spectrum's Gaussian NLL is
+    #: weighted by stop_gradient(sigma^(2 beta)). 0 is the plain NLL, whose gradient for
+    #: the mean scales as 1/sigma^2, so the spectra with broad posteriors barely train the
+    #: mean; the weight depends on the spectrum only, so the optimum is still the
+    #: conditional mean and variance (the sigmas stay calibrated).
+    nll_beta: float = 0.0
 
 
 #: Velocity and broadening (km/s) of the network outputs are ``center + scale * output``.

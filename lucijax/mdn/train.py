@@ -17,12 +17,18 @@ from lucijax.mdn.network import SpectrumNet, apply_batch, split_outputs, to_kms,
 EVAL_SEED_OFFSET = 1_000_003
 
 
-def loss_fn(net: SpectrumNet, params, x, s, t, mdn: bool):
-    """Mean Gaussian negative log-likelihood (MDN) or squared error (CNN), normalised units."""
+def loss_fn(net: SpectrumNet, params, x, s, t, mdn: bool, nll_beta: float = 0.0):
+    """Mean Gaussian negative log-likelihood (MDN) or squared error (CNN), normalised units.
+
+    With ``nll_beta > 0`` each spectrum's NLL is weighted by ``stop_gradient(sigma**(2 *
+    nll_beta))`` (beta-NLL, see :class:`~lucijax.mdn.config.TrainConfig`)."""
     mean, sigma = split_outputs(apply_batch(net, params, x, s), mdn)
     if mdn:
         z = (t - mean) / sigma
-        return jnp.mean(jnp.log(sigma) + 0.5 * z**2)
+        nll = jnp.log(sigma) + 0.5 * z**2
+        if nll_beta:
+            nll = nll * jax.lax.stop_gradient(sigma ** (2.0 * nll_beta))
+        return jnp.mean(nll)
     return jnp.mean((t - mean) ** 2)
 
 
@@ -56,7 +62,8 @@ def train(recipe: FilterRecipe, net_cfg: NetConfig, train_cfg: TrainConfig, prog
 
     def step(carry, idx):
         p, o = carry
-        loss, grads = jax.value_and_grad(lambda q: loss_fn(net, q, x_tr[idx], s_tr[idx], t_tr[idx], mdn))(p)
+        loss, grads = jax.value_and_grad(
+            lambda q: loss_fn(net, q, x_tr[idx], s_tr[idx], t_tr[idx], mdn, train_cfg.nll_beta))(p)
         updates, o = opt.update(grads, o, p)
         return (optax.apply_updates(p, updates), o), loss
 
@@ -66,7 +73,7 @@ def train(recipe: FilterRecipe, net_cfg: NetConfig, train_cfg: TrainConfig, prog
         return p, o, jnp.mean(losses)
 
     @jax.jit
-    def val_loss(p):
+    def val_loss(p):  # the plain NLL (or MSE), comparable across nll_beta
         return loss_fn(net, p, x_va, s_va, t_va, mdn)
 
     rng = np.random.default_rng(train_cfg.seed)
