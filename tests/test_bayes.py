@@ -204,6 +204,28 @@ def test_nuts_high_snr_agrees_with_map_laplace(nuts_run):
     assert nuts_run["run"]["samples"].shape == (4, 2, 400, nuts_run["prob"].dim)
 
 
+def test_ensemble_high_snr_agrees_with_map_laplace(plan):
+    """numpyro's affine-invariant ensemble sampler (emcee's stretch move, 32 walkers) with the
+    informed prior: at high SNR its posterior median and width agree with the MAP and its
+    Laplace errors, as those of NUTS do."""
+    s = bz.BayesSettings(sampler="ensemble", num_warmup=400, num_samples=600, batch_size=2)
+    y, fwhm = simulate(plan, [60.0, -30.0], [30.0, 20.0], [[80.0, 30.0], [60.0, 25.0]], [1.0, 0.3], [1.0, 1.0],
+                       seed=7)
+    mf = map_fit(plan, y, fwhm)
+    prob = bz._problem_for(plan)
+    data = bz.build_pixel_data(prob, plan, y, fwhm, mf, s)
+    run = bz.run_sampler(prob, data, s, jax.random.PRNGKey(1))
+    summ = bz.summarize(prob, data, run)
+    assert run["samples"].shape == (2, s.ensemble_walkers, 600, prob.dim)
+    assert np.all(run["accept_rate"] > 0.1), run["accept_rate"]
+    for i in range(2):
+        ve = mf["velocity_err_kms"][i, 0]
+        assert abs(summ["velocity_kms"][i, 0] - mf["velocity_kms"][i, 0]) < 0.3 * ve
+        assert 0.7 < summ["velocity_err_kms"][i, 0] / ve < 1.43
+        assert 0.6 < summ["broadening_err_kms"][i, 0] / mf["broadening_err_kms"][i, 0] < 1.67
+    assert np.all(np.isfinite(summ["rhat_max"]))
+
+
 def test_mh_vmapped_equals_per_pixel_and_accepts_well(plan):
     """A pixel's chain depends only on its data and key (3 pixels at once == one at a time);
     the option-2 proposal draws the linear parameters from their conditional posterior, so

@@ -470,7 +470,9 @@ def _ensemble_pixel(problem, s, d, key):
     W = s.ensemble_walkers
     k_init, k_run = jax.random.split(key)
     z0 = problem.to_unconstrained(d.x0, d)[None, :] + 0.01 * jax.random.normal(k_init, (W, problem.dim))
-    kernel = AIES(potential_fn=lambda z: problem.potential(z, d), moves={AIES.StretchMove(): 1.0})
+    # AIES checks its move weights with a Python assert: build it on concrete values, not tracers
+    with jax.ensure_compile_time_eval():
+        kernel = AIES(potential_fn=lambda z: problem.potential(z, d), moves={AIES.StretchMove(): 1.0})
     state = kernel.init(jax.random.split(k_run, W), s.num_warmup, init_params=z0)
 
     def body(st, _):
