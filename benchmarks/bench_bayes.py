@@ -190,9 +190,11 @@ def two_component_set(plan, n_two: int, n_one: int, snr: float, seed: int):
     broad = np.full((n, 2), 100.0)
     noise = 1.0
     # primary amplitudes per component: Halpha = SNR x noise, [NII]6583 0.4, [SII] 0.15 each
-    base = np.array([1.0, 0.4, 0.15, 0.15]) * snr * noise
+    ratio = {"Halpha": 1.0, "NII6583": 0.4, "SII6716": 0.15, "SII6731": 0.15}
+    base = np.array([ratio[plan.line_set.names[i]] for i in plan.line_set.primary_lines]) * snr * noise
+    n_prim = base.size
     amp = np.concatenate([base, 0.5 * base])[None, :].repeat(n, axis=0)
-    amp[n_two:, 4:] = 0.0  # one-component spectra: no second component
+    amp[n_two:, n_prim:] = 0.0  # one-component spectra: no second component
     clean = render_spectra(ls2, "sincgauss", axis_obs, fwhm, vel, broad, amp, np.zeros(n))
     y = (clean + rng.normal(0, noise, clean.shape)).astype(np.float32)
     truth_n = np.array([2] * n_two + [1] * n_one)
@@ -218,7 +220,10 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=48, help="pixels per compiled batch (timed runs reuse it)")
     p.add_argument("--n-components-pixels", type=int, default=24, help="part 4: spectra of each kind")
-    p.add_argument("--live-points", type=int, default=50)
+    p.add_argument("--live-points", type=int, default=50, help="part 4: nested live points (0: 25 x parameters)")
+    p.add_argument("--components-lines", nargs="+", default=LINES, help="part 4: lines (without parts 1-3)")
+    p.add_argument("--components-window", default=None, help="part 4: fit window SMIN:SMAX cm-1")
+    p.add_argument("--components-batch", type=int, default=None, help="part 4: spectra per nested batch")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*JAXopt.*")
     out = Path(args.out)
@@ -286,17 +291,21 @@ def main(argv=None):
             c = make_cube(2, 2, seed=1)
             c.write(out / "tiny.hdf5")
             with open_cube(out / "tiny.hdf5") as cc:
-                plan = plan_fit(cc.header, LINES, model="sincgauss")
+                plan = plan_fit(cc.header, args.components_lines, model="sincgauss",
+                                window_cm1=(tuple(float(v) for v in args.components_window.split(":"))
+                                            if args.components_window else None))
         n = args.n_components_pixels
         y, fwhm, truth_n = two_component_set(plan, n, n, snr=10.0, seed=args.seed + 1)
         mf = {k: np.asarray(v) for k, v in zip(PixelFit._fields, plan.fitter(y, fwhm))}
-        s = replace(base, sampler="nested", num_live_points=args.live_points, batch_size=2 * n, num_samples=300)
+        s = replace(base, sampler="nested", num_live_points=args.live_points,
+                    batch_size=args.components_batch or 2 * n, num_samples=300)
         t0 = time.perf_counter()
         sel = select_components(plan, y, fwhm, mf, s, progress=False)
         secs = time.perf_counter() - t0
         chose = sel["n_components"]
         dl = sel["logz2"] - sel["logz1"]
-        r4 = dict(n_two=n, n_one=n, seconds_incl_compile=secs,
+        r4 = dict(n_two=n, n_one=n, seconds_incl_compile=secs, lines=list(plan.line_set.names),
+                  window_channels=int(y.shape[1]), batch=s.batch_size,
                   frac_two_when_two=float(np.mean(chose[:n] == 2)), frac_one_when_one=float(np.mean(chose[n:] == 1)),
                   dlogz_two_median=float(np.median(dl[:n])), dlogz_two_min=float(np.min(dl[:n])),
                   dlogz_one_median=float(np.median(dl[n:])), dlogz_one_max=float(np.max(dl[n:])),
