@@ -224,6 +224,7 @@ def main(argv=None):
     p.add_argument("--components-lines", nargs="+", default=LINES, help="part 4: lines (without parts 1-3)")
     p.add_argument("--components-window", default=None, help="part 4: fit window SMIN:SMAX cm-1")
     p.add_argument("--components-batch", type=int, default=None, help="part 4: spectra per nested batch")
+    p.add_argument("--nested-slices", type=float, default=1.0, help="part 4: jaxns slice steps per new point per dimension")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*JAXopt.*")
     out = Path(args.out)
@@ -297,7 +298,7 @@ def main(argv=None):
         n = args.n_components_pixels
         y, fwhm, truth_n = two_component_set(plan, n, n, snr=10.0, seed=args.seed + 1)
         mf = {k: np.asarray(v) for k, v in zip(PixelFit._fields, plan.fitter(y, fwhm))}
-        s = replace(base, sampler="nested", num_live_points=args.live_points,
+        s = replace(base, sampler="nested", num_live_points=args.live_points, nested_slices_per_dim=args.nested_slices,
                     batch_size=args.components_batch or 2 * n, num_samples=300)
         t0 = time.perf_counter()
         sel = select_components(plan, y, fwhm, mf, s, progress=False)
@@ -310,7 +311,8 @@ def main(argv=None):
                   dlogz_two_median=float(np.median(dl[:n])), dlogz_two_min=float(np.min(dl[:n])),
                   dlogz_one_median=float(np.median(dl[n:])), dlogz_one_max=float(np.max(dl[n:])),
                   logz_err_median=float(np.median(np.concatenate([sel["logz1_err"], sel["logz2_err"]]))),
-                  map_noise_median=float(np.median(mf["noise"])), live_points=args.live_points)
+                  map_noise_median=float(np.median(mf["noise"])), live_points=args.live_points,
+                  nested_slices_per_dim=args.nested_slices, dlogz=[float(v) for v in dl])
         log("part 4: " + json.dumps(r4))
         record["components"] = r4
     record["loadavg_end"] = os.getloadavg()
