@@ -298,6 +298,15 @@ def main(argv=None):
         n = args.n_components_pixels
         y, fwhm, truth_n = two_component_set(plan, n, n, snr=10.0, seed=args.seed + 1)
         mf = {k: np.asarray(v) for k, v in zip(PixelFit._fields, plan.fitter(y, fwhm))}
+        # best-fit log-likelihood gain of the second component (MAP fits, noise known = 1):
+        # log Z2 - log Z1 = this - the Occam factor of the second component's parameters
+        from lucijax.fit.components import ComponentSettings, plan_components
+
+        f2 = plan_components(plan, ComponentSettings(n_components=2)).fitter(y, fwhm)
+        n_chan, n_lin = y.shape[1], len(plan.line_set.primary_lines) + 1
+        chi2_1 = mf["chi2_reduced"] * (n_chan - 2 - n_lin) * mf["noise"] ** 2
+        chi2_2 = np.asarray(f2.chi2_reduced) * (n_chan - 4 - 2 * n_lin + 1) * np.asarray(f2.noise) ** 2
+        dlogl_max = 0.5 * (chi2_1 - chi2_2)
         s = replace(base, sampler="nested", num_live_points=args.live_points, nested_slices_per_dim=args.nested_slices,
                     batch_size=args.components_batch or 2 * n, num_samples=300)
         t0 = time.perf_counter()
@@ -312,7 +321,9 @@ def main(argv=None):
                   dlogz_one_median=float(np.median(dl[n:])), dlogz_one_max=float(np.max(dl[n:])),
                   logz_err_median=float(np.median(np.concatenate([sel["logz1_err"], sel["logz2_err"]]))),
                   map_noise_median=float(np.median(mf["noise"])), live_points=args.live_points,
-                  nested_slices_per_dim=args.nested_slices, dlogz=[float(v) for v in dl])
+                  nested_slices_per_dim=args.nested_slices, dlogz=[float(v) for v in dl],
+                  dlogl_max=[float(v) for v in dlogl_max],
+                  occam_median_two=float(np.median(dlogl_max[:n] - dl[:n])))
         log("part 4: " + json.dumps(r4))
         record["components"] = r4
     record["loadavg_end"] = os.getloadavg()
