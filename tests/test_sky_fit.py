@@ -60,6 +60,9 @@ def test_noise_without_line_free_channels_is_unbiased(tmp_path):
     n_free = len(ls.primary_lines) + 1 + 1  # amplitudes, continuum, velocity
     n_chan = int(np.asarray(plan.grid.axis_rel_cm1).size)
     assert n_free > 50 and n_chan < 8 * n_free  # the shrinkage is ~12 %: the test can fail
+    # every channel lies within line_free_fwhm FWHM of a line: no line-free window at all
+    spacing = np.diff(np.sort(1e7 / np.asarray(ls.rest_nm)))
+    assert spacing.max() < 2 * plan.settings.line_free_fwhm * fwhm
     rng = np.random.default_rng(7)
     n = N_SPECTRA
     amp = rng.uniform(5.0, 40.0, (n, len(ls.primary_lines)))
