@@ -22,9 +22,9 @@ import time
 os.environ.setdefault("LUCIJAX_CPU_DEVICES", "1")
 
 #: Epochs of the shipped networks (filter, kind) where they differ from TrainConfig's default.
-DEFAULT_EPOCHS = {("SN3", "mdn"): 24, ("SN3", "cnn"): 10}
+DEFAULT_EPOCHS = {("SN1", "mdn"): 24, ("SN2", "mdn"): 24, ("SN3", "mdn"): 24, ("SN3", "cnn"): 10}
 #: beta-NLL weight of the shipped MDNs where it differs from TrainConfig's default (0).
-DEFAULT_NLL_BETA = {"SN3": 0.5}
+DEFAULT_NLL_BETA = {"SN1": 0.5, "SN2": 0.5, "SN3": 0.5}
 
 
 def main(argv=None):
