@@ -77,14 +77,16 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
         alpha = alpha_free
     resid = ys - m @ alpha
 
+    # covariance of the linear parameters: (M^T M)^-1 noise^2, unit-diagonal scaled
+    cov_unit = spd_inverse(gram * d[:, None] * d[None, :], jitter=1e-7) * d[:, None] * d[None, :]
+    leverage = jnp.sum((m @ cov_unit) * m, axis=1)  # diagonal of the hat matrix
+
     # noise from the channels away from every line
-    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, n_params=K)
+    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, leverage)
     dof = jnp.maximum(n_valid - K, 1.0)
     noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
-
-    # covariance of the linear parameters: (M^T M)^-1 noise^2, unit-diagonal scaled
-    cov = spd_inverse(gram * d[:, None] * d[None, :], jitter=1e-7) * d[:, None] * d[None, :] * noise_s**2
+    cov = cov_unit * noise_s**2
     cov_ok = jnp.all(jnp.isfinite(cov))
     # amplitudes and fluxes are linear in alpha at fixed theta: q = C alpha
     coef = model.line_coefficients(theta, fwhm)

@@ -181,8 +181,7 @@ def _linear_solve(m, y):
     return coef * d
 
 
-def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid, finite, *, leverage=None,
-                    n_params=0):
+def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid, finite, leverage):
     """Robust std (1.4826 MAD) of the residuals ``resid`` in the valid channels farther than
     ``settings.line_free_fwhm`` FWHM + 3 broadening sigma from every line at ``theta``.
 
@@ -190,19 +189,14 @@ def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid,
     valid channels are used. Their residuals are then those of the whole fit, whose free
     parameters absorb part of the noise: channel i keeps a variance ``(1 - h_i) sigma^2``,
     with ``h_i`` the ``leverage`` (diagonal of the fit's hat matrix), so the residuals are
-    divided by ``sqrt(1 - h_i)`` first (studentized). Without ``leverage``, every channel is
-    taken to lose the same share: the robust std is scaled by ``sqrt(n / (n - n_params))``.
+    divided by ``sqrt(1 - h_i)`` first (studentized).
     """
     x0_rel, _, sg = model.line_kinematics(theta)
     near = jnp.abs(model.axis[:, None] - x0_rel[None, :]) < settings.line_free_fwhm * fwhm + 3.0 * sg[None, :]
     line_free = (~jnp.any(near, axis=1)) & finite
     enough = jnp.sum(line_free) >= 20
     use = jnp.where(enough, line_free, finite)
-    if leverage is None:
-        n_use = jnp.sum(use).astype(resid.dtype)
-        studentized = resid * jnp.sqrt(n_use / jnp.maximum(n_use - n_params, 1.0))
-    else:
-        studentized = resid / jnp.sqrt(jnp.clip(1.0 - leverage, 0.05, 1.0))
+    studentized = resid / jnp.sqrt(jnp.clip(1.0 - leverage, 0.05, 1.0))
     return mad_std(jnp.where(enough, resid, studentized), use)
 
 
@@ -335,7 +329,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     leverage = jnp.sum((jfull @ cov_unit) * jfull, axis=1)
 
     # -- noise from line-free channels
-    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, leverage=leverage)
+    noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, leverage)
     noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
     cov = cov_unit * noise_s**2
