@@ -201,10 +201,10 @@ def two_component_set(plan, n_two: int, n_one: int, snr: float, seed: int):
     return y, fwhm, truth_n
 
 
-def _default_amplitude_scale() -> float:
+def _default_settings():
     from lucijax.fit.bayes import BayesSettings
 
-    return BayesSettings().amplitude_scale
+    return BayesSettings()
 
 
 def main(argv=None):
@@ -231,8 +231,10 @@ def main(argv=None):
     p.add_argument("--components-window", default=None, help="part 4: fit window SMIN:SMAX cm-1")
     p.add_argument("--components-batch", type=int, default=None, help="part 4: spectra per nested batch")
     p.add_argument("--nested-slices", type=float, default=1.0, help="part 4: jaxns slice steps per new point per dimension")
-    p.add_argument("--amplitude-scale", type=float, default=_default_amplitude_scale(),
-                   help="amplitude prior upper bound = this x max(max MAP amplitude, 3 noise)")
+    p.add_argument("--amplitude-scale", type=float, default=_default_settings().amplitude_scale,
+                   help="parts 1-3: amplitude prior upper bound = this x max(max MAP amplitude, 3 noise)")
+    p.add_argument("--evidence-amplitude-scale", type=float, default=_default_settings().evidence_amplitude_scale,
+                   help="part 4: the same bound for the evidence of 1 vs 2 components")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*JAXopt.*")
     out = Path(args.out)
@@ -247,7 +249,8 @@ def main(argv=None):
 
     record["numpyro"] = numpyro.__version__
     base = BayesSettings(num_warmup=args.num_warmup, num_samples=args.num_samples, batch_size=args.batch_size,
-                         max_tree_depth=args.max_tree_depth, amplitude_scale=args.amplitude_scale)
+                         max_tree_depth=args.max_tree_depth, amplitude_scale=args.amplitude_scale,
+                         evidence_amplitude_scale=args.evidence_amplitude_scale)
     reg = None
     if {1, 2, 3} & set(args.parts):
         reg = setup_region(out, args.size, args.seed)
@@ -329,7 +332,7 @@ def main(argv=None):
                   dlogz_one_median=float(np.median(dl[n:])), dlogz_one_max=float(np.max(dl[n:])),
                   logz_err_median=float(np.median(np.concatenate([sel["logz1_err"], sel["logz2_err"]]))),
                   map_noise_median=float(np.median(mf["noise"])), live_points=args.live_points,
-                  nested_slices_per_dim=args.nested_slices, amplitude_scale=args.amplitude_scale,
+                  nested_slices_per_dim=args.nested_slices, evidence_amplitude_scale=args.evidence_amplitude_scale,
                   dlogz=[float(v) for v in dl],
                   dlogl_max=[float(v) for v in dlogl_max],
                   occam_median_two=float(np.median(dlogl_max[:n] - dl[:n])))

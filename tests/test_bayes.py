@@ -338,3 +338,27 @@ def test_evidence_prefers_two_components_on_obvious_case(plan, nested_settings):
     assert sel["logz2"][0] - sel["logz1"][0] > 5
     v = sel["two"]["velocity_kms"][0]
     assert abs(v[0] + 60) < 15 and abs(v[1] - 215) < 15, v
+
+
+@pytest.mark.parametrize("broadening,dv,ratio", [(100.0, 275.0, 0.5), (40.0, 150.0, 1.0), (40.0, 80.0, 1.0),
+                                                 (0.0, 90.0, 1.0), (0.0, 30.0, 1.0)])
+def test_evidence_amplitude_box_holds_both_true_components(plan, broadening, dv, ratio):
+    """The evidence's amplitude prior (``evidence_amplitude_scale`` x the largest
+    one-component MAP amplitude) is narrow enough to cost little Occam factor, but it must
+    still contain every component's true amplitude: blends of two components of any
+    separation (sinc side lobes included, broadening 0) at SNR 10."""
+    settings = bz.evidence_settings(bz.BayesSettings())
+    assert settings.amplitude_scale == bz.BayesSettings().evidence_amplitude_scale < bz.BayesSettings().amplitude_scale
+    n = 16
+    amps = np.tile([[10.0, 4.0]], (n, 1))
+    y, fwhm = simulate(plan, np.linspace(-150, 50, n), np.full(n, broadening), amps, np.zeros(n), np.ones(n),
+                       seed=int(dv), second=(dv, ratio))
+    mf = map_fit(plan, y, fwhm)
+    p1, _ = bz.component_problems(plan)
+    data = bz.build_pixel_data(p1, plan, y, fwhm, mf, settings, broad=True)
+    n_amp = p1.n_amplitudes
+    top = np.asarray(data.hi)[:, 2:2 + n_amp] * np.asarray(data.scale)[:, None]
+    true_top = np.max(amps, axis=1) * max(1.0, ratio)
+    assert np.all(top[:, 0] >= 1.2 * true_top), (top[:, 0], true_top)
+    # and it is much narrower than the posterior's default box
+    assert np.all(top[:, 0] < 4.0 * true_top)

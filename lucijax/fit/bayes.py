@@ -51,8 +51,9 @@ log-evidence (nested), and optionally the samples.
 
 Component selection (:func:`select_components`): nested sampling of a one- and a
 two-component model (every line twice; the second velocity is ``v1 + delta`` with
-``delta > 0`` so the components cannot swap), broad priors for both, ``N = 2`` where
-``log Z2 - log Z1 > evidence_threshold``.
+``delta > 0`` so the components cannot swap), broad priors on velocities and broadenings
+for both, amplitudes bounded by what the spectrum allows (``evidence_amplitude_scale``),
+``N = 2`` where ``log Z2 - log Z1 > evidence_threshold``.
 
 Note: jaxns switches on ``jax_enable_x64`` when imported; this module imports it only for
 nested sampling, restores the previous setting and runs jaxns inside ``jax.enable_x64``.
@@ -102,6 +103,14 @@ class BayesSettings:
         undefined because the line was unresolved).
     amplitude_scale : float
         Amplitude prior upper bound = this x max(max MAP amplitude, 3 noise).
+    evidence_amplitude_scale : float
+        The same bound for the evidence of :func:`select_components` (default 2). A
+        posterior never feels a bound far above the data, but the evidence pays for every
+        unit of prior volume (the Occam factor), so there the bound must be what a line's
+        amplitude can physically be: line profiles are non-negative except for the sinc's
+        side lobes (deepest -0.217 of the peak), so no component's peak exceeds the
+        spectrum's peak above its continuum by more than 1/(1 - 0.217) = 1.28x; the
+        one-component MAP amplitude tracks that peak, and 2x leaves room for its noise.
     continuum_scale : float
         Continuum prior = MAP +- this x noise.
     max_tree_depth, target_accept_prob : NUTS.
@@ -135,6 +144,7 @@ class BayesSettings:
     min_broadening_sigma_kms: float = 5.0
     unresolved_broadening_sigma_kms: float = 20.0
     amplitude_scale: float = 10.0
+    evidence_amplitude_scale: float = 2.0
     continuum_scale: float = 10.0
     max_tree_depth: int = 6
     target_accept_prob: float = 0.8
@@ -940,10 +950,18 @@ def component_pixel_data(problem2: PixelProblem, data1: PixelData, plan, setting
                           prop_sigma=jnp.ones((B, P), jnp.float32))
 
 
+def evidence_settings(settings: BayesSettings) -> BayesSettings:
+    """The settings :func:`select_components` samples with: nested sampling, and the
+    amplitude prior bounded at ``evidence_amplitude_scale`` (the evidence pays for prior
+    volume, see :class:`BayesSettings`)."""
+    return replace(settings, sampler="nested", amplitude_scale=settings.evidence_amplitude_scale)
+
+
 def select_components(plan, y, fwhm_cm1, map_fit: dict, settings: BayesSettings | None = None, *,
                       evidence_threshold: float = 0.0, progress: bool = True) -> dict:
     """Fit one and two kinematic components to every spectrum by nested sampling (broad
-    priors for both) and choose by evidence.
+    priors for both; amplitudes up to ``settings.evidence_amplitude_scale`` x the largest
+    one-component MAP amplitude) and choose by evidence.
 
     Returns a dict with ``logz1``, ``logz1_err``, ``logz2``, ``logz2_err``,
     ``n_components`` (2 where ``logz2 - logz1 > evidence_threshold``), the summaries of
@@ -953,7 +971,7 @@ def select_components(plan, y, fwhm_cm1, map_fit: dict, settings: BayesSettings 
     """
     from tqdm.auto import tqdm
 
-    settings = replace(settings or BayesSettings(), sampler="nested")
+    settings = evidence_settings(settings or BayesSettings())
     p1, p2 = component_problems(plan)
     y = np.asarray(y, np.float32)
     fwhm = np.asarray(fwhm_cm1, np.float32).reshape(-1)
