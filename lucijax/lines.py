@@ -280,11 +280,19 @@ def read_sky_lines(path) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, 0], arr[:, 1]
 
 
-def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_fwhm: float = 0.5) -> LineSet:
+def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_fwhm: float = 0.25) -> LineSet:
     """All lines of a sky line list inside ``band_cm1``, sharing one velocity.
 
-    Lines closer than ``blend_fwhm`` x the instrumental FWHM cannot be separated: each such
-    blend gets one amplitude, its members tied in the ratio of their catalogue intensities.
+    Lines that the instrument cannot separate form a blend: one amplitude, the members tied
+    to the brightest in the ratio of their catalogue intensities. A blend spans less than
+    ``blend_fwhm`` x the instrumental FWHM from its first (lowest-wavenumber) member, so
+    neighbours do not chain into blends wider than that. Two sinc profiles 0.25 FWHM apart
+    correlate at 0.86 (0.5 at 0.5 FWHM), so their amplitudes cannot be told apart at the SNR of sky lines;
+    farther apart they can, and a tie would then force the catalogue's ratio on the data.
+    That ratio does not hold on another night (relative OH intensities follow the
+    rotational temperature, and the ORB list rounds faint intensities to 0.1): with a 0.5
+    FWHM neighbour criterion chained blends reached 1.4 FWHM and the real M31 sky spectra
+    fitted markedly worse (``benchmarks/RESULTS.md``, "Real sky spectra").
     """
     wl_nm, intensity = read_sky_lines(path)
     sigma = 1e7 / wl_nm
@@ -294,25 +302,20 @@ def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_
     order = np.argsort(sigma[inside])
     sigma, wl_nm, intensity = sigma[inside][order], wl_nm[inside][order], intensity[inside][order]
     names = tuple(f"SKY{10 * w:.2f}" for w in wl_nm)
-    ties = []
-    primary = 0
-    for i in range(1, len(sigma)):
-        if sigma[i] - sigma[i - 1] < blend_fwhm * fwhm_cm1:
-            # same blend as line i-1: tie to the blend's brightest line so far
-            ties.append((i, primary, float(intensity[i] / intensity[primary])))
+    blends: list[list[int]] = []
+    for i in range(len(sigma)):
+        if blends and sigma[i] - sigma[blends[-1][0]] < blend_fwhm * fwhm_cm1:
+            blends[-1].append(i)
         else:
-            primary = i
-    # re-root each blend on its brightest member so ratios stay well scaled
-    blends: dict[int, list[int]] = {}
-    for d, p, _ in ties:
-        blends.setdefault(p, [p]).append(d)
-    final_ties = []
-    for members in blends.values():
+            blends.append([i])
+    ties = []
+    for members in blends:
+        # tie to the brightest member so that the ratios stay well scaled
         brightest = max(members, key=lambda j: intensity[j])
         for j in members:
             if j != brightest:
-                final_ties.append((j, brightest, float(intensity[j] / intensity[brightest])))
-    return LineSet(names, tuple(float(w) for w in wl_nm), (0,) * len(names), tuple(final_ties))
+                ties.append((j, brightest, float(intensity[j] / intensity[brightest])))
+    return LineSet(names, tuple(float(w) for w in wl_nm), (0,) * len(names), tuple(sorted(ties)))
 
 
 def join_line_sets(first: LineSet, second: LineSet) -> LineSet:

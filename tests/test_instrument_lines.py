@@ -222,15 +222,33 @@ def test_sky_line_set_band_and_blends(tmp_path):
     assert np.all(np.diff(1e7 / rest) > 0)
     assert set(ls.groups) == {0}
     assert ls.names[0] == "SKY6912.62"
-    # 686.4/686.3955/686.33 nm are 0.095 and 1.39 cm-1 apart (< 0.5 FWHM = 1.5 cm-1): one
-    # blend, tied to its brightest member in the ratio of the catalogue intensities
+    # 686.4/686.3955 nm are 0.095 cm-1 apart (< 0.25 FWHM = 0.75 cm-1): one blend, tied to
+    # its brightest member in the ratio of the catalogue intensities; 686.33 nm, 1.39 cm-1
+    # (0.46 FWHM) away, is separable and keeps its own amplitude
     tied = {ls.names[d]: (ls.names[p], r) for d, p, r in ls.ties}
+    assert tied == {"SKY6864.00": ("SKY6863.95", pytest.approx(2.0 / 10.0))}
+    assert len(ls.primary_lines) == 4
+    # a wider blend criterion joins the 1.39 cm-1 neighbour
+    ls_wide = sky_line_set(path, band, fwhm, blend_fwhm=0.5)
+    tied = {ls_wide.names[d]: (ls_wide.names[p], r) for d, p, r in ls_wide.ties}
     assert tied == {"SKY6864.00": ("SKY6863.95", pytest.approx(2.0 / 10.0)),
                     "SKY6863.30": ("SKY6863.95", pytest.approx(3.0 / 10.0))}
-    assert len(ls.primary_lines) == 3
-    # a narrower blend criterion splits off the 1.39 cm-1 neighbour
-    ls_narrow = sky_line_set(path, band, fwhm, blend_fwhm=0.4)
-    assert {ls_narrow.names[d] for d, _, _ in ls_narrow.ties} == {"SKY6864.00"}
     # no line in the band: a clear error
     with pytest.raises(ValueError, match="no sky line"):
         sky_line_set(path, (20000.0, 21000.0), fwhm)
+
+
+def test_sky_blends_do_not_chain(tmp_path):
+    """Lines 0.2 FWHM apart one after the other: a blend spans < blend_fwhm from its first
+    member, so a chain of them splits instead of growing into one wide blend."""
+    fwhm = 3.0
+    sigma = 15000.0 + 0.6 * np.arange(6)  # cm-1, 0.2 FWHM steps over 1.0 FWHM
+    path = tmp_path / "chain.orb"
+    path.write_text("".join(f"{k} {1e8 / s:.4f} {1.0 + k}\n" for k, s in enumerate(sigma)))
+    ls = sky_line_set(path, (14900.0, 15100.0), fwhm)
+    # blends {0, 1}, {2, 3}, {4, 5} (each spans 0.2 FWHM < 0.25), tied to the brighter member
+    assert len(ls.primary_lines) == 3 and len(ls.ties) == 3
+    for d, p, r in ls.ties:
+        assert abs(1e7 / ls.rest_nm[d] - 1e7 / ls.rest_nm[p]) < 0.25 * fwhm
+        assert r < 1.0
+    assert len(sky_line_set(path, (14900.0, 15100.0), fwhm, blend_fwhm=1.1).primary_lines) == 1
