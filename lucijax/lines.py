@@ -284,15 +284,16 @@ def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_
     """All lines of a sky line list inside ``band_cm1``, sharing one velocity.
 
     Lines that the instrument cannot separate form a blend: one amplitude, the members tied
-    to the brightest in the ratio of their catalogue intensities. A blend spans less than
-    ``blend_fwhm`` x the instrumental FWHM from its first (lowest-wavenumber) member, so
-    neighbours do not chain into blends wider than that. Two sinc profiles 0.25 FWHM apart
-    correlate at 0.86 (0.5 at 0.5 FWHM), so their amplitudes cannot be told apart at the SNR of sky lines;
-    farther apart they can, and a tie would then force the catalogue's ratio on the data.
-    That ratio does not hold on another night (relative OH intensities follow the
-    rotational temperature, and the ORB list rounds faint intensities to 0.1): with a 0.5
-    FWHM neighbour criterion chained blends reached 1.4 FWHM and the real M31 sky spectra
-    fitted markedly worse (``benchmarks/RESULTS.md``, "Real sky spectra").
+    to the brightest in the ratio of their catalogue intensities (equal, when the catalogue
+    gives none). A blend spans less than ``blend_fwhm`` x the instrumental FWHM from its
+    first (lowest-wavenumber) member, so neighbours do not chain into wider blends. Two
+    sinc profiles 0.25 FWHM apart correlate at 0.86 (at 0.5 FWHM, at 0.5): closer than
+    that their amplitudes are nearly degenerate; farther apart they are separable, and a
+    tie would force the catalogue's ratio on the data. That ratio does not hold on another
+    night (relative OH intensities change with the rotational temperature, and the ORB list
+    gives faint intensities to one decimal): with a 0.5 FWHM neighbour criterion, chained
+    blends reached 1.4 FWHM and the real M31 sky spectra fitted markedly worse
+    (``benchmarks/RESULTS.md``, "Sky blends").
     """
     wl_nm, intensity = read_sky_lines(path)
     sigma = 1e7 / wl_nm
@@ -314,7 +315,8 @@ def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_
         brightest = max(members, key=lambda j: intensity[j])
         for j in members:
             if j != brightest:
-                ties.append((j, brightest, float(intensity[j] / intensity[brightest])))
+                ratio = intensity[j] / intensity[brightest] if intensity[brightest] > 0 else 1.0
+                ties.append((j, brightest, float(ratio)))
     return LineSet(names, tuple(float(w) for w in wl_nm), (0,) * len(names), tuple(sorted(ties)))
 
 
