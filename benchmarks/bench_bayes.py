@@ -231,9 +231,10 @@ def main(argv=None):
     p.add_argument("--components-window", default=None, help="part 4: fit window SMIN:SMAX cm-1")
     p.add_argument("--components-batch", type=int, default=None, help="part 4: spectra per nested batch")
     p.add_argument("--nested-slices", type=float, default=1.0, help="part 4: jaxns slice steps per new point per dimension")
-    p.add_argument("--amplitude-scale", type=float, default=_default_settings().amplitude_scale,
+    defaults = _default_settings()
+    p.add_argument("--amplitude-scale", type=float, default=defaults.amplitude_scale,
                    help="parts 1-3: amplitude prior upper bound = this x max(max MAP amplitude, 3 noise)")
-    p.add_argument("--evidence-amplitude-scale", type=float, default=_default_settings().evidence_amplitude_scale,
+    p.add_argument("--evidence-amplitude-scale", type=float, default=defaults.evidence_amplitude_scale,
                    help="part 4: the same bound for the evidence of 1 vs 2 components")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*JAXopt.*")
