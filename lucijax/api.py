@@ -88,6 +88,7 @@ def fit_cube(
     tie_nii: bool = True,
     tie_oiii: bool = False,
     continuum_order: int = 0,
+    continuum_spline: int = 0,
     settings: FitSettings | None = None,
     mdn: bool | str = True,
     batch_size: int | None = None,
@@ -137,6 +138,12 @@ def fit_cube(
         gain MDN_VELOCITY, MDN_BROADENING (and their *_SIGMA for the MDN).
     continuum_order : int
         Degree of the continuum polynomial.
+    continuum_spline : int
+        N > 0 fits the continuum with a cubic B-spline of N equal intervals over the window
+        instead of a polynomial: for continua with structure (starlight, filter-edge flux
+        calibration), which a polynomial leaves in the residuals and so in the noise
+        estimate. Keep the intervals much wider than a line (SN3: N = 16 gives ~53 cm-1,
+        ~17 FWHM).
     settings : FitSettings
         Iterations, velocity and broadening ranges.
     batch_size : int, optional
@@ -208,8 +215,8 @@ def fit_cube(
             pixel_mask = pixel_mask[region[0]:region[1], region[2]:region[3]]
         plan = plan_fit(
             cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
-            groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order, settings=settings,
-            mdn=mdn,
+            groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order,
+            continuum_spline=continuum_spline, settings=settings, mdn=mdn,
         )
         if int(components) > 1:
             from lucijax.fit.components import ComponentSettings, plan_components

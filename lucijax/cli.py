@@ -77,6 +77,7 @@ def cmd_fit(args) -> int:
         tie_nii=not args.no_nii_tie,
         tie_oiii=args.oiii_tie,
         continuum_order=args.continuum_order,
+        continuum_spline=args.continuum_spline,
         settings=_settings(args),
         mdn="cnn" if args.cnn else not args.no_mdn,
         batch_size=args.batch_size,
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-nii-tie", action="store_true", help="free the [NII]6583/6548 flux ratio (default: 3)")
     f.add_argument("--oiii-tie", action="store_true", help="fix [OIII]5007/4959 = 3 in flux")
     f.add_argument("--continuum-order", type=int, default=0, help="degree of the continuum polynomial")
+    f.add_argument("--continuum-spline", type=int, default=0, metavar="N",
+                   help="fit the continuum with a cubic B-spline of N equal intervals over the window instead "
+                        "(for continua with structure, e.g. starlight under sky lines; SN3: 16 gives ~53 cm-1)")
     f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
     f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
     f.add_argument("--iterations", type=int, default=8, help="Levenberg-Marquardt iterations")

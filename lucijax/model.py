@@ -3,7 +3,8 @@
 The model is ``y(x) = sum_j alpha_j column_j(x; theta)``, linear in the amplitudes and
 continuum coefficients ``alpha`` and non-linear in ``theta`` = (velocity, broadening) of
 each kinematic group. ``column_j`` is the unit-amplitude profile of primary line ``j``
-plus its tied lines (flux ratios fixed), then the continuum polynomials.
+plus its tied lines (flux ratios fixed), then the continuum basis (polynomials, or a cubic
+B-spline for continua with structure: starlight, filter-edge calibration).
 
 Everything here is for ONE spectrum, in float32 ``jax.numpy``; the fit vectorises it.
 Wavenumbers are handled relative to a reference ``ref_cm1`` near the band centre so that
@@ -32,16 +33,25 @@ class ModelSpec:
     shape : {'sincgauss', 'sinc', 'gaussian'}
     continuum_order : int
         Degree of the continuum polynomial (0 = constant).
+    continuum_spline : int
+        0: the continuum is the polynomial of ``continuum_order``. N > 0: a cubic B-spline
+        with N equal intervals over the fit window (N + 3 coefficients), for continua with
+        structure on scales of the window / N; ``continuum_order`` must then be 0.
     """
 
     line_set: LineSet
     shape: str = "sincgauss"
     continuum_order: int = 0
+    continuum_spline: int = 0
 
     def __post_init__(self):
         get_model(self.shape)  # validates the name
         if not 0 <= int(self.continuum_order) <= 5:
             raise ValueError("continuum_order must be between 0 and 5")
+        if not 0 <= int(self.continuum_spline) <= MAX_SPLINE_INTERVALS:
+            raise ValueError(f"continuum_spline (B-spline intervals) must be between 0 and {MAX_SPLINE_INTERVALS}")
+        if self.continuum_spline and self.continuum_order:
+            raise ValueError("give a continuum polynomial order or a continuum spline, not both")
 
     @property
     def has_broadening(self) -> bool:
@@ -61,8 +71,13 @@ class ModelSpec:
         return len(self.line_set.primary_lines)
 
     @property
+    def n_continuum(self) -> int:
+        """Continuum coefficients."""
+        return self.continuum_spline + 3 if self.continuum_spline else self.continuum_order + 1
+
+    @property
     def n_linear(self) -> int:
-        return self.n_amplitudes + self.continuum_order + 1
+        return self.n_amplitudes + self.n_continuum
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,40 @@ class SpectralGrid:
         """Window coordinate in [-1, 1] for the continuum polynomials."""
         a = self.axis_rel_cm1
         return (2.0 * (a - a.min()) / max(a.max() - a.min(), 1e-30) - 1.0)
+
+
+#: Most B-spline intervals of a continuum (an SN3 window of 840 cm-1 / 64 = 13 cm-1, ~4 FWHM).
+MAX_SPLINE_INTERVALS = 64
+
+
+def continuum_basis(coordinate: np.ndarray, order: int = 0, spline_intervals: int = 0) -> np.ndarray:
+    """Continuum columns at window coordinates in [-1, 1], shape (n, n_coefficients).
+
+    ``spline_intervals = 0``: the powers ``t**k``, k = 0..order. Otherwise the cubic B-spline
+    basis on ``spline_intervals`` equal intervals of [-1, 1] (clamped knots: the columns are
+    non-negative and sum to 1 at every ``t``, so a constant continuum is exactly
+    representable), evaluated by the Cox-de Boor recursion in float64.
+    """
+    t = np.asarray(coordinate, np.float64)
+    if not spline_intervals:
+        return np.stack([t**k for k in range(order + 1)], axis=1)
+    n, k = int(spline_intervals), 3
+    knots = np.concatenate([np.full(k, -1.0), np.linspace(-1.0, 1.0, n + 1), np.full(k, 1.0)])
+    # degree 0: indicator of each knot interval (the last non-empty one closed at t = 1)
+    last = n + k - 1
+    basis = np.stack([((knots[j] <= t) & (t < knots[j + 1])) | ((j == last) & (t == knots[-1]))
+                      for j in range(len(knots) - 1)], axis=1).astype(np.float64)
+    for d in range(1, k + 1):
+        nxt = np.zeros((t.size, len(knots) - 1 - d))
+        for j in range(nxt.shape[1]):
+            left = knots[j + d] - knots[j]
+            right = knots[j + d + 1] - knots[j + 1]
+            if left > 0:
+                nxt[:, j] += (t - knots[j]) / left * basis[:, j]
+            if right > 0:
+                nxt[:, j] += (knots[j + d + 1] - t) / right * basis[:, j + 1]
+        basis = nxt
+    return basis
 
 
 def velocity_factor_minus_one(velocity_kms):
@@ -130,8 +179,11 @@ class LineModel:
         # (first, step, n) of a uniform axis, for the sincgauss's fast path
         step = uniform_step(grid.axis_rel_cm1) if spec.shape == "sincgauss" else None
         self._uniform_grid = None if step is None else UniformGrid(grid.axis_rel_cm1[0], step, grid.n_channels)
-        t = jnp.asarray(grid.continuum_coordinate, jnp.float32)
-        self.continuum_basis = jnp.stack([t**k for k in range(spec.continuum_order + 1)], axis=1)
+        self.continuum_basis = jnp.asarray(
+            continuum_basis(grid.continuum_coordinate, spec.continuum_order, spec.continuum_spline), jnp.float32)
+        #: weights of the continuum coefficients that give the continuum at the window centre
+        self.continuum_centre = jnp.asarray(
+            continuum_basis(np.zeros(1), spec.continuum_order, spec.continuum_spline)[0], jnp.float32)
 
     # -- parameters --------------------------------------------------------------
     def split_theta(self, theta):
@@ -190,6 +242,10 @@ class LineModel:
     def spectrum(self, theta, alpha, fwhm_cm1):
         """Model spectrum on the grid."""
         return self.design_matrix(theta, fwhm_cm1) @ alpha
+
+    def continuum_at_centre(self, alpha):
+        """Continuum at the window centre from the linear parameters ``alpha``."""
+        return alpha[self.spec.n_amplitudes:] @ self.continuum_centre
 
     # -- derived quantities ---------------------------------------------------------
     def line_amplitudes(self, theta, alpha, fwhm_cm1):

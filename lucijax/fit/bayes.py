@@ -73,7 +73,7 @@ import numpy as np
 
 from lucijax.fit.linalg import cholesky, spd_inverse
 from lucijax.lines import LineSet
-from lucijax.model import LineModel, ModelSpec
+from lucijax.model import LineModel
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class PixelProblem:
         v, b = lm.split_theta(theta)
         amp = lm.line_amplitudes(theta, alpha, d.fwhm)
         flux = lm.line_fluxes_cm1(theta, alpha, d.fwhm)
-        return v, b, amp, flux, alpha[self.n_amplitudes]
+        return v, b, amp, flux, lm.continuum_at_centre(alpha)
 
 
 # ============================================================================ option 2
@@ -919,7 +919,7 @@ def component_problems(plan) -> tuple[PixelProblem, PixelProblem]:
     if not spec.has_broadening:
         raise ValueError("component selection needs a model with a broadening (sincgauss or gaussian)")
     ls2 = two_component_line_set(spec.line_set)
-    lm2 = LineModel(ModelSpec(ls2, spec.shape, spec.continuum_order), plan.grid)
+    lm2 = LineModel(replace(spec, line_set=ls2), plan.grid)
     probs = (PixelProblem(plan.model), PixelProblem(lm2, ordered=True))
     try:
         plan._bayes_components = probs
@@ -1019,7 +1019,7 @@ def parameter_names(problem: PixelProblem) -> list[str]:
     if problem.spec.has_broadening:
         names += [f"broadening_{g}" for g in range(G)]
     names += [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
-    names += [f"continuum_{k}" for k in range(problem.spec.continuum_order + 1)]
+    names += [f"continuum_{k}" for k in range(problem.spec.n_continuum)]
     return names
 
 

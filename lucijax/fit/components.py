@@ -173,9 +173,9 @@ def make_component_fitter(base_fitter, base_spec: ModelSpec, grid, settings: Fit
     n = int(csettings.n_components)
     G0, has_b = base_spec.n_groups, base_spec.has_broadening
     ordered_ls = component_line_set(base_spec.line_set, n, ordered=True)
-    ordered_model = LineModel(ModelSpec(ordered_ls, base_spec.shape, base_spec.continuum_order), grid)
+    ordered_model = LineModel(dataclasses.replace(base_spec, line_set=ordered_ls), grid)
     out_ls = dataclasses.replace(ordered_ls, velocity_chain=())
-    out_model = LineModel(ModelSpec(out_ls, base_spec.shape, base_spec.continuum_order), grid)
+    out_model = LineModel(dataclasses.replace(base_spec, line_set=out_ls), grid)
     # starts are always given: the matched-filter templates are never used
     n_amp = ordered_model.spec.n_amplitudes
     dummy_t = np.zeros((3, n_amp, grid.n_channels), np.float32)

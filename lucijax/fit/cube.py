@@ -122,6 +122,7 @@ def plan_fit(
     tie_nii: bool = True,
     tie_oiii: bool = False,
     continuum_order: int = 0,
+    continuum_spline: int = 0,
     settings: FitSettings | None = None,
     mdn: bool | str = False,
 ) -> FitPlan:
@@ -157,7 +158,7 @@ def plan_fit(
                 f"the fit window {lo_obs:.1f}-{hi_obs:.1f} cm-1"
                 + (f" of filter {header.filter_name}" if header.filter_name and window_cm1 is None else "")
             )
-    spec = ModelSpec(line_set, model, continuum_order)
+    spec = ModelSpec(line_set, model, continuum_order, continuum_spline)
     if network is not None and sky_lines is not None:
         network = None  # the networks know emission lines, not the OH sky spectrum
     if network is not None:

@@ -114,7 +114,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
         amplitude_err=out(amp_err, scale),
         flux_cm1=out(flux, scale),
         flux_err_cm1=out(flux_err, scale),
-        continuum=out(alpha[spec.n_amplitudes], scale),
+        continuum=out(model.continuum_at_centre(alpha), scale),
         noise=out(noise),
         chi2_reduced=out(chi2_red),
         snr=out(jnp.max(amplitude) / noise),

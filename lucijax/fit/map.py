@@ -373,7 +373,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         amplitude_err=out(dq_err[:L], scale),
         flux_cm1=out(dq[L:], scale),
         flux_err_cm1=out(dq_err[L:], scale),
-        continuum=out(alpha[spec.n_amplitudes], scale),
+        continuum=out(model.continuum_at_centre(alpha), scale),
         noise=out(noise),
         chi2_reduced=out(chi2_red),
         snr=out(jnp.max(amplitude) / noise),
