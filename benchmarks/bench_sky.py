@@ -3,14 +3,15 @@
 noise (issue 2, acceptance 3): reduced chi2 and the statistics of the normalised residuals
 for five fits of each spectrum, all with sinc sky lines:
 
-1. ``--sky-lines sky_lines.orb --model sinc`` (the acceptance's command: OH lines only,
-   constant continuum);
-2. the same with a cubic B-spline continuum of 16 intervals (``--continuum-spline 16``,
+1. ``--sky-lines sky_lines.orb --model sinc --uniform-weights``: OH lines only, constant
+   continuum, every channel weighted alike (the default before 2026-11-26);
+2. the acceptance's command ``--sky-lines sky_lines.orb --model sinc``: channels weighted
+   by 1 / flambda (the noise of flux-calibrated FTS spectra follows flambda);
+3. as 2 with a cubic B-spline continuum of 16 intervals (``--continuum-spline 16``,
    ~53 cm-1): these spectra carry M31 starlight and the flux calibration's filter edges,
    which a constant leaves in the residuals -- and so in the line-free noise estimate;
-3. OH plus Halpha, [NII]6583/6548 and [SII]6716/6731 in a kinematic group of their own
-   (the M31 gas in front of the sky: these spectra show it), constant continuum;
-4. as 3 with the spline continuum;
+4. as 3 plus Halpha, [NII]6583/6548 and [SII]6716/6731 in a kinematic group of their own
+   (the M31 gas in front of the sky: these spectra show it);
 5. as 4 with ``--model sincgauss`` (the gas of a 2824-pixel region spans a range of
    velocities; the sky lines then get a broadening too).
 
@@ -47,8 +48,8 @@ def main(argv=None) -> int:
     print("| spectrum | fit | STATUS | velocities (km/s) | noise | chi2 | rms(res)/noise | lag-1 autocorr | kurtosis |")
     print("|---|---|---|---|---|---|---|---|---|")
     spline = dict(continuum_spline=16)
-    fits = (("OH", None, {}), ("OH, spline 16", None, spline), ("OH + gas", GAS, {}),
-            ("OH + gas, spline 16", GAS, spline), ("OH + gas, spline 16, sincgauss", GAS, dict(spline, model="sincgauss")))
+    fits = (("OH, uniform weights", None, dict(flambda_weights=False)), ("OH", None, {}),
+            ("OH, spline 16", None, spline), ("OH + gas, spline 16", GAS, spline), ("OH + gas, spline 16, sincgauss", GAS, dict(spline, model="sincgauss")))
     for i in (0, 15, 23, 24):
         path = data / "orcs-m31-sky" / f"sky_spectrum_{i}.hdf5"
         for label, lines, options in fits:
@@ -58,9 +59,13 @@ def main(argv=None) -> int:
             _, model = r.model_spectrum(0, 0)
             with open_cube(path) as c:
                 y = c.read_spectra(0, 1, 0, 1)[0, 0][r.plan.window]
-            ok = np.isfinite(y)
+            # the noise of these flux-calibrated spectra follows flambda: residuals in units of
+            # each channel's noise (the fit's weights; all 1 with --uniform-weights)
+            weight = r.plan.model.channel_weight
+            weight = np.ones_like(y) if weight is None else np.asarray(weight, np.float64)
+            ok = np.isfinite(y) & (weight > 0)
             noise = float(r.raw["noise"][0, 0])
-            res = (y - model)[ok] / noise
+            res = ((y - model) * weight)[ok] / noise
             ac1 = np.corrcoef(res[:-1], res[1:])[0, 1]
             kurt = np.mean((res - res.mean()) ** 4) / np.var(res) ** 2
             v = ", ".join(f"{x:.1f}" for x in np.atleast_1d(r.raw["velocity_kms"][0, 0]))

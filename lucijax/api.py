@@ -89,6 +89,7 @@ def fit_cube(
     tie_oiii: bool = False,
     continuum_order: int = 0,
     continuum_spline: int = 0,
+    flambda_weights: bool = True,
     settings: FitSettings | None = None,
     mdn: bool | str = True,
     batch_size: int | None = None,
@@ -144,6 +145,12 @@ def fit_cube(
         calibration), which a polynomial leaves in the residuals and so in the noise
         estimate. Keep the intervals much wider than a line (SN3: N = 16 gives ~53 cm-1,
         ~17 FWHM).
+    flambda_weights : bool
+        Weight the channels of flux-calibrated data with a per-channel ``flambda`` by 1 / its
+        relative value: the FTS spreads the noise evenly over the channels in counts, and the
+        calibration multiplies each channel by ``flambda`` (the noise estimate, NOISE map
+        and chi2 then refer to a channel of median ``flambda``). No effect on data in counts
+        or with a scalar ``flambda``.
     settings : FitSettings
         Iterations, velocity and broadening ranges.
     batch_size : int, optional
@@ -216,7 +223,7 @@ def fit_cube(
         plan = plan_fit(
             cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
             groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order,
-            continuum_spline=continuum_spline, settings=settings, mdn=mdn,
+            continuum_spline=continuum_spline, settings=settings, mdn=mdn, flambda_weights=flambda_weights,
         )
         if int(components) > 1:
             from lucijax.fit.components import ComponentSettings, plan_components

@@ -78,6 +78,7 @@ def cmd_fit(args) -> int:
         tie_oiii=args.oiii_tie,
         continuum_order=args.continuum_order,
         continuum_spline=args.continuum_spline,
+        flambda_weights=not args.uniform_weights,
         settings=_settings(args),
         mdn="cnn" if args.cnn else not args.no_mdn,
         batch_size=args.batch_size,
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--continuum-spline", type=int, default=0, metavar="N",
                    help="fit the continuum with a cubic B-spline of N equal intervals over the window instead "
                         "(for continua with structure, e.g. starlight under sky lines; SN3: 16 gives ~53 cm-1)")
+    f.add_argument("--uniform-weights", action="store_true",
+                   help="weight every channel alike (default for flux-calibrated data with a per-channel "
+                        "flambda: 1 / flambda, the noise of calibrated FTS spectra)")
     f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
     f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
     f.add_argument("--iterations", type=int, default=8, help="Levenberg-Marquardt iterations")

@@ -84,12 +84,15 @@ class ModelSpec:
 class SpectralGrid:
     """The channels a fit uses (host-side, float64), de-redshifted.
 
-    ``axis_rel_cm1 = axis * (1 + z) - ref_cm1`` for the channels inside the window.
+    ``axis_rel_cm1 = axis * (1 + z) - ref_cm1`` for the channels inside the window;
+    ``noise_shape``: relative noise std of those channels (None: flat noise; see
+    :meth:`lucijax.io.header.CubeHeader.noise_shape`).
     """
 
     axis_rel_cm1: np.ndarray
     ref_cm1: float
     redshift: float = 0.0
+    noise_shape: np.ndarray | None = None
 
     @property
     def n_channels(self) -> int:
@@ -179,6 +182,12 @@ class LineModel:
         # (first, step, n) of a uniform axis, for the sincgauss's fast path
         step = uniform_step(grid.axis_rel_cm1) if spec.shape == "sincgauss" else None
         self._uniform_grid = None if step is None else UniformGrid(grid.axis_rel_cm1[0], step, grid.n_channels)
+        #: 1 / relative noise of each channel (0 where unknown), or None for flat noise
+        self.channel_weight = None
+        if grid.noise_shape is not None:
+            shape = np.asarray(grid.noise_shape, np.float64)
+            ok = np.isfinite(shape) & (shape > 0)
+            self.channel_weight = jnp.asarray(np.where(ok, 1.0 / np.where(ok, shape, 1.0), 0.0), jnp.float32)
         self.continuum_basis = jnp.asarray(
             continuum_basis(grid.continuum_coordinate, spec.continuum_order, spec.continuum_spline), jnp.float32)
         #: weights of the continuum coefficients that give the continuum at the window centre
@@ -242,6 +251,16 @@ class LineModel:
     def spectrum(self, theta, alpha, fwhm_cm1):
         """Model spectrum on the grid."""
         return self.design_matrix(theta, fwhm_cm1) @ alpha
+
+    def channel_mask(self, y):
+        """(valid, weight) of the channels of a spectrum ``y``: valid = finite (and of
+        known noise); weight = 1 / relative noise where valid, else 0. A fit that multiplies
+        the data and its columns by ``weight`` is the weighted least-squares fit."""
+        valid = jnp.isfinite(y)
+        if self.channel_weight is None:
+            return valid, valid.astype(jnp.float32)
+        valid = valid & (self.channel_weight > 0)
+        return valid, jnp.where(valid, self.channel_weight, 0.0)
 
     def continuum_at_centre(self, alpha):
         """Continuum at the window centre from the linear parameters ``alpha``."""

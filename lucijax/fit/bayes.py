@@ -182,7 +182,7 @@ class PixelData(NamedTuple):
     (for an ordered two-component model the second velocity is stored as its offset)."""
 
     y: jax.Array  # (n,) spectrum on the fit window, NaN replaced by 0
-    mask: jax.Array  # (n,) 1 for valid channels
+    mask: jax.Array  # (n,) channel weight: 1 / relative noise for valid channels (1 for flat noise), 0 otherwise
     fwhm: jax.Array  # () instrumental FWHM (cm-1, de-redshifted frame)
     noise: jax.Array  # ()
     lo: jax.Array  # (D,)
@@ -230,9 +230,11 @@ class PixelProblem:
     def log_likelihood(self, x, d: PixelData):
         theta, alpha = self.theta_alpha(x)
         mu = self.line_model.spectrum(theta, alpha, d.fwhm)
-        r = (d.y - mu) / d.noise
-        n = jnp.sum(d.mask)
-        return -0.5 * jnp.sum(d.mask * r * r) - n * (jnp.log(d.noise) + 0.5 * math.log(2 * math.pi))
+        r = d.mask * (d.y - mu) / d.noise  # channel noise: noise / weight
+        used = d.mask > 0
+        n = jnp.sum(used)
+        log_weights = jnp.sum(jnp.log(jnp.where(used, d.mask, 1.0)))
+        return -0.5 * jnp.sum(r * r) - n * (jnp.log(d.noise) + 0.5 * math.log(2 * math.pi)) + log_weights
 
     def log_prior(self, x, d: PixelData):
         inside = jnp.all((x >= d.lo) & (x <= d.hi))
@@ -253,7 +255,9 @@ class PixelProblem:
         linear = numpyro.sample("linear", dist.Uniform(d.lo[P:], d.hi[P:]).to_event(1))
         theta, alpha = self.theta_alpha(jnp.concatenate([nonlinear, linear]))
         mu = self.line_model.spectrum(theta, alpha, d.fwhm)
-        numpyro.sample("y", dist.Normal(mu, d.noise).mask(d.mask > 0).to_event(1), obs=d.y)
+        used = d.mask > 0
+        channel_noise = d.noise / jnp.where(used, d.mask, 1.0)
+        numpyro.sample("y", dist.Normal(mu, channel_noise).mask(used).to_event(1), obs=d.y)
 
     def _params(self, z):
         P = self.n_nonlinear
@@ -678,7 +682,12 @@ def build_pixel_data(problem: PixelProblem, plan, y, fwhm_cm1, map_fit: dict, se
     """
     y = np.asarray(y, np.float32)
     B = y.shape[0]
-    mask = np.isfinite(y)
+    finite = np.isfinite(y)
+    weight = problem.line_model.channel_weight  # 1 / relative noise of each channel, or None
+    if weight is not None:
+        weight = np.asarray(weight, np.float32)
+        finite &= weight > 0
+    mask = np.where(finite, 1.0 if weight is None else weight, 0.0)
     P, K = problem.n_nonlinear, problem.n_linear
     G = problem.spec.n_groups
     has_b = problem.spec.has_broadening
@@ -726,7 +735,7 @@ def build_pixel_data(problem: PixelProblem, plan, y, fwhm_cm1, map_fit: dict, se
     scale = np.where(np.isfinite(noise) & (noise > 0), noise, 1.0)
     lin_scale = np.concatenate([np.ones((B, P)), np.broadcast_to(scale[:, None], (B, K))], axis=1)
     lo, hi, x0 = lo / lin_scale, hi / lin_scale, x0 / lin_scale
-    y_s = np.where(mask, y, 0.0) / scale[:, None]
+    y_s = np.where(finite, y, 0.0) / scale[:, None]
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     return PixelData(f32(y_s), f32(mask), f32(fwhm_cm1), f32(np.ones(B)), f32(lo), f32(hi), f32(x0),
                      f32(prop_mean), f32(prop_sigma), f32(scale))
@@ -785,7 +794,7 @@ def summarize(problem: PixelProblem, data: PixelData, run: dict) -> dict:
     out["n_grad"] = np.asarray(run["n_grad"], np.float64)
     if "logz" in run:
         # back to the spectrum's flux unit: the likelihood was evaluated on y / scale
-        n_valid = np.asarray(jnp.sum(data.mask, axis=1), np.float64)
+        n_valid = np.asarray(jnp.sum(data.mask > 0, axis=1), np.float64)
         out["logz"] = np.asarray(run["logz"], np.float64) - n_valid * np.log(sc)
         out["logz_err"] = np.asarray(run["logz_err"], np.float64)
     return out
@@ -878,8 +887,8 @@ def _chi2_at(problem, data, out):
 
     def one(t, a, d):
         mu = problem.line_model.spectrum(t, a / d.scale, d.fwhm)
-        r = (d.y - mu) / d.noise
-        return jnp.sum(d.mask * r * r) / jnp.maximum(jnp.sum(d.mask) - problem.dim, 1.0)
+        r = d.mask * (d.y - mu) / d.noise
+        return jnp.sum(r * r) / jnp.maximum(jnp.sum(d.mask > 0) - problem.dim, 1.0)
 
     del P
     return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(theta, jnp.float32), jnp.asarray(out["linear"], jnp.float32), data))

@@ -125,6 +125,7 @@ def plan_fit(
     continuum_spline: int = 0,
     settings: FitSettings | None = None,
     mdn: bool | str = False,
+    flambda_weights: bool = True,
 ) -> FitPlan:
     """Build the :class:`FitPlan` of a cube (see :func:`lucijax.fit_cube` for parameters).
 
@@ -132,6 +133,10 @@ def plan_fit(
     density network (mean +- 3 sigma), 'cnn' starts it with the point-estimate network
     (bounds: the settings' ranges), False uses the matched-filter start. A filter without
     a shipped network falls back to the matched filter with a warning.
+
+    ``flambda_weights``: weight the channels of flux-calibrated data by 1 / their relative
+    noise, the per-channel ``flambda`` (see :meth:`~lucijax.io.header.CubeHeader.noise_shape`);
+    no effect on data in counts or with a scalar ``flambda``.
     """
     settings = settings or FitSettings()
     network = {True: "mdn", False: None, None: None}.get(mdn, mdn)
@@ -139,6 +144,9 @@ def plan_fit(
         raise ValueError(f"mdn must be True, False, 'mdn' or 'cnn', not {mdn!r}")
     window = fit_window_channels(header, window_cm1)
     axis_obs = header.axis_cm1[window]
+    noise_shape = header.noise_shape() if flambda_weights else None
+    if noise_shape is not None:
+        noise_shape = noise_shape[window]
     typical_fwhm = float(np.median(np.atleast_1d(pixel_fwhm_cm1(header))))
     if sky_lines is not None:
         line_set = sky_line_set(sky_lines, (axis_obs[0] * (1 + redshift), axis_obs[-1] * (1 + redshift)), typical_fwhm * (1 + redshift))
@@ -169,17 +177,18 @@ def plan_fit(
             log.warning("no shipped %s network for filter %s: the fit starts from the matched filter",
                         network.upper(), header.filter_name)
             network = None
-    key = (spec, settings, axis_obs.tobytes(), float(redshift), typical_fwhm, header.flux_unit, network)
+    shape_bytes = b"" if noise_shape is None else noise_shape.tobytes()
+    key = (spec, settings, axis_obs.tobytes(), float(redshift), typical_fwhm, header.flux_unit, network, shape_bytes)
     plan = _PLANS.get(key)
     if plan is None:  # one traced and compiled fitter per fit set-up, reused by later calls
         axis_rest = axis_obs * (1.0 + redshift)
         ref = float(np.mean(axis_rest))
-        grid = SpectralGrid(axis_rest - ref, ref, redshift)
+        grid = SpectralGrid(axis_rest - ref, ref, redshift, noise_shape)
         lm = LineModel(spec, grid)
         templates, velocities = start_templates(lm, typical_fwhm * (1 + redshift), settings)
         # names everything the traced programs depend on (see lucijax.fit.programs)
         program_key = "\n".join([repr(spec), repr(settings), hashlib.sha256(axis_obs.tobytes()).hexdigest(),
-                                  repr(float(redshift)), repr(typical_fwhm)])
+                                  repr(float(redshift)), repr(typical_fwhm), hashlib.sha256(shape_bytes).hexdigest()])
         fitter = make_batch_fitter(lm, settings, templates, velocities, key=program_key)
         network_fitter = None
         if network is not None:

@@ -49,11 +49,10 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     theta = jnp.asarray(theta, dtype)
     theta_err = jnp.full_like(theta, jnp.nan) if theta_err is None else jnp.asarray(theta_err, dtype)
 
-    finite = jnp.isfinite(y)
-    mask = finite.astype(dtype)
+    finite, mask = model.channel_mask(y)  # mask: the channel weights (0 = not used)
     y0 = jnp.where(finite, y, 0.0).astype(dtype)
     scale = jnp.max(jnp.abs(y0))
-    n_valid = jnp.sum(mask)
+    n_valid = jnp.sum(finite)
     valid = (scale > 0) & jnp.isfinite(scale) & (n_valid >= K + 5) & jnp.isfinite(fwhm_cm1) & (fwhm_cm1 > 0)
     valid = valid & jnp.all(jnp.isfinite(theta))
     scale = jnp.where(valid, scale, 1.0)

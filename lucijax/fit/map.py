@@ -219,11 +219,10 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     P, K = spec.n_nonlinear, spec.n_linear
     dtype = jnp.float32
 
-    finite = jnp.isfinite(y)
-    mask = finite.astype(dtype)
+    finite, mask = model.channel_mask(y)  # mask: the channel weights (0 = not used)
     y0 = jnp.where(finite, y, 0.0).astype(dtype)
     scale = jnp.max(jnp.abs(y0))
-    n_valid = jnp.sum(mask)
+    n_valid = jnp.sum(finite)
     valid = (scale > 0) & jnp.isfinite(scale) & (n_valid >= P + K + 5) & jnp.isfinite(fwhm_cm1) & (fwhm_cm1 > 0)
     scale = jnp.where(valid, scale, 1.0)
     fwhm = jnp.where(valid, fwhm_cm1, 1.0).astype(dtype)

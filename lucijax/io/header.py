@@ -466,6 +466,26 @@ class CubeHeader:
         """True when the spectra are in erg/cm^2/s/A."""
         return self.flux_unit == FLUX_UNIT
 
+    def noise_shape(self) -> np.ndarray | None:
+        """Relative noise std of each channel (median 1), or None where it is flat.
+
+        An FTS spreads the photon noise of the interferogram evenly over the channels, so
+        the noise of spectra in counts is flat. Flux calibration multiplies channel k by
+        ``flambda[k]``, which follows the inverse of the filter transmission: the noise of
+        flux-calibrated spectra follows ``flambda``. Returns ``flambda / median(flambda)``
+        (NaN where ``flambda`` is not finite or positive) for flux-calibrated data with a
+        per-channel ``flambda``; None for counts, or a scalar or absent ``flambda``.
+        """
+        if not self.is_flux_calibrated:
+            return None
+        flambda = np.asarray(self.attrs.get("flambda", np.nan), np.float64).ravel()
+        if flambda.size != self.n_channels:
+            return None
+        good = np.isfinite(flambda) & (flambda > 0)
+        if good.sum() < 2 or np.ptp(flambda[good]) <= 1e-6 * np.max(flambda[good]):
+            return None
+        return np.where(good, flambda / np.median(flambda[good]), np.nan)
+
     def get(self, key: str, default: Any = None) -> Any:
         """Return a raw attribute (``attrs[key]``) or ``default``."""
         return self.attrs.get(key, default)
