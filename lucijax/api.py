@@ -149,8 +149,8 @@ def fit_cube(
         Weight the channels of flux-calibrated data with a per-channel ``flambda`` by 1 / its
         relative value: the FTS spreads the noise evenly over the channels in counts, and the
         calibration multiplies each channel by ``flambda`` (the noise estimate, NOISE map
-        and chi2 then refer to a channel of median ``flambda``). No effect on data in counts
-        or with a scalar ``flambda``.
+        and chi2 then refer to the channel of median ``flambda`` in the window). No effect
+        on data in counts or with a scalar ``flambda``.
     settings : FitSettings
         Iterations, velocity and broadening ranges.
     batch_size : int, optional

@@ -135,8 +135,9 @@ def plan_fit(
     a shipped network falls back to the matched filter with a warning.
 
     ``flambda_weights``: weight the channels of flux-calibrated data by 1 / their relative
-    noise, the per-channel ``flambda`` (see :meth:`~lucijax.io.header.CubeHeader.noise_shape`);
-    no effect on data in counts or with a scalar ``flambda``.
+    noise, the per-channel ``flambda`` (see :meth:`~lucijax.io.header.CubeHeader.noise_shape`),
+    normalised to the window's median channel (the NOISE map is that channel's noise); no
+    effect on data in counts or with a scalar ``flambda``.
     """
     settings = settings or FitSettings()
     network = {True: "mdn", False: None, None: None}.get(mdn, mdn)
@@ -145,8 +146,9 @@ def plan_fit(
     window = fit_window_channels(header, window_cm1)
     axis_obs = header.axis_cm1[window]
     noise_shape = header.noise_shape() if flambda_weights else None
-    if noise_shape is not None:
+    if noise_shape is not None:  # relative to the median channel of the window
         noise_shape = noise_shape[window]
+        noise_shape = noise_shape / np.nanmedian(noise_shape) if np.any(np.isfinite(noise_shape)) else None
     typical_fwhm = float(np.median(np.atleast_1d(pixel_fwhm_cm1(header))))
     if sky_lines is not None:
         line_set = sky_line_set(sky_lines, (axis_obs[0] * (1 + redshift), axis_obs[-1] * (1 + redshift)), typical_fwhm * (1 + redshift))
