@@ -52,8 +52,9 @@ def test_noise_shape_follows_a_per_channel_flambda_only():
     assert _header(flambda, flux_unit="counts").noise_shape() is None  # counts: flat noise
 
 
-def _spectra(plan, n, seed, sigma0=1.0):
-    """Spectra with noise sigma0 x shape (shape: the plan's noise shape, 1 if flat)."""
+def _spectra(plan, n, seed):
+    """Noise-free spectra of the plan's lines on its window (Halpha amplitude 20, broadening
+    25 km/s, continuum 5), their FWHM, the true amplitudes and the random generator."""
     rng = np.random.default_rng(seed)
     axis = plan.grid.axis_rel_cm1 + plan.grid.ref_cm1
     fwhm = np.full(n, 3.165)
