@@ -61,9 +61,7 @@ def main(argv=None) -> int:
                 y = c.read_spectra(0, 1, 0, 1)[0, 0][r.plan.window]
             # the noise of these flux-calibrated spectra follows flambda: residuals in units of
             # each channel's noise (the fit's weights; all 1 with --uniform-weights)
-            weight = r.plan.model.channel_weight
-            weight = np.ones_like(y) if weight is None else np.asarray(weight, np.float64)
-            ok = np.isfinite(y) & (weight > 0)
+            ok, weight = (np.asarray(a) for a in r.plan.model.channel_mask(y))
             noise = float(r.raw["noise"][0, 0])
             res = ((y - model) * weight)[ok] / noise
             ac1 = np.corrcoef(res[:-1], res[1:])[0, 1]

@@ -253,9 +253,10 @@ class LineModel:
         return self.design_matrix(theta, fwhm_cm1) @ alpha
 
     def channel_mask(self, y):
-        """(valid, weight) of the channels of a spectrum ``y``: valid = finite (and of
-        known noise); weight = 1 / relative noise where valid, else 0. A fit that multiplies
-        the data and its columns by ``weight`` is the weighted least-squares fit."""
+        """(valid, weight) of the channels of a spectrum ``y`` (or of a batch: channels on
+        the last axis): valid = finite (and of known noise); weight = 1 / relative noise
+        where valid, else 0. A fit that multiplies the data and its columns by ``weight``
+        is the weighted least-squares fit."""
         valid = jnp.isfinite(y)
         if self.channel_weight is None:
             return valid, valid.astype(jnp.float32)

@@ -682,12 +682,7 @@ def build_pixel_data(problem: PixelProblem, plan, y, fwhm_cm1, map_fit: dict, se
     """
     y = np.asarray(y, np.float32)
     B = y.shape[0]
-    finite = np.isfinite(y)
-    weight = problem.line_model.channel_weight  # 1 / relative noise of each channel, or None
-    if weight is not None:
-        weight = np.asarray(weight, np.float32)
-        finite &= weight > 0
-    mask = np.where(finite, 1.0 if weight is None else weight, 0.0)
+    finite, mask = (np.asarray(a) for a in problem.line_model.channel_mask(y))  # mask: the channel weights
     P, K = problem.n_nonlinear, problem.n_linear
     G = problem.spec.n_groups
     has_b = problem.spec.has_broadening
