@@ -68,6 +68,8 @@ class FitResult:
             "REDSHIFT": self.plan.redshift,
             "REGION": "{}:{},{}:{}".format(*self.region),
         }
+        if self.plan.noise_window_cm1 is not None:
+            extra["NOISEWIN"] = "{:.1f}:{:.1f}".format(*self.plan.noise_window_cm1)
         write_maps_fits(out_dir / "maps.fits", self.maps, self.units, wcs2d=self.wcs, region=None, header_extra=extra)
         if self.is_single_spectrum:
             with open(out_dir / "fit.json", "w") as fh:
@@ -90,6 +92,7 @@ def fit_cube(
     continuum_order: int = 0,
     continuum_spline: int = 0,
     flambda_weights: bool = True,
+    noise_window=None,
     settings: FitSettings | None = None,
     mdn: bool | str = True,
     batch_size: int | None = None,
@@ -151,6 +154,11 @@ def fit_cube(
         calibration multiplies each channel by ``flambda`` (the noise estimate, NOISE map
         and chi2 then refer to the channel of median ``flambda`` in the window). No effect
         on data in counts or with a scalar ``flambda``.
+    noise_window : (smin, smax) or 'SMIN:SMAX', optional
+        Measure each pixel's noise over this line-free window (observed cm^-1), e.g. outside
+        the filter band, where an FTS spectrum holds only noise (``lucijax.fit.noise``); the
+        errors, CHI2, SNR and NOISE then refer to it. Default: the noise comes from the fit's
+        own line-free residuals, which take in whatever the model leaves.
     settings : FitSettings
         Iterations, velocity and broadening ranges.
     batch_size : int, optional
@@ -204,6 +212,8 @@ def fit_cube(
             region = parse_region(region)
         if isinstance(window, str):
             window = parse_window(window)
+        if isinstance(noise_window, str):
+            noise_window = parse_window(noise_window, "noise window")
         nx, ny, _ = cube_obj.shape
         pixel_mask = getattr(cube_obj, "pixel_mask", None)
         if mask is not None:
@@ -224,6 +234,7 @@ def fit_cube(
             cube_obj.header, lines, model=model, redshift=redshift, window_cm1=window, sky_lines=sky_lines,
             groups=groups, tie_nii=tie_nii, tie_oiii=tie_oiii, continuum_order=continuum_order,
             continuum_spline=continuum_spline, settings=settings, mdn=mdn, flambda_weights=flambda_weights,
+            noise_window_cm1=noise_window,
         )
         if int(components) > 1:
             from lucijax.fit.components import ComponentSettings, plan_components

@@ -79,6 +79,7 @@ def cmd_fit(args) -> int:
         continuum_order=args.continuum_order,
         continuum_spline=args.continuum_spline,
         flambda_weights=not args.uniform_weights,
+        noise_window=args.noise_window,
         settings=_settings(args),
         mdn="cnn" if args.cnn else not args.no_mdn,
         batch_size=args.batch_size,
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--uniform-weights", action="store_true",
                    help="weight every channel alike (default for flux-calibrated data with a per-channel "
                         "flambda: 1 / flambda, the noise of calibrated FTS spectra)")
+    f.add_argument("--noise-window", metavar="SMIN:SMAX",
+                   help="measure each pixel's noise over this line-free window in cm-1, e.g. outside the filter "
+                        "band where an FTS spectrum holds only noise (default: the fit's line-free residuals)")
     f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
     f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
     f.add_argument("--iterations", type=int, default=8, help="Levenberg-Marquardt iterations")

@@ -118,6 +118,38 @@ def test_sky_spline_continuum_takes_structure_out_of_the_noise(sky_fits, sky_lin
     assert abs(sp["velocity"] - s["velocity"]) < 2.0
 
 
+@pytest.mark.parametrize("sky_id", SKY_IDS)
+def test_sky_noise_window_below_the_band(sky_fits, sky_lines, sky_id):
+    """``noise_window`` below the SN3 band (out of the filter, where the FTS spectrum holds
+    noise only): NOISE is scipy's normal-scaled MAD of the raw file's channels there
+    (divided by flambda / the fit window's median flambda, zero fill left out); the best
+    fit is the default one and its errors scale by the ratio of the two noises."""
+    import h5py
+    from scipy import stats
+
+    path, result = sky_fits[sky_id]
+    win = lucijax.fit_cube(path, sky_lines=sky_lines, model="sinc", noise_window="14250:14510", batch_size=8,
+                           progress=False)
+    with h5py.File(path) as f:
+        data = np.real(f["data"][()])
+        flambda = np.asarray(f.attrs["flambda"], np.float64)
+    axis = result.plan.grid.axis_rel_cm1 + result.plan.grid.ref_cm1  # de-redshifted = observed here
+    with open_cube(path) as cube:
+        full_axis = cube.header.axis_cm1
+    assert np.allclose(full_axis[result.plan.window], axis)
+    sel = (full_axis >= 14250) & (full_axis <= 14510) & (data != 0)
+    expected = stats.median_abs_deviation(data[sel] / (flambda[sel] / np.nanmedian(flambda[result.plan.window])),
+                                          scale="normal")
+    s, w = result.summary(), win.summary()
+    got = float(win.raw["noise"][0, 0])
+    print(f"\nREALDATA sky {sky_id} noise window 14250:14510 ({sel.sum()} channels): noise {got:.3g} "
+          f"(fit's own {float(result.raw['noise'][0, 0]):.3g}), chi2 {w['chi2']:.2f} (own noise {s['chi2']:.2f})")
+    assert sel.sum() >= 50
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert w["velocity"] == s["velocity"] and w["status"] == s["status"]
+    np.testing.assert_allclose(w["velocity_err"] / s["velocity_err"], got / float(result.raw["noise"][0, 0]), rtol=1e-5)
+
+
 def test_sky_velocities_agree_between_spectra(sky_fits):
     """Sky lines sit at one velocity over the field. The four spectra have calibration
     coefficients from 1.034 to 1.055 (stored axes up to 261 cm-1 apart): reading them on

@@ -8,6 +8,7 @@ batches (one compilation) and assembles per-pixel arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lucijax import instrument
 from lucijax.fit.map import FitSettings, PixelFit, Status, make_batch_fitter, make_network_fitter, start_templates
+from lucijax.fit.noise import MIN_NOISE_CHANNELS, adopt_noise, window_noise
 from lucijax.lines import LineSet, join_line_sets, make_line_set, sky_line_set
 from lucijax.model import LineModel, ModelSpec, SpectralGrid
 
@@ -52,6 +54,12 @@ class FitPlan:
     network_fitter: object = None
     #: 'mdn', 'cnn' or None: which network starts the fit.
     network: str | None = None
+    #: Noise window (cm-1) and its channel indices: each pixel's noise is measured there
+    #: (:mod:`lucijax.fit.noise`); None: from the fit's line-free residuals.
+    noise_window_cm1: tuple[float, float] | None = None
+    noise_channels: np.ndarray | None = None
+    #: 1 / relative noise of the noise window's channels (None: equal noise).
+    noise_weight: np.ndarray | None = None
 
     @property
     def line_set(self) -> LineSet:
@@ -69,14 +77,14 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
     return x0, x1, y0, y1
 
 
-def parse_window(text: str) -> tuple[float, float]:
-    """'SMIN:SMAX' (cm^-1) -> (smin, smax)."""
+def parse_window(text: str, what: str = "window") -> tuple[float, float]:
+    """'SMIN:SMAX' (cm^-1) -> (smin, smax); ``what`` names the window in errors."""
     try:
         smin, smax = (float(v) for v in text.split(":"))
     except ValueError as err:
-        raise ValueError(f"cannot read window '{text}': expected SMIN:SMAX in cm-1, e.g. 14700:15400") from err
+        raise ValueError(f"cannot read {what} '{text}': expected SMIN:SMAX in cm-1, e.g. 14700:15400") from err
     if not smin < smax:
-        raise ValueError(f"window '{text}': SMIN must be smaller than SMAX")
+        raise ValueError(f"{what} '{text}': SMIN must be smaller than SMAX")
     return smin, smax
 
 
@@ -92,8 +100,9 @@ def pixel_fwhm_cm1(header, calib_map=None) -> np.ndarray | float:
     return instrument.sinc_fwhm_cm1(header.step_nm, header.step_nb, header.zpd_index, corr)
 
 
-def fit_window_channels(header, window_cm1=None) -> np.ndarray:
-    """Channel indices inside the fit window (default: the filter band)."""
+def fit_window_channels(header, window_cm1=None, what: str = "fit window") -> np.ndarray:
+    """Channel indices inside the fit window (default: the filter band); ``what`` names
+    the window in the error message."""
     axis = header.axis_cm1
     if window_cm1 is None:
         if header.filter_name is None:
@@ -105,7 +114,7 @@ def fit_window_channels(header, window_cm1=None) -> np.ndarray:
         lo, hi = window_cm1
     idx = np.nonzero((axis >= lo) & (axis <= hi))[0]
     if idx.size < 10:
-        raise ValueError(f"the fit window {lo:.1f}-{hi:.1f} cm-1 holds {idx.size} channels of the cube's axis "
+        raise ValueError(f"the {what} {lo:.1f}-{hi:.1f} cm-1 holds {idx.size} channels of the cube's axis "
                          f"({axis[0]:.1f}-{axis[-1]:.1f} cm-1): widen it")
     return idx
 
@@ -126,6 +135,7 @@ def plan_fit(
     settings: FitSettings | None = None,
     mdn: bool | str = False,
     flambda_weights: bool = True,
+    noise_window_cm1=None,
 ) -> FitPlan:
     """Build the :class:`FitPlan` of a cube (see :func:`lucijax.fit_cube` for parameters).
 
@@ -138,6 +148,10 @@ def plan_fit(
     noise, the per-channel ``flambda`` (see :meth:`~lucijax.io.header.CubeHeader.noise_shape`),
     normalised to the window's median channel (the NOISE map is that channel's noise); no
     effect on data in counts or with a scalar ``flambda``.
+
+    ``noise_window_cm1``: (min, max) in observed cm^-1 of a line-free window (e.g. outside
+    the filter band) where each pixel's noise is measured (:mod:`lucijax.fit.noise`);
+    None: the noise comes from the fit's line-free residuals.
     """
     settings = settings or FitSettings()
     network = {True: "mdn", False: None, None: None}.get(mdn, mdn)
@@ -145,10 +159,19 @@ def plan_fit(
         raise ValueError(f"mdn must be True, False, 'mdn' or 'cnn', not {mdn!r}")
     window = fit_window_channels(header, window_cm1)
     axis_obs = header.axis_cm1[window]
-    noise_shape = header.noise_shape() if flambda_weights else None
-    if noise_shape is not None:  # relative to the median channel of the window
-        noise_shape = noise_shape[window]
-        noise_shape = noise_shape / np.nanmedian(noise_shape) if np.any(np.isfinite(noise_shape)) else None
+    full_shape = header.noise_shape() if flambda_weights else None
+    noise_shape = None
+    if full_shape is not None and np.any(np.isfinite(full_shape[window])):
+        median_shape = np.nanmedian(full_shape[window])  # relative to the median channel of the window
+        noise_shape = full_shape[window] / median_shape
+    noise_channels = noise_weight = None
+    if noise_window_cm1 is not None:
+        noise_window_cm1 = tuple(float(v) for v in noise_window_cm1)
+        noise_channels = fit_window_channels(header, noise_window_cm1, "noise window")
+        if noise_shape is not None:
+            shape = full_shape[noise_channels] / median_shape
+            ok = np.isfinite(shape) & (shape > 0)
+            noise_weight = np.where(ok, 1.0 / np.where(ok, shape, 1.0), 0.0)
     typical_fwhm = float(np.median(np.atleast_1d(pixel_fwhm_cm1(header))))
     if sky_lines is not None:
         line_set = sky_line_set(sky_lines, (axis_obs[0] * (1 + redshift), axis_obs[-1] * (1 + redshift)), typical_fwhm * (1 + redshift))
@@ -210,6 +233,9 @@ def plan_fit(
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.pop(next(iter(_PLANS)))
         _PLANS[key] = plan
+    if noise_channels is not None:  # the fitter does not depend on it: the cached plan, with it
+        plan = dataclasses.replace(plan, noise_window_cm1=noise_window_cm1, noise_channels=noise_channels,
+                                   noise_weight=noise_weight)
     return plan
 
 
@@ -236,6 +262,7 @@ def _fingerprint(cube, plan: FitPlan, region, block: int, mask=None) -> str:
         "window": [int(plan.window[0]), int(plan.window[-1]), int(plan.window.size)],
         "redshift": plan.redshift,
         "network": plan.network,
+        "noise_window": plan.noise_window_cm1,
         "mask": None if mask is None else hashlib.sha256(np.packbits(mask).tobytes()).hexdigest(),
     }, sort_keys=True)
     return hashlib.sha256(desc.encode()).hexdigest()[:16]
@@ -349,19 +376,15 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
     bar = tqdm(total=n_pix, initial=done_pix, unit="spectra", desc="fitting", smoothing=0.1,
                disable=not progress or n_pix < 2 * batch_size)
 
-    def read(b):
-        bx0, bx1, by0, by1 = b
-        spectra = cube.read_spectra(bx0, bx1, by0, by1)[..., plan.window]
-        calib = cube.read_calib_map(bx0, bx1, by0, by1)
-        fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, calib), spectra.shape[:2])
-        flat, fwhm = spectra.reshape(-1, spectra.shape[-1]), np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift)
+    def read(b):  # (spectra on the window, fwhm, window noise or None) of the block's pixels
+        spectra, fwhm, noise = read_block(cube, plan, b)
         idx = _sel(b)
-        return (flat, fwhm) if idx is None else (flat[idx], fwhm[idx])
+        return (spectra, fwhm, noise) if idx is None else (spectra[idx], fwhm[idx], None if noise is None else noise[idx])
 
     def run_batch(y, f):  # (PixelFit,) or (PixelFit, network mean, network sigma)
         return plan.network_fitter(y, f) if plan.network_fitter is not None else (plan.fitter(y, f),)
 
-    def fit_block(flat, fwhm_flat):
+    def fit_block(flat, fwhm_flat, noise_flat):
         pending = []
         for i in range(0, flat.shape[0], batch_size):  # dispatch every batch, then gather
             y = flat[i : i + batch_size]
@@ -385,9 +408,12 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
             bar.update(n)
         merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
         merged["fwhm_cm1"] = fwhm_flat.astype(np.float32)
+        if noise_flat is not None:
+            kept[0] += adopt_noise(merged, noise_flat)
         return merged
 
     out: dict[str, np.ndarray] = {}
+    kept = [0]  # fitted pixels without a noise-window noise
 
     def place(b, merged):
         bx0, bx1, by0, by1 = b
@@ -410,19 +436,42 @@ def fit_region(cube, plan: FitPlan, region=None, *, batch_size: int | None = Non
     with ThreadPoolExecutor(max_workers=1) as reader:
         future = reader.submit(read, todo[0]) if todo else None
         for i, b in enumerate(todo):
-            flat, fwhm_flat = future.result()
+            flat, fwhm_flat, noise_flat = future.result()
             if i + 1 < len(todo):
                 future = reader.submit(read, todo[i + 1])  # overlaps with the fit below
-            merged = fit_block(flat, fwhm_flat)
+            merged = fit_block(flat, fwhm_flat, noise_flat)
             if ckpt is not None:
                 ckpt.save(b[0], b[2], merged)
             else:
                 place(b, merged)
     bar.close()
+    warn_own_noise(kept[0], plan)
     if ckpt is not None:
         for b in blocks:
             place(b, ckpt.load(b[0], b[2]))
     return out
+
+
+def read_block(cube, plan: FitPlan, block) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pixels of ``block`` (bx0, bx1, by0, by1), flattened x-major: their spectra on the fit
+    window (n, n_channels), sinc FWHM in the de-redshifted frame (n,) and, with a noise
+    window in the plan, their noise measured there (n,), else None."""
+    bx0, bx1, by0, by1 = block
+    full = cube.read_spectra(bx0, bx1, by0, by1)
+    spectra = full[..., plan.window]
+    fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, cube.read_calib_map(bx0, bx1, by0, by1)), spectra.shape[:2])
+    noise = None
+    if plan.noise_channels is not None:
+        noise = window_noise(full[..., plan.noise_channels], plan.noise_weight).reshape(-1)
+    return (spectra.reshape(-1, spectra.shape[-1]), np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift),
+            noise)
+
+
+def warn_own_noise(n_pixels: int, plan: FitPlan) -> None:
+    """Warn that ``n_pixels`` fitted pixels had too few usable channels in the noise window."""
+    if n_pixels:
+        log.warning("%d pixel(s) have fewer than %d usable channels in the noise window %.1f-%.1f cm-1: "
+                    "their noise comes from the fit's residuals", n_pixels, MIN_NOISE_CHANNELS, *plan.noise_window_cm1)
 
 
 __all__ = ["FitPlan", "plan_fit", "fit_region", "parse_region", "parse_window", "Status", "LineOutsideWindowError",

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lucijax.fit.linalg import spd_inverse
 from lucijax.fit.map import FitSettings, PixelFit, Status, _linear_solve, line_free_noise
+from lucijax.fit.noise import adopt_noise
 from lucijax.model import LineModel
 
 
@@ -200,7 +201,7 @@ def fit_region_frozen(cube, plan, theta_xy, theta_err_xy=None, region=None, *, b
     :func:`lucijax.fit.cube.fit_region` (PixelFit fields indexed [x - x0, y - y0], plus
     ``fwhm_cm1``). For the sinc (no broadening) only the velocities of ``theta_xy`` are used.
     """
-    from lucijax.fit.cube import pixel_fwhm_cm1
+    from lucijax.fit.cube import read_block, warn_own_noise
 
     nx, ny, _ = cube.shape
     x0, x1, y0, y1 = region or (0, nx, 0, ny)
@@ -219,14 +220,12 @@ def fit_region_frozen(cube, plan, theta_xy, theta_err_xy=None, region=None, *, b
 
     batch_size = max(1, min(int(batch_size or default_batch_size()), n_pix))
     out: dict[str, np.ndarray] = {}
+    kept = 0  # fitted pixels without a noise-window noise
     bar = tqdm(total=n_pix, unit="spectra", desc="fitting (frozen)", disable=not progress or n_pix < 2 * batch_size)
     for bx0 in range(x0, x1, block):
         for by0 in range(y0, y1, block):
             bx1, by1 = min(bx0 + block, x1), min(by0 + block, y1)
-            spectra = cube.read_spectra(bx0, bx1, by0, by1)[..., plan.window]
-            fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, cube.read_calib_map(bx0, bx1, by0, by1)), spectra.shape[:2])
-            flat = spectra.reshape(-1, spectra.shape[-1])
-            fwhm_flat = np.asarray(fwhm, np.float64).reshape(-1) * (1.0 + plan.redshift)
+            flat, fwhm_flat, noise_flat = read_block(cube, plan, (bx0, bx1, by0, by1))
             th = theta_xy[bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0].reshape(-1, P)
             er = err_xy[bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0].reshape(-1, P)
             parts = []
@@ -245,12 +244,15 @@ def fit_region_frozen(cube, plan, theta_xy, theta_err_xy=None, region=None, *, b
                 bar.update(n)
             merged = {k: np.concatenate([p[k] for p in parts]) for k in PixelFit._fields}
             merged["fwhm_cm1"] = fwhm_flat.astype(np.float32)
+            if noise_flat is not None:
+                kept += adopt_noise(merged, noise_flat)
             for k, v in merged.items():
                 v = v.reshape((bx1 - bx0, by1 - by0) + v.shape[1:])
                 if k not in out:
                     out[k] = np.full((x1 - x0, y1 - y0) + v.shape[2:], np.nan if v.dtype.kind == "f" else 0, v.dtype)
                 out[k][bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0] = v
     bar.close()
+    warn_own_noise(kept, plan)
     return out
 
 
