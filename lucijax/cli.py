@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("skycal", help="velocity-correction map from the OH sky lines of binned sky regions")
     sc.add_argument("input", help="cube file")
-    sc.add_argument("--sky-lines", required=True, help="ORB sky line list (index wavelength_A intensity)")
+    sc.add_argument("--sky-lines", required=True, help="ORB sky line list (index wavelength_A [fwhm_A] intensity)")
     sc.add_argument("--bin", type=int, default=16, help="side of the sky bins, pixels")
     sc.add_argument("--order", type=int, default=2, help="total degree of the 2-D polynomial")
     sc.add_argument("--sky-mask", help="sky pixels: ds9 region file (.reg), mask image (.fits) or x0:x1,y0:y1")

@@ -256,7 +256,13 @@ def make_line_set(
 
 
 def read_sky_lines(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an ORB sky line list: columns index, air wavelength (Angstrom), intensity.
+    """Read an ORB sky line list: columns index, air wavelength (Angstrom), then either the
+    intensity (three columns) or the line width and the intensity (four columns).
+
+    ORB's ``sky_lines.orb`` (from the UVES sky atlas of Hanuschik 2003) has four columns:
+    index, air wavelength, FWHM (Angstrom: ~wavelength / 45000, UVES's resolution, larger
+    for blends) and flux; ORB's own reader (``orb.core.Lines``) takes the fourth as the
+    intensity, and so does this one. A three-column list gives the intensity third.
 
     Returns (air wavelengths in nm, relative intensities). Lines starting with '#' are
     comments.
@@ -271,9 +277,9 @@ def read_sky_lines(path) -> tuple[np.ndarray, np.ndarray]:
             continue
         cols = line.split()
         try:
-            rows.append((float(cols[1]) / 10.0, float(cols[2])))
+            rows.append((float(cols[1]) / 10.0, float(cols[3] if len(cols) >= 4 else cols[2])))
         except (IndexError, ValueError) as err:
-            raise ValueError(f"{path}:{k}: expected 'index wavelength_A intensity', got '{line}'") from err
+            raise ValueError(f"{path}:{k}: expected 'index wavelength_A [fwhm_A] intensity', got '{line}'") from err
     if not rows:
         raise ValueError(f"{path}: no lines found")
     arr = np.asarray(rows)
@@ -290,8 +296,8 @@ def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_
     sinc profiles 0.25 FWHM apart correlate at 0.86 (at 0.5 FWHM, at 0.5): closer than
     that their amplitudes are nearly degenerate; farther apart they are separable, and a
     tie would force the catalogue's ratio on the data. That ratio does not hold on another
-    night (relative OH intensities change with the rotational temperature, and the ORB list
-    gives faint intensities to one decimal): with a 0.5 FWHM neighbour criterion, chained
+    night (relative OH intensities change with the rotational temperature): with a 0.5 FWHM
+    neighbour criterion, chained
     blends reached 1.4 FWHM and the real M31 sky spectra fitted markedly worse
     (``benchmarks/RESULTS.md``, "Sky blends").
     """

@@ -48,7 +48,8 @@ def measure_sky_velocities(cube, sky_lines, *, bin_size: int = 16, sky_mask=None
     cube : SpectralCube
         An open cube (:func:`lucijax.open_cube`).
     sky_lines : path
-        ORB sky line list (``index wavelength_A intensity`` per line).
+        ORB sky line list (``index wavelength_A [fwhm_A] intensity`` per line, see
+        :func:`lucijax.lines.read_sky_lines`).
     bin_size : int
         Side of the square bins, pixels.
     sky_mask : bool array [y, x] of the cube image, optional

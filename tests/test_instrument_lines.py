@@ -115,6 +115,19 @@ def test_filter_bands():
         instrument.get_filter("SN9")
 
 
+def test_orb_sky_list_intensity_is_the_fourth_column(shared_data):
+    """ORB's sky_lines.orb: the third column scales with wavelength as a resolution-limited
+    width (UVES, R ~ 40000), the fourth holds the fluxes: [OI]5577 and [OI]6300, the
+    brightest night-sky lines, are its two largest below 7000 A."""
+    wl_nm, intensity = read_sky_lines(shared_data / "orb-lines" / "sky_lines.orb")
+    blue = wl_nm < 700.0
+    top = np.sort(wl_nm[blue][np.argsort(intensity[blue])[-2:]])
+    np.testing.assert_allclose(top, [557.73467, 630.03086], atol=1e-4)
+    table = np.loadtxt(shared_data / "orb-lines" / "sky_lines.orb", comments="#")
+    width_over_wavelength = table[:, 2] / table[:, 1]
+    assert 1 / 45000 < np.median(width_over_wavelength) < 1 / 35000
+
+
 def test_filter_table_matches_orb_filter_files(shared_data):
     for name, f in instrument.FILTERS.items():
         path = shared_data / "filters" / f"filter_{name}.hdf5"
@@ -184,15 +197,15 @@ def test_line_set_validation():
 
 
 # ------------------------------------------------------------------ sky lines
-SKY_FILE = """### a test sky line list
-# index  wavelength(A)  intensity  unused
-1  6498.729  1.5  0
-2  6553.617  4.2  0
-3  6863.955  10.0 0
-4  6864.0    2.0  0
-5  6863.300  3.0  0
-6  6912.623  7.0  0
-7  7000.000  9.0  0
+SKY_FILE = """### a test sky line list in ORB's layout (UVES atlas: FWHM, then flux)
+# index  wavelength(A)  fwhm(A)  intensity
+1  6498.729  0.157  1.5
+2  6553.617  0.239  4.2
+3  6863.955  0.170  10.0
+4  6864.0    0.160  2.0
+5  6863.300  0.180  3.0
+6  6912.623  0.171  7.0
+7  7000.000  0.175  9.0
 """
 
 
@@ -202,6 +215,10 @@ def test_read_sky_lines(tmp_path):
     wl, inten = read_sky_lines(path)
     np.testing.assert_allclose(wl, [649.8729, 655.3617, 686.3955, 686.4, 686.33, 691.2623, 700.0])
     np.testing.assert_allclose(inten, [1.5, 4.2, 10.0, 2.0, 3.0, 7.0, 9.0])
+    # a three-column list gives the intensity third
+    three = tmp_path / "three.orb"
+    three.write_text("1 6498.729 1.5\n2 6553.617 4.2\n")
+    np.testing.assert_allclose(read_sky_lines(three)[1], [1.5, 4.2])
     with pytest.raises(FileNotFoundError):
         read_sky_lines(tmp_path / "missing.orb")
     bad = tmp_path / "bad.orb"
