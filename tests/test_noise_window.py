@@ -150,3 +150,27 @@ def test_frozen_fit_uses_the_noise_window(window_fits):
     frozen = lucijax.fit_cube(path, LINES, model="sincgauss", mdn=False, progress=False, batch_size=64,
                               freeze=win.maps, noise_window=OUT_OF_BAND)
     np.testing.assert_allclose(frozen.maps["NOISE"], win.maps["NOISE"], rtol=1e-6)
+
+
+def test_posteriors_use_the_window_noise(tmp_path):
+    """Out-of-band noise made 2x the in-band noise: the MAP errors and the posterior widths
+    (``bayes='mh'``) both follow the window's noise."""
+    import dataclasses
+
+    from lucijax.simulate import make_cube
+
+    cube = make_cube(3, 3, seed=5, snr_range=(15.0, 30.0))
+    rng = np.random.default_rng(6)
+    oob = cube.axis_cm1 < 14550.0
+    data = cube.data.copy()
+    data[..., oob] += rng.normal(0.0, np.sqrt(3.0) * cube.truth["NOISE"][0, 0], data[..., oob].shape)  # sigma x 2
+    path = tmp_path / "c.hdf5"
+    dataclasses.replace(cube, data=data).write(path)
+    common = dict(model="sincgauss", mdn=False, progress=False, bayes="mh")
+    own = lucijax.fit_cube(path, LINES, **common)
+    win = lucijax.fit_cube(path, LINES, noise_window=OUT_OF_BAND, **common)
+    noise_ratio = win.maps["NOISE"] / own.maps["NOISE"]
+    assert 1.6 < np.median(noise_ratio) < 2.4
+    err_ratio = win.maps["HALPHA_VELOCITY_ERR"] / own.maps["HALPHA_VELOCITY_ERR"]  # posterior half widths
+    print(f"\nnoise x {np.median(noise_ratio):.3f}, posterior velocity width x {np.median(err_ratio):.3f}")
+    np.testing.assert_allclose(np.median(err_ratio), np.median(noise_ratio), rtol=0.15)
