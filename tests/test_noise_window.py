@@ -9,6 +9,7 @@
   a window outside the SN3 band: the same best fit as without it, NOISE near the true
   sigma, errors x (window noise / fit noise) exactly, NOISEWIN in the FITS header, the
   same maps in any batch size, and the frozen fit uses the window too.
+* Posteriors (MH) of a cube whose out-of-band noise is 2x: their widths follow the window.
 """
 
 from __future__ import annotations
