@@ -92,6 +92,7 @@ def spectrum_summary(maps: dict[str, np.ndarray], plan, y: int = 0, x: int = 0) 
         "chi2": _clean(maps["CHI2"][y, x]),
         "snr": _clean(maps["SNR"][y, x]),
         "noise": _clean(maps["NOISE"][y, x]),
+        "noise_window": None if plan.noise_window_cm1 is None else list(plan.noise_window_cm1),
         "continuum": _clean(maps["CONTINUUM"][y, x]),
         "status": int(maps["STATUS"][y, x]),
         "model": plan.spec.shape,

@@ -147,6 +147,7 @@ def test_sky_noise_window_below_the_band(sky_fits, sky_lines, sky_id):
     assert sel.sum() >= 50
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert w["velocity"] == s["velocity"] and w["status"] == s["status"]
+    assert w["noise_window"] == [14250.0, 14510.0] and s["noise_window"] is None  # fit.json records it
     np.testing.assert_allclose(w["velocity_err"] / s["velocity_err"], got / float(result.raw["noise"][0, 0]), rtol=1e-5)
 
 
