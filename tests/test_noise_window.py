@@ -94,6 +94,21 @@ def test_bad_noise_windows_name_themselves():
         plan_fit(header, LINES, model="sinc", noise_window_cm1=(16500.0, 16600.0))
 
 
+def test_a_noise_window_inside_the_fit_window_is_flagged(caplog):
+    from lucijax.io.header import header_from_attrs
+    from lucijax.simulate import filter_header
+
+    attrs = filter_header("SN3")
+    header = header_from_attrs(attrs, attrs["step_nb"], "synthetic")
+    with caplog.at_level("WARNING", logger="lucijax.fit.cube"):
+        plan_fit(header, LINES, model="sinc", noise_window_cm1=(14150.0, 14550.0))
+    assert "overlaps" not in caplog.text
+    with caplog.at_level("WARNING", logger="lucijax.fit.cube"):
+        plan = plan_fit(header, LINES, model="sinc", noise_window_cm1=(14700.0, 14900.0))
+    assert "noise window 14700.0-14900.0 cm-1 overlaps the fit window" in caplog.text
+    assert plan.noise_channels.size > 10
+
+
 @pytest.fixture(scope="module")
 def window_fits(tmp_path_factory):
     """A 10x10 synthetic cube fitted without and with an out-of-band noise window."""

@@ -168,6 +168,9 @@ def plan_fit(
     if noise_window_cm1 is not None:
         noise_window_cm1 = tuple(float(v) for v in noise_window_cm1)
         noise_channels = fit_window_channels(header, noise_window_cm1, "noise window")
+        if np.intersect1d(noise_channels, window).size:
+            log.warning("the noise window %.1f-%.1f cm-1 overlaps the fit window %.1f-%.1f cm-1: make sure it "
+                        "holds no line and no continuum slope", *noise_window_cm1, axis_obs[0], axis_obs[-1])
         if noise_shape is not None:
             shape = full_shape[noise_channels] / median_shape
             ok = np.isfinite(shape) & (shape > 0)
