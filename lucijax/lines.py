@@ -260,7 +260,7 @@ def read_sky_lines(path) -> tuple[np.ndarray, np.ndarray]:
     intensity (three columns) or the line width and the intensity (four columns).
 
     ORB's ``sky_lines.orb`` (from the UVES sky atlas of Hanuschik 2003) has four columns:
-    index, air wavelength, FWHM (Angstrom: ~wavelength / 45000, UVES's resolution, larger
+    index, air wavelength, FWHM (Angstrom: ~wavelength / 40000, UVES's resolution, larger
     for blends) and flux; ORB's own reader (``orb.core.Lines``) takes the fourth as the
     intensity, and so does this one. A three-column list gives the intensity third.
 
@@ -297,9 +297,8 @@ def sky_line_set(path, band_cm1: tuple[float, float], fwhm_cm1: float, *, blend_
     that their amplitudes are nearly degenerate; farther apart they are separable, and a
     tie would force the catalogue's ratio on the data. That ratio does not hold on another
     night (relative OH intensities change with the rotational temperature): with a 0.5 FWHM
-    neighbour criterion, chained
-    blends reached 1.4 FWHM and the real M31 sky spectra fitted markedly worse
-    (``benchmarks/RESULTS.md``, "Sky blends").
+    neighbour criterion, chained blends reached 1.4 FWHM and the real M31 sky spectra
+    fitted markedly worse (``benchmarks/RESULTS.md``, "Sky blends").
     """
     wl_nm, intensity = read_sky_lines(path)
     sigma = 1e7 / wl_nm
