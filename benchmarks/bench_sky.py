@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     from lucijax.fit.map import FitSettings
     from lucijax.fit.noise import window_noise
     from lucijax.io import open_cube
+    from lucijax.model import channel_weights
 
     data = Path(args.data)
     sky_lines = data / "orb-lines" / "sky_lines.orb"
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
         sub = []
         for lo, hi in SUB_WINDOWS:
             sel = np.flatnonzero((axis_full >= lo) & (axis_full <= hi))
-            w = np.nanmedian(shape_full[r.plan.window]) / shape_full[sel]
+            w = channel_weights(shape_full[sel] / np.nanmedian(shape_full[r.plan.window]))
             usable = np.sum((full[sel] != 0) & np.isfinite(full[sel]))
             sub.append(f"{window_noise(full[sel], w):.3g} ({usable})")
         sub_rows.append(f"| {i} | {noise:.3g} | " + " | ".join(sub) + " |")

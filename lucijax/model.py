@@ -105,6 +105,14 @@ class SpectralGrid:
         return (2.0 * (a - a.min()) / max(a.max() - a.min(), 1e-30) - 1.0)
 
 
+def channel_weights(noise_shape) -> np.ndarray:
+    """1 / relative noise of each channel (float64), 0 where the relative noise is not
+    finite and positive (the channel cannot be used)."""
+    shape = np.asarray(noise_shape, np.float64)
+    ok = np.isfinite(shape) & (shape > 0)
+    return np.where(ok, 1.0 / np.where(ok, shape, 1.0), 0.0)
+
+
 #: Most B-spline intervals of a continuum (an SN3 window of 840 cm-1 / 64 = 13 cm-1, ~4 FWHM).
 MAX_SPLINE_INTERVALS = 64
 
@@ -185,9 +193,7 @@ class LineModel:
         #: 1 / relative noise of each channel (0 where unknown), or None for flat noise
         self.channel_weight = None
         if grid.noise_shape is not None:
-            shape = np.asarray(grid.noise_shape, np.float64)
-            ok = np.isfinite(shape) & (shape > 0)
-            self.channel_weight = jnp.asarray(np.where(ok, 1.0 / np.where(ok, shape, 1.0), 0.0), jnp.float32)
+            self.channel_weight = jnp.asarray(channel_weights(grid.noise_shape), jnp.float32)
         self.continuum_basis = jnp.asarray(
             continuum_basis(grid.continuum_coordinate, spec.continuum_order, spec.continuum_spline), jnp.float32)
         #: weights of the continuum coefficients that give the continuum at the window centre

@@ -24,7 +24,7 @@ from lucijax import instrument
 from lucijax.fit.map import FitSettings, PixelFit, Status, make_batch_fitter, make_network_fitter, start_templates
 from lucijax.fit.noise import MIN_NOISE_CHANNELS, adopt_noise, window_noise
 from lucijax.lines import LineSet, join_line_sets, make_line_set, sky_line_set
-from lucijax.model import LineModel, ModelSpec, SpectralGrid
+from lucijax.model import LineModel, ModelSpec, SpectralGrid, channel_weights
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +171,8 @@ def plan_fit(
         if np.intersect1d(noise_channels, window).size:
             log.warning("the noise window %.1f-%.1f cm-1 overlaps the fit window %.1f-%.1f cm-1: make sure it "
                         "holds no line and no continuum slope", *noise_window_cm1, axis_obs[0], axis_obs[-1])
-        if noise_shape is not None:
-            shape = full_shape[noise_channels] / median_shape
-            ok = np.isfinite(shape) & (shape > 0)
-            noise_weight = np.where(ok, 1.0 / np.where(ok, shape, 1.0), 0.0)
+        if noise_shape is not None:  # the same weights as the fit's channels
+            noise_weight = channel_weights(full_shape[noise_channels] / median_shape)
     typical_fwhm = float(np.median(np.atleast_1d(pixel_fwhm_cm1(header))))
     if sky_lines is not None:
         line_set = sky_line_set(sky_lines, (axis_obs[0] * (1 + redshift), axis_obs[-1] * (1 + redshift)), typical_fwhm * (1 + redshift))
