@@ -180,7 +180,7 @@ def two_component_set(plan, n_two: int, n_one: int, snr: float, seed: int):
     ls2 = two_component_line_set(plan.line_set)
     n = n_two + n_one
     axis_obs = (plan.grid.axis_rel_cm1 + plan.grid.ref_cm1) / (1.0 + plan.redshift)
-    from lucijax import instrument
+    from lucijax.physics import instrument
     from lucijax.simulate import AXIS_CORR, SETUPS
 
     st = SETUPS["SN3"]

@@ -73,7 +73,7 @@ def part1(n_eval: int, log):
 
 
 def sn3_cube_axis():
-    from lucijax import instrument
+    from lucijax.physics import instrument
     from lucijax.simulate import filter_header
 
     header = filter_header("SN3")

@@ -1,130 +1,272 @@
-"""Command line: ``lucijax fit``, ``lucijax demo``, ``lucijax plot``. Thin: parse, call the
-library, report."""
+"""Command line: ``lucijax fit``, ``lucijax skycal``, ``lucijax demo``, ``lucijax plot``.
+
+Thin: it translates options into the objects of the Python API (:class:`~lucijax.Model`,
+a solver, a sampler, views, :class:`~lucijax.Execution`), whose defaults it shows but never
+copies (an option left out is not passed on), calls :func:`lucijax.fit` /
+:func:`lucijax.sample`, and reports. Every error a user can cause ends in one line on
+stderr and exit status 2 (``-v`` shows the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
-STATUS_HELP = "STATUS: -1 masked (not fitted), 0 converged, 1 invalid input, 2 not converged, 3 at a bound, 4 unresolved (broadening 0), 5 singular"
+#: Options whose value may start with '-' (a negative range such as -300:300).
+_RANGE_OPTIONS = ("--velocity-range", "--broadening-range", "--window", "--noise-window", "--region")
 
 
-def _settings(args):
-    from lucijax.fit.map import FitSettings
+def _range(text: str, what: str):
+    from lucijax.description import parse_range
 
-    vmin, vmax = (float(v) for v in args.velocity_range.split(":"))
-    bmin, bmax = (float(v) for v in args.broadening_range.split(":"))
-    return FitSettings(n_iter=args.iterations, velocity_range_kms=(vmin, vmax), broadening_range_kms=(bmin, bmax))
+    return parse_range(text, what)
 
 
-def _print_summary(result, elapsed: float):
+def _given(**kwargs) -> dict:
+    """The options the user gave (None: left to the object's default)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+# ------------------------------------------------------------------------ options -> objects
+def build_model(args):
+    from lucijax.description import Model
+
+    groups = tuple(args.groups) if args.groups else None
+    return Model(**_given(
+        lines=tuple(args.lines) if args.lines else (),
+        profile=args.model, groups=groups, tie_nii=False if args.no_nii_tie else None,
+        tie_oiii=True if args.oiii_tie else None, sky_lines=args.sky_lines, continuum_order=args.continuum_order,
+        continuum_spline=args.continuum_spline, window=_range(args.window, "window") if args.window else None,
+        redshift=args.redshift, flambda_weights=False if args.uniform_weights else None,
+        noise_window=_range(args.noise_window, "noise window") if args.noise_window else None,
+        velocity_range=_range(args.velocity_range, "velocity range") if args.velocity_range else None,
+        broadening_range=_range(args.broadening_range, "broadening range") if args.broadening_range else None))
+
+
+def build_solver(args):
+    from lucijax.solvers import MAP, Components, Frozen
+
+    if args.freeze and (args.components or 1) > 1:
+        raise ValueError("--freeze and --components exclude each other")
+    if args.freeze:
+        return Frozen(args.freeze)
+    if args.no_mdn and args.cnn:
+        raise ValueError("--no-mdn and --cnn exclude each other")
+    start = "matched" if args.no_mdn else ("cnn" if args.cnn else None)
+    if (args.components or 1) > 1:
+        base = MAP(**_given(start=start or "matched", max_iter=args.iterations))
+        return Components(**_given(n_components=args.components, min_separation_kms=args.min_separation), base=base)
+    if args.components is not None and args.components < 1:
+        raise ValueError(f"--components must be >= 1, got {args.components}")
+    return MAP(**_given(start=start, max_iter=args.iterations))
+
+
+def build_sampler(args):
+    """The sampler of ``--bayes`` (None without it)."""
+    if not args.bayes:
+        for flag in ("bayes_samples", "bayes_prior", "bayes_num_samples", "bayes_num_warmup", "bayes_chains"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} needs --bayes")
+        if args.bayes_components:
+            raise ValueError("--bayes-components needs --bayes nested")
+        return None
+    from lucijax.bayes import SAMPLERS, EvidenceSelection, Prior
+
+    if args.freeze or (args.components or 1) > 1:
+        raise ValueError("--bayes samples one-component fits: leave out --freeze and --components "
+                         "(--bayes nested --bayes-components chooses between one and two components)")
+    cls = SAMPLERS[args.bayes]
+    opts = _given(num_samples=args.bayes_num_samples)
+    if args.bayes_prior is not None:
+        opts["prior"] = Prior(kind=args.bayes_prior)
+    if args.bayes_num_warmup is not None:
+        if args.bayes == "nested":
+            raise ValueError("--bayes-num-warmup: nested sampling has no warm-up")
+        opts["num_warmup"] = args.bayes_num_warmup
+    if args.bayes_chains is not None:
+        if args.bayes == "ensemble":
+            opts["walkers"] = args.bayes_chains
+        elif args.bayes == "nested":
+            raise ValueError("--bayes-chains: nested sampling runs one chain")
+        else:
+            opts["num_chains"] = args.bayes_chains
+    sampler = cls(**opts)
+    if args.bayes_components:
+        if args.bayes != "nested":
+            raise ValueError("--bayes-components chooses by evidence: use it with --bayes nested")
+        if args.bayes_samples:
+            raise ValueError("--bayes-samples: evidence selection keeps no samples")
+        return EvidenceSelection(nested=sampler)
+    return sampler
+
+
+def build_execution(args, folder: str | None):
+    from lucijax.engine import Execution
+
+    return Execution(**_given(batch_size=args.batch_size, block_size=args.block_size), checkpoint=folder,
+                     progress=not args.quiet)
+
+
+class Prepared:
+    """The view to fit, and what the steps after the fit need."""
+
+    def __init__(self, cube, view, notes, voronoi=None):
+        self.cube, self.view, self.notes, self.voronoi = cube, view, notes, voronoi
+
+
+def build_view(args, cube) -> Prepared:
+    """The cube view of the options (region, mask, background, bin, Voronoi, integrated)."""
+    from lucijax import views
+
+    modes = [m for m in (args.bin, args.voronoi_snr, args.integrated) if m]
+    if len(modes) > 1:
+        raise ValueError("choose one of --bin, --voronoi-snr and --integrated")
+    if args.bin is not None and args.bin < 1:
+        raise ValueError(f"--bin must be >= 1, got {args.bin}")
+    notes = []
+    background = None
+    if args.background_region:
+        background = views.background_spectrum(cube, args.background_region, args.background_statistic)
+        notes.append(f"background: {args.background_statistic} spectrum of region {args.background_region}")
+    if args.bin:
+        view = views.bin(cube, int(args.bin), region=args.region, mask=args.mask, combine=args.combine,
+                         background=background)
+        notes.append(f"binned {args.bin}x{args.bin} ({args.combine}): {view.shape[0]} x {view.shape[1]} bins")
+        return Prepared(cube, view, notes)
+    if args.voronoi_snr:
+        view = views.voronoi(cube, float(args.voronoi_snr), region=args.region, mask=args.mask, combine=args.combine,
+                             background=background, redshift=args.redshift or 0.0)
+        notes.append(f"Voronoi: {view.binning.n_bins} bins of target S/N {args.voronoi_snr}")
+        return Prepared(cube, view, notes, voronoi=view.binning)
+    if args.integrated:
+        view = views.integrate(cube, args.mask, region=args.region, combine=args.integrated, background=background)
+        notes.append(f"integrated ({args.integrated}) spectrum of {view.n_pixels} pixels")
+        return Prepared(cube, view, notes)
+    view = views.select(cube, args.region, args.mask)
+    if background is not None:
+        view = views.subtract_background(view, background)
+    return Prepared(cube, view, notes)
+
+
+# ------------------------------------------------------------------------ commands
+def _print_summary(result, elapsed: float, what: str = "fitted"):
     import numpy as np
+
+    from lucijax.status import help_text
 
     maps = result.maps
     status = maps["STATUS"]
-    n = status.size
-    first = result.plan.line_set.names[0].upper()
+    n = int(np.sum(status != -1))
+    first = result.bound.line_set.names[0].upper()
     ok = status == 0
-    print(f"fitted {n} spectra in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} spectra/s, compilation included)")
-    counts = {int(k): int(v) for k, v in zip(*np.unique(status, return_counts=True))}
-    print(f"status counts {counts}   ({STATUS_HELP})")
+    print(f"{what} {n} spectra in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} spectra/s, compilation included)")
+    print(f"status counts {result.status_line()}")
+    print(f"({help_text()})")
     if ok.any():
         v = maps[f"{first}_VELOCITY"][ok]
         ve = maps[f"{first}_VELOCITY_ERR"][ok]
         chi2 = maps["CHI2"][ok]
         print(f"{first} velocity: median {np.nanmedian(v):.2f} km/s, median error {np.nanmedian(ve):.2f} km/s; "
               f"median reduced chi2 {np.nanmedian(chi2):.3f}")
-
-
-def _bayes_kwargs(args) -> dict:
-    """fit_cube keywords of the --bayes options (none without --bayes)."""
-    if not getattr(args, "bayes", None):
-        return {}
-    from lucijax.fit.bayes import BayesSettings
-
-    settings = BayesSettings(sampler=args.bayes, prior=args.bayes_prior, num_warmup=args.bayes_num_warmup,
-                             num_samples=args.bayes_num_samples, num_chains=args.bayes_chains)
-    return dict(bayes=args.bayes, bayes_settings=settings, bayes_samples=args.bayes_samples,
-                bayes_components=args.bayes_components)
+    if "RHAT_MAX" in maps:
+        r = maps["RHAT_MAX"][status != -1]
+        share = np.mean(r <= 1.05) if np.isfinite(r).any() else float("nan")
+        print(f"posterior: R-hat <= 1.05 for {share:.1%} of the pixels; median ESS {np.nanmedian(maps['ESS_MIN']):.0f}")
 
 
 def cmd_fit(args) -> int:
     import lucijax
-
-    from lucijax.tooling import finish_result, prepare_fit_input, write_extras
+    from lucijax.io import open_cube
 
     t0 = time.time()
-    prep = prepare_fit_input(args.input, region=args.region, mask=args.mask, bin_factor=args.bin,
-                             voronoi_snr=args.voronoi_snr, integrated=args.integrated,
-                             background_region=args.background_region,
-                             background_statistic=args.background_statistic, redshift=args.redshift,
-                             combine=args.combine)
-    result = lucijax.fit_cube(
-        prep.source,
-        args.lines,
-        model=args.model,
-        region=prep.region,
-        redshift=args.redshift,
-        window=args.window,
-        sky_lines=args.sky_lines,
-        groups=args.groups,
-        tie_nii=not args.no_nii_tie,
-        tie_oiii=args.oiii_tie,
-        continuum_order=args.continuum_order,
-        continuum_spline=args.continuum_spline,
-        flambda_weights=not args.uniform_weights,
-        noise_window=args.noise_window,
-        settings=_settings(args),
-        mdn="cnn" if args.cnn else not args.no_mdn,
-        batch_size=args.batch_size,
-        block_size=args.block_size,
-        progress=not args.quiet,
-        checkpoint_dir=None if args.no_checkpoint else Path(args.out) / "checkpoint",
-        components=args.components,
-        min_separation_kms=args.min_separation,
-        freeze=args.freeze,
-        **_bayes_kwargs(args),
-        **prep.fit_kwargs,
-    )
-    result = finish_result(result, prep, heliocentric=args.heliocentric)
-    if args.velocity_correction:
-        from lucijax.skycal import correct_result_from_file
+    model = build_model(args)  # every option is checked before the cube is read
+    solver = build_solver(args)
+    sampler = build_sampler(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    ckpt = None if args.no_checkpoint else out / "checkpoint"
+    execution = build_execution(args, None if ckpt is None else str(ckpt / "fit"))
+    with open_cube(args.input) as cube:
+        prep = build_view(args, cube)
+        result = lucijax.fit(prep.view, model, solver, execution=execution)
+        if sampler is not None:
+            ex = build_execution(args, None if ckpt is None else str(ckpt / "sample"))
+            result = lucijax.sample(prep.view, result, sampler, execution=ex, samples=args.bayes_samples)
+        if prep.voronoi is not None:
+            result = lucijax.views.unbin(result, prep.voronoi)
+        if args.heliocentric:
+            result = lucijax.heliocentric(result, cube)
+            prep.notes.append(f"heliocentric correction {result.velocity_correction_kms:+.3f} km/s applied to the velocities")
+        if args.velocity_correction:
+            from lucijax.tools.skycal import correct_result_from_file
 
-        result = correct_result_from_file(result, args.velocity_correction)
-        print(f"velocities corrected by {args.velocity_correction}")
-    elapsed = time.time() - t0
-    out = result.write(args.out)
-    for note in prep.notes:
-        print(note)
-    for path in write_extras(result, prep, out, model_cube=args.model_cube, snr_map=args.snr_map, progress=not args.quiet):
-        print(f"wrote {path}")
-    prep.close()
-    if not args.no_checkpoint and not args.keep_checkpoint:
-        shutil.rmtree(Path(args.out) / "checkpoint", ignore_errors=True)
+            result = correct_result_from_file(result, args.velocity_correction)
+            prep.notes.append(f"velocities corrected by {args.velocity_correction}")
+        elapsed = time.time() - t0
+        written = result.write(out)
+        for note in prep.notes:
+            print(note)
+        for path in _write_extras(args, result, prep, out):
+            print(f"wrote {path}")
+    if ckpt is not None and not args.keep_checkpoint:
+        shutil.rmtree(ckpt, ignore_errors=True)
     if result.is_single_spectrum:
         summary = result.summary()
         print(json.dumps({k: summary[k] for k in ("velocity", "velocity_err", "broadening", "broadening_err", "chi2", "status")}))
         for name, vals in summary["lines"].items():
             print(f"  {name:>14s}: flux {vals['flux']:.4g} +- {vals['flux_err']:.2g} {summary['flux_unit']}"
                   if vals["flux"] is not None else f"  {name:>14s}: NaN")
-        print(f"wrote {out / 'maps.fits'} and {out / 'fit.json'}")
+        print(f"wrote {written / 'maps.fits'} and {written / 'fit.json'}")
     else:
-        _print_summary(result, elapsed)
-        print(f"wrote {out / 'maps.fits'}")
+        _print_summary(result, elapsed, "sampled" if sampler is not None else "fitted")
+        print(f"wrote {written / 'maps.fits'}")
     if args.plot:
         from lucijax.plots import plot_maps
 
-        first = result.plan.line_set.names[0].upper()
+        first = result.bound.line_set.names[0].upper()
         names = [f"{first}_FLUX", f"{first}_VELOCITY", f"{first}_BROADENING", f"{first}_VELOCITY_ERR", "CHI2", "STATUS"]
         plot_maps(result.maps, names, result.wcs, result.units, path=out / "maps.png")
         print(f"wrote {out / 'maps.png'}")
     return 0
+
+
+def _write_extras(args, result, prep, out: Path) -> list[Path]:
+    """``OUT/model.fits`` and ``OUT/residual.fits`` (``--model-cube``), ``OUT/snr.fits`` and
+    ``OUT/deep.fits`` (``--snr-map``) of the fitted region."""
+    written: list[Path] = []
+    if args.model_cube:
+        from lucijax.engine import Execution
+        from lucijax.results.model_cube import write_model_cube
+
+        ex = Execution(progress=not args.quiet)
+        if prep.voronoi is not None:  # each pixel carries its bin's model: no per-pixel residual
+            written += write_model_cube(result, out / "model.fits", execution=ex)
+        else:
+            written += write_model_cube(result, out / "model.fits", cube=prep.view, residual_path=out / "residual.fits",
+                                        execution=ex)
+    if args.snr_map:
+        from astropy.io import fits
+
+        from lucijax.tools.snr import deep_image, signal_noise_maps
+
+        box = result.region
+        if box is None:  # binned: the box of the cube the bins cover
+            box = getattr(prep.view, "box", None)
+        sn = signal_noise_maps(prep.cube, box, redshift=result.bound.redshift, progress=not args.quiet)
+        sn.write(out / "snr.fits")
+        deep = deep_image(prep.cube, sn.region, progress=not args.quiet)
+        hdr = sn.wcs.to_header() if sn.wcs is not None else None
+        fits.writeto(out / "deep.fits", deep.astype("float32"), hdr, overwrite=True)
+        written += [out / "snr.fits", out / "deep.fits"]
+    return written
 
 
 def cmd_demo(args) -> int:
@@ -138,7 +280,12 @@ def cmd_plot(args) -> int:
     from lucijax.plots import plot_maps
 
     maps = read_maps_fits(args.maps)
-    names = args.names or [n for n in maps if n.endswith(("_FLUX", "_VELOCITY"))][:4] + ["CHI2", "STATUS"]
+    if not maps:
+        raise ValueError(f"{args.maps} holds no map (not a lucijax maps.fits?)")
+    names = args.names or [n for n in maps if n.endswith(("_FLUX", "_VELOCITY"))][:4] + [n for n in ("CHI2", "STATUS") if n in maps]
+    missing = [n for n in names if n not in maps]
+    if missing:
+        raise ValueError(f"{args.maps} has no map {', '.join(missing)}")
     out = Path(args.output or Path(args.maps).with_suffix(".png"))
     plot_maps(maps, names, read_map_wcs(args.maps, names[0]), read_map_units(args.maps), path=out)
     print(f"wrote {out}")
@@ -149,21 +296,20 @@ def cmd_skycal(args) -> int:
     import numpy as np
 
     import lucijax
-    from lucijax.fit.cube import parse_region
-    from lucijax.skycal import calibrate_sky, write_sky_bins, write_velocity_correction
+    from lucijax.engine import Execution
+    from lucijax.io.masks import parse_region, read_mask
+    from lucijax.tools.skycal import calibrate_sky, write_sky_bins, write_velocity_correction
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with lucijax.open_cube(args.input) as cube:
         sky_mask = None
         if args.sky_mask:
-            from lucijax.regions import read_mask
-
             nx, ny, _ = cube.shape
             sky_mask = read_mask(args.sky_mask, (ny, nx), cube.header.wcs)
         corr, sky = calibrate_sky(cube, args.sky_lines, bin_size=args.bin, order=args.order, sky_mask=sky_mask,
                                   region=parse_region(args.region) if args.region else None, clip_sigma=args.clip,
-                                  model=args.model, progress=not args.quiet)
+                                  model=args.model, execution=Execution(progress=not args.quiet))
         path = write_velocity_correction(out / "velocity_correction.fits", corr, wcs=cube.header.wcs, sky=sky)
     write_sky_bins(out / "sky_bins.txt", sky, corr)
     cmap = corr.map()
@@ -173,92 +319,115 @@ def cmd_skycal(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
+    from lucijax import __version__
+    from lucijax.bayes import MH, NUTS, Prior
+    from lucijax.description import Model
+    from lucijax.engine import Execution
+    from lucijax.solvers import MAP, Components
+
+    m, s, ex, c = Model(lines=("Halpha",)), MAP(), Execution(), Components()
     p = argparse.ArgumentParser(prog="lucijax", description="Fit emission lines in every pixel of a SITELLE cube (JAX).")
-    p.add_argument("--verbose", "-v", action="store_true", help="log more")
+    p.add_argument("--version", action="version", version=f"lucijax {__version__}")
+    p.add_argument("--verbose", "-v", action="store_true", help="log more, and show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="fit a cube (ORB HDF5 levels 1-3, FITS) or an extracted spectrum")
+    f = sub.add_parser("fit", help="fit a cube (ORB HDF5 levels 1-3, FITS) or an extracted spectrum",
+                       description="Fit every pixel of a cube. Ranges take a negative first value as "
+                                   "--velocity-range=-300:300 or --velocity-range -300:300.")
     f.add_argument("input", help="cube or spectrum file")
-    f.add_argument("--lines", nargs="+", help="line names (Halpha NII6583 NII6548 SII6716 SII6731 ...) or NAME=air_nm")
-    f.add_argument("--sky-lines", help="ORB sky line list: fit every line of it in the band with one velocity "
+    g = f.add_argument_group("lines and model")
+    g.add_argument("--lines", nargs="+", help="line names (Halpha NII6583 NII6548 SII6716 SII6731 ...) or NAME=air_nm")
+    g.add_argument("--sky-lines", help="ORB sky line list: fit every line of it in the band with one velocity "
                    "(first kinematic group); --lines then adds emission lines with their own velocity")
-    f.add_argument("--model", default="sincgauss", choices=["sincgauss", "sinc", "gaussian"])
-    f.add_argument("--out", default="lucijax_out", help="output folder (maps.fits, fit.json)")
-    f.add_argument("--redshift", type=float, default=0.0)
-    f.add_argument("--region", help="pixel box x0:x1,y0:y1 (0-based, end excluded)")
-    f.add_argument("--window", help="fit window SMIN:SMAX in cm-1 (default: the filter band)")
-    f.add_argument("--groups", nargs="+", type=int, help="kinematic group of each line (default: all share one)")
-    f.add_argument("--no-nii-tie", action="store_true", help="free the [NII]6583/6548 flux ratio (default: 3)")
-    f.add_argument("--oiii-tie", action="store_true", help="fix [OIII]5007/4959 = 3 in flux")
-    f.add_argument("--continuum-order", type=int, default=0, help="degree of the continuum polynomial")
-    f.add_argument("--continuum-spline", type=int, default=0, metavar="N",
+    g.add_argument("--model", choices=["sincgauss", "sinc", "gaussian"], help=f"line profile (default {m.profile})")
+    g.add_argument("--groups", nargs="+", type=int, help="kinematic group of each line (default: all share one)")
+    g.add_argument("--no-nii-tie", action="store_true", help="free the [NII]6583/6548 flux ratio (default: 3)")
+    g.add_argument("--oiii-tie", action="store_true", help="fix [OIII]5007/4959 = 3 in flux")
+    g.add_argument("--continuum-order", type=int, help=f"degree of the continuum polynomial (default {m.continuum_order})")
+    g.add_argument("--continuum-spline", type=int, metavar="N",
                    help="fit the continuum with a cubic B-spline of N equal intervals over the window instead "
                         "(for continua with structure, e.g. starlight under sky lines; SN3: 16 gives ~53 cm-1)")
-    f.add_argument("--uniform-weights", action="store_true",
-                   help="weight every channel alike (default for flux-calibrated data with a per-channel "
-                        "flambda: 1 / flambda, the noise of calibrated FTS spectra)")
-    f.add_argument("--noise-window", metavar="SMIN:SMAX",
+    g.add_argument("--redshift", type=float, help=f"the axis is de-redshifted; velocities are residuals (default {m.redshift})")
+    g.add_argument("--window", metavar="SMIN:SMAX", help="fit window in cm-1 (default: the filter band)")
+    g.add_argument("--velocity-range", metavar="VMIN:VMAX",
+                   help="velocities searched and bounds, km/s (default {:g}:{:g})".format(*m.velocity_range))
+    g.add_argument("--broadening-range", metavar="BMIN:BMAX",
+                   help="broadening bounds, km/s (default {:g}:{:g})".format(*m.broadening_range))
+
+    r = f.add_argument_group("region and views")
+    r.add_argument("--region", metavar="X0:X1,Y0:Y1", help="pixel box (0-based, end excluded; default the whole cube)")
+    r.add_argument("--mask", help="fit only these pixels: ds9 region file (.reg), mask image (.fits) or x0:x1,y0:y1")
+    r.add_argument("--bin", type=int, help="bin N x N pixels before fitting (maps on the binned grid and WCS)")
+    r.add_argument("--voronoi-snr", type=float, help="Voronoi bins reaching this line S/N; maps back on pixels")
+    r.add_argument("--integrated", nargs="?", const="sum", choices=["sum", "mean"],
+                   help="fit the integrated (summed, or mean) spectrum of --mask or --region")
+    r.add_argument("--combine", default="sum", choices=["sum", "mean"], help="how --bin / --voronoi-snr combine pixels")
+    r.add_argument("--background-region", help="subtract the background spectrum of this region (.reg, .fits, x0:x1,y0:y1)")
+    r.add_argument("--background-statistic", default="median", choices=["median", "mean"])
+
+    n = f.add_argument_group("noise")
+    n.add_argument("--noise-window", metavar="SMIN:SMAX",
                    help="measure each pixel's noise over this line-free window in cm-1, e.g. outside the filter "
                         "band where an FTS spectrum holds only noise (default: the fit's line-free residuals)")
-    f.add_argument("--velocity-range", default="-600:600", help="velocities searched, km/s (VMIN:VMAX)")
-    f.add_argument("--broadening-range", default="0:300", help="broadening bounds, km/s (BMIN:BMAX)")
-    f.add_argument("--iterations", type=int, default=8, help="Levenberg-Marquardt iterations")
-    f.add_argument("--no-mdn", action="store_true",
-                   help="start from a matched filter over the velocity range instead of the filter's network "
-                        "(default: the mixture density network's mean starts the fit, mean +- 3 sigma bound it)")
-    f.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
-    f.add_argument("--batch-size", type=int, default=None,
-                   help="spectra per compiled batch (default: 64 on CPU, 4096 on a GPU)")
-    f.add_argument("--block-size", type=int, default=64,
-                   help="pixels are read and checkpointed in BLOCK x BLOCK slabs (default 64)")
-    f.add_argument("--plot", action="store_true", help="also write maps.png")
-    f.add_argument("--no-checkpoint", action="store_true",
-                   help="do not keep finished blocks in OUT/checkpoint (by default a rerun after a crash resumes)")
-    f.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after success")
-    f.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    t = f.add_argument_group("cube tools")
-    t.add_argument("--mask", help="fit only these pixels: ds9 region file (.reg), mask image (.fits) or x0:x1,y0:y1")
-    t.add_argument("--bin", type=int, help="bin N x N pixels before fitting (maps on the binned grid and WCS)")
-    t.add_argument("--voronoi-snr", type=float, help="Voronoi bins reaching this line S/N; maps back on pixels")
-    t.add_argument("--integrated", nargs="?", const="sum", choices=["sum", "mean"],
-                   help="fit the integrated (summed, or mean) spectrum of --mask or --region")
-    t.add_argument("--combine", default="sum", choices=["sum", "mean"], help="how --bin / --voronoi-snr combine pixels")
-    t.add_argument("--background-region", help="subtract the background spectrum of this region (.reg, .fits, x0:x1,y0:y1)")
-    t.add_argument("--background-statistic", default="median", choices=["median", "mean"])
-    t.add_argument("--heliocentric", action="store_true", help="correct velocities to the heliocentric frame")
-    t.add_argument("--model-cube", action="store_true", help="also write OUT/model.fits and OUT/residual.fits")
-    t.add_argument("--snr-map", action="store_true", help="also write OUT/snr.fits and OUT/deep.fits")
-    t.add_argument("--components", type=int, default=1,
-                   help="kinematic components per line (ordered in velocity; maps {LINE}_C1_..., {LINE}_C2_...)")
-    t.add_argument("--min-separation", type=float, default=40.0, help="smallest velocity step between components, km/s")
-    t.add_argument("--freeze", metavar="MAPS.fits",
-                   help="take velocities and broadenings from these maps; fit only amplitudes and continuum")
-    t.add_argument("--velocity-correction", metavar="CORR.fits",
-                   help="subtract this sky velocity-correction map (lucijax skycal) from the velocity maps")
-    b = f.add_argument_group("Bayesian posteriors (after the MAP fit; lucijax.fit.bayes)")
-    b.add_argument("--bayes", choices=["nuts", "ensemble", "nested", "mh"],
+    n.add_argument("--uniform-weights", action="store_true",
+                   help="weight every channel alike (default for flux-calibrated data with a per-channel "
+                        "flambda: 1 / flambda, the noise of calibrated FTS spectra)")
+
+    so = f.add_argument_group("start and solver")
+    so.add_argument("--no-mdn", action="store_true",
+                    help="start from a matched filter over the velocity range (default: the filter's mixture density "
+                         "network: its mean starts the fit, mean +- 3 sigma bound it)")
+    so.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
+    so.add_argument("--iterations", type=int, help=f"most Levenberg-Marquardt iterations (default {s.max_iter})")
+    so.add_argument("--components", type=int,
+                    help="kinematic components per line (ordered in velocity; maps {LINE}_C1_..., {LINE}_C2_...)")
+    so.add_argument("--min-separation", type=float,
+                    help=f"smallest velocity step between components, km/s (default {c.min_separation_kms:g})")
+    so.add_argument("--freeze", metavar="MAPS.fits",
+                    help="take velocities and broadenings from these maps; fit only amplitudes and continuum")
+
+    b = f.add_argument_group("posterior (after the MAP fit)")
+    b.add_argument("--bayes", choices=["mh", "nuts", "ensemble", "nested"],
                    help="sample every pixel's posterior: maps of medians, *_ERR = half 16-84%% width, RHAT_MAX, "
-                   "ESS_MIN (LOGZ for nested); 'mh' = broad priors with the MDN as proposal")
-    b.add_argument("--bayes-samples", metavar="FILE.h5", help="write every pixel's samples to this HDF5 file")
+                   "ESS_MIN, ACCEPT_RATE, N_DIVERGENT (LOGZ for nested); 'mh' = broad priors with the network as proposal")
+    b.add_argument("--bayes-samples", metavar="FILE.h5", help="write every pixel's draws to this HDF5 file")
     b.add_argument("--bayes-prior", choices=["informed", "broad"],
-                   help="velocity/broadening prior: MDN (or MAP) mean +- 3 sigma, or the search range "
-                   "(default: broad for mh, informed otherwise)")
-    b.add_argument("--bayes-num-samples", type=int, default=500, help="draws per chain")
-    b.add_argument("--bayes-num-warmup", type=int, default=300, help="warm-up steps per chain")
-    b.add_argument("--bayes-chains", type=int, default=2, help="chains per pixel (ensemble: walkers are separate)")
+                   help=f"velocity/broadening prior: network (or MAP) mean +- {Prior().width_sigma:g} sigma, or the "
+                        f"model's ranges (default: {MH().prior.kind} for mh, {NUTS().prior.kind} otherwise)")
+    b.add_argument("--bayes-num-samples", type=int, help=f"draws per chain (default {NUTS().num_samples})")
+    b.add_argument("--bayes-num-warmup", type=int, help=f"warm-up steps per chain (default {NUTS().num_warmup})")
+    b.add_argument("--bayes-chains", type=int,
+                   help=f"chains per pixel (default {NUTS().num_chains}; ensemble: walkers, default 32)")
     b.add_argument("--bayes-components", action="store_true",
                    help="with --bayes nested: fit 1 and 2 components, choose by evidence (N_COMPONENTS map)")
+
+    e = f.add_argument_group("execution and output")
+    e.add_argument("--out", default="lucijax_out", help="output folder (maps.fits, fit.json; default lucijax_out)")
+    e.add_argument("--batch-size", type=int, help="spectra per compiled batch (default: 64 on CPU, 4096 on a GPU)")
+    e.add_argument("--block-size", type=int,
+                   help=f"pixels are read and checkpointed in BLOCK x BLOCK slabs (default {ex.block_size})")
+    e.add_argument("--no-checkpoint", action="store_true",
+                   help="do not keep finished blocks in OUT/checkpoint (by default a rerun after a crash resumes)")
+    e.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after success")
+    e.add_argument("--plot", action="store_true", help="also write maps.png")
+    e.add_argument("--model-cube", action="store_true", help="also write OUT/model.fits and OUT/residual.fits")
+    e.add_argument("--snr-map", action="store_true", help="also write OUT/snr.fits and OUT/deep.fits")
+    e.add_argument("--heliocentric", action="store_true", help="correct velocities to the heliocentric frame")
+    e.add_argument("--velocity-correction", metavar="CORR.fits",
+                   help="subtract this sky velocity-correction map (lucijax skycal) from the velocity maps")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_fit)
 
     sc = sub.add_parser("skycal", help="velocity-correction map from the OH sky lines of binned sky regions")
     sc.add_argument("input", help="cube file")
     sc.add_argument("--sky-lines", required=True, help="ORB sky line list (index wavelength_A [fwhm_A] intensity)")
-    sc.add_argument("--bin", type=int, default=16, help="side of the sky bins, pixels")
-    sc.add_argument("--order", type=int, default=2, help="total degree of the 2-D polynomial")
+    sc.add_argument("--bin", type=int, default=16, help="side of the sky bins, pixels (default 16)")
+    sc.add_argument("--order", type=int, default=2, help="total degree of the 2-D polynomial (default 2)")
     sc.add_argument("--sky-mask", help="sky pixels: ds9 region file (.reg), mask image (.fits) or x0:x1,y0:y1")
     sc.add_argument("--region", help="use only this pixel box x0:x1,y0:y1")
-    sc.add_argument("--clip", type=float, default=3.5, help="outlier rejection threshold (sigma)")
+    sc.add_argument("--clip", type=float, default=3.5, help="outlier rejection threshold (sigma; default 3.5)")
     sc.add_argument("--model", default="sinc", choices=["sincgauss", "sinc", "gaussian"])
     sc.add_argument("--out", default="lucijax_skycal", help="output folder (velocity_correction.fits, sky_bins.txt)")
     sc.add_argument("--quiet", "-q", action="store_true")
@@ -278,17 +447,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _join_negative_ranges(argv: list[str]) -> list[str]:
+    """``--velocity-range -300:300`` -> ``--velocity-range=-300:300`` (argparse would take the
+    value for an option)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _RANGE_OPTIONS and i + 1 < len(argv) and re.match(r"^-\d", argv[i + 1]):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_join_negative_ranges(argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*JAXopt is no longer maintained.*")
+    from lucijax.config import enable_compilation_cache, set_cpu_devices
+    from lucijax.engine import CheckpointBusyError
     from lucijax.io import MissingHeaderError
-    from lucijax.lines import UnknownLineError
+    from lucijax.physics.lines import UnknownLineError
 
+    set_cpu_devices()
+    enable_compilation_cache()
     try:
         return args.func(args)
-    except (UnknownLineError, MissingHeaderError, FileNotFoundError, ValueError) as err:
-        print(f"lucijax: error: {err}", file=sys.stderr)
+    except (UnknownLineError, MissingHeaderError, FileNotFoundError, ValueError, CheckpointBusyError, OSError) as err:
+        if args.verbose:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"lucijax: error: {message}", file=sys.stderr)
         return 2
 
 

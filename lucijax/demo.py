@@ -24,7 +24,8 @@ def run_demo(out: Path, size: int = 48, progress: bool = True) -> int:
     print(f"simulated a {size}x{size}x{cube.data.shape[2]} SN3 cube (5 lines, sincgauss, SNR 3-60): {path}")
 
     t1 = time.time()
-    result = lucijax.fit_cube(path, DEMO_LINES, model="sincgauss", progress=progress)
+    result = lucijax.fit(path, lucijax.Model(DEMO_LINES, profile="sincgauss"), lucijax.MAP(),
+                         execution=lucijax.Execution(progress=progress))
     t_fit = time.time() - t1
     result.write(out)
 
@@ -49,7 +50,7 @@ def run_demo(out: Path, size: int = 48, progress: bool = True) -> int:
     iy, ix = np.unravel_index(np.nanargmax(np.where(status == 0, snr, -1)), snr.shape)
     axis, model = result.model_spectrum(ix, iy)
     with lucijax.open_cube(path) as c:
-        spectrum = c.read_spectra(ix, ix + 1, iy, iy + 1)[0, 0, result.plan.window]
+        spectrum = c.read_spectra(ix, ix + 1, iy, iy + 1)[0, 0, result.bound.window]
     plot_spectrum_fit(axis, spectrum, model, unit="erg/cm2/s/A", path=out / "spectrum.png",
                       title=f"pixel x={ix} y={iy}: v={maps['HALPHA_VELOCITY'][iy, ix]:.1f} km/s")
     print(f"wrote {out / 'maps.fits'}, {out / 'maps.png'}, {out / 'spectrum.png'} in {time.time() - t0:.1f} s total")

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.constants import C_KMS
-from lucijax.lineshapes import UniformGrid, get_model, sincgauss_on_grid, uniform_step
-from lucijax.lines import LineSet
+from lucijax.physics.conversions import velocity_factor_minus_one
+from lucijax.physics.lines import LineSet
+from lucijax.physics.lineshapes import UniformGrid, get_model, sincgauss_on_grid, uniform_step
 
 
 @dataclass(frozen=True)
@@ -145,23 +146,6 @@ def continuum_basis(coordinate: np.ndarray, order: int = 0, spline_intervals: in
                 nxt[:, j] += (knots[j + d + 1] - t) / right * basis[:, j + 1]
         basis = nxt
     return basis
-
-
-def velocity_factor_minus_one(velocity_kms):
-    """``sqrt((1 - v/c)/(1 + v/c)) - 1``, accurate for small v (relativistic Doppler)."""
-    beta = velocity_kms / C_KMS
-    return jnp.expm1(0.5 * (jnp.log1p(-beta) - jnp.log1p(beta)))
-
-
-def line_position_cm1(rest_cm1, velocity_kms):
-    """Observed (de-redshifted) position ``x0 = sigma_rest sqrt((1-v/c)/(1+v/c))``."""
-    return rest_cm1 * (1.0 + velocity_factor_minus_one(velocity_kms))
-
-
-def velocity_from_position(x0_cm1, rest_cm1):
-    """Inverse of :func:`line_position_cm1` (numpy or jax arrays)."""
-    r2 = (np.asarray(x0_cm1) / np.asarray(rest_cm1)) ** 2
-    return C_KMS * (1.0 - r2) / (1.0 + r2)
 
 
 class LineModel:

@@ -13,7 +13,7 @@ import lucijax
 from lucijax.fit.cube import LineOutsideWindowError, fit_region
 from lucijax.fit.map import Status
 from lucijax.io import MissingHeaderError, open_cube
-from lucijax.lines import UnknownLineError
+from lucijax.physics.lines import UnknownLineError
 
 from lucijax.simulate import DEFAULT_LINES
 

@@ -27,7 +27,7 @@ from lucijax.fit.components import (
 from lucijax.fit.cube import plan_fit
 from lucijax.fit.map import FitSettings, Status
 from lucijax.io.header import header_from_attrs
-from lucijax.lines import LineSet, make_line_set
+from lucijax.physics.lines import LineSet, make_line_set
 from lucijax.model import LineModel, ModelSpec, SpectralGrid
 
 pytestmark = pytest.mark.timeout(300)

@@ -17,7 +17,7 @@ from scipy.interpolate import BSpline
 from lucijax.fit.cube import plan_fit
 from lucijax.fit.map import PixelFit, Status
 from lucijax.io.header import header_from_attrs
-from lucijax.lines import make_line_set
+from lucijax.physics.lines import make_line_set
 from lucijax.model import MAX_SPLINE_INTERVALS, ModelSpec, continuum_basis
 from lucijax.simulate import filter_header, render_spectra
 

@@ -115,7 +115,7 @@ def test_frozen_at_free_fit_equals_free_fit(frozen_cube, tmp_path):
 
 def test_missing_or_misshaped_maps_are_reported(frozen_cube):
     cube, _ = frozen_cube
-    from lucijax.lines import make_line_set
+    from lucijax.physics.lines import make_line_set
 
     ls = make_line_set(["Halpha"])
     with pytest.raises(ValueError, match="HALPHA_VELOCITY"):

@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from lucijax import instrument
+from lucijax.physics import instrument
 from lucijax.constants import SINC_FWHM
-from lucijax.lines import (
+from lucijax.physics.lines import (
     LINE_CATALOGUE_NM,
     LineSet,
     UnknownLineError,

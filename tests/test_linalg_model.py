@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lucijax import instrument
+from lucijax.physics import instrument
 from lucijax.constants import C_KMS
-from lucijax.fit.linalg import cho_solve, cholesky, solve_lower, spd_inverse, spd_solve
-from lucijax.lines import make_line_set
-from lucijax.lineshapes import get_model
-from lucijax.model import LineModel, ModelSpec, SpectralGrid, line_position_cm1, velocity_factor_minus_one, velocity_from_position
+from lucijax.solvers.linalg import cho_solve, cholesky, solve_lower, spd_inverse, spd_solve
+from lucijax.physics.lines import make_line_set
+from lucijax.physics.lineshapes import get_model
+from lucijax.model import LineModel, ModelSpec, SpectralGrid
+from lucijax.physics.conversions import line_position_cm1, velocity_factor_minus_one, velocity_from_position
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ import pytest
 from scipy.special import wofz
 
 from lucijax.constants import GAUSS_FWHM_OVER_SIGMA, SINC_FWHM
-from lucijax.lineshapes import (
+from lucijax.physics.lineshapes import (
     SERIES_A_MAX,
     faddeeva_upper,
     gaussian,
@@ -345,7 +345,7 @@ def test_model_table_pairs_profiles_with_their_fluxes():
 
 # ------------------------------------------------------------ the uniform-grid path
 def _grid_case(seed=1, n_lines=400):
-    from lucijax.lineshapes import UniformGrid
+    from lucijax.physics.lineshapes import UniformGrid
 
     grid = UniformGrid(-418.6157867683705, 2.0983247457061225, 400)  # an SN3 fit window, relative
     rng = np.random.default_rng(seed)
@@ -360,7 +360,7 @@ def test_sincgauss_on_grid_matches_float64_evaluation():
     the profile of the exact float64 offsets, evaluated with float64 numpy/scipy: within
     3e-6 of the peak (the 12-term Faddeeva approximation's own error is ~2e-6), closer than
     the direct float32 evaluation on a float32 axis (offsets rounded to 3e-5 cm^-1)."""
-    from lucijax.lineshapes import sincgauss_on_grid
+    from lucijax.physics.lineshapes import sincgauss_on_grid
 
     grid, x0, sg, x64 = _grid_case()
     fwhm = F32(2.3)
@@ -385,7 +385,7 @@ def test_sincgauss_on_grid_matches_float64_evaluation():
 
 
 def test_sincgauss_on_grid_derivatives_match_the_direct_path():
-    from lucijax.lineshapes import sincgauss_on_grid
+    from lucijax.physics.lineshapes import sincgauss_on_grid
 
     grid, x0, sg, x64 = _grid_case(seed=2, n_lines=6)
     ax = jnp.asarray(x64, jnp.float32)

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lucijax import instrument
+from lucijax.physics import instrument
 from lucijax.mdn import MissingWeightsError, available_filters, load_predictor
 from lucijax.mdn.config import RECIPES
 from lucijax.mdn.preprocess import features, interp_weights, masked_median, uniform_interp_weights
 from lucijax.simulate import DEFAULT_LINES, SETUPS, filter_header, render_spectra
-from lucijax.lines import make_line_set
+from lucijax.physics.lines import make_line_set
 
 pytestmark = pytest.mark.timeout(240)
 

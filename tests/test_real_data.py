@@ -18,7 +18,7 @@ import lucijax
 from lucijax.fit.cube import fit_region
 from lucijax.fit.map import Status, make_batch_fitter, start_templates
 from lucijax.io import open_cube
-from lucijax.lines import LineSet
+from lucijax.physics.lines import LineSet
 from lucijax.model import LineModel, ModelSpec
 
 pytestmark = [

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lucijax.fit.robust import mad_std, masked_median
+from lucijax.solvers.robust import mad_std, masked_median
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lucijax import instrument
+from lucijax.physics import instrument
 from lucijax.fit.cube import plan_fit
 from lucijax.fit.map import Status
 from lucijax.io.header import header_from_attrs
-from lucijax.lines import join_line_sets, make_line_set, sky_line_set
+from lucijax.physics.lines import join_line_sets, make_line_set, sky_line_set
 from lucijax.simulate import AXIS_CORR, filter_header, render_spectra
 
 pytestmark = pytest.mark.timeout(300)

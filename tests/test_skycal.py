@@ -11,8 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lucijax import instrument
-from lucijax.lines import make_line_set, read_sky_lines, sky_line_set
+from lucijax.physics import instrument
+from lucijax.physics.lines import make_line_set, read_sky_lines, sky_line_set
 from lucijax.simulate import AXIS_CORR, NM_LASER, SyntheticCube, filter_header, render_spectra
 from lucijax.skycal import (
     apply_velocity_correction,

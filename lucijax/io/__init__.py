@@ -1,4 +1,6 @@
-"""Input/output: SITELLE spectral cubes (ORB HDF5, FITS), extracted spectra, output maps.
+"""Cubes: SITELLE spectral cubes (ORB HDF5 levels 1-3, FITS), extracted spectra, in-memory
+cubes, cube views (:mod:`.views`), masks (:mod:`.masks`), blocks (:mod:`.blocks`), and the
+FITS maps writer. Knows physics, never a solver.
 
 The entry point is :func:`open_cube`, which recognises the file by content and
 returns a :class:`SpectralCube`::
@@ -27,9 +29,11 @@ from lucijax.io.header import (
     header_from_attrs,
     normalise_filter_name,
 )
-from lucijax.io.maps import read_map_units, read_map_wcs, read_maps_fits, read_maps_header, region_wcs, write_maps_fits
+from lucijax.io.maps import read_map_units, read_map_wcs, read_maps_fits, read_maps_header, write_maps_fits
+from lucijax.io.memory import MemoryCube
 from lucijax.io.orb import OrbHDF5Cube, get_quadrant_dims, write_orb_cube
 from lucijax.io.spectrum import OrbSpectrum
+from lucijax.io.wcs import region_wcs
 
 __all__ = [
     "open_cube",
@@ -42,6 +46,7 @@ __all__ = [
     "OrbHDF5Cube",
     "OrbSpectrum",
     "FitsCube",
+    "MemoryCube",
     "write_orb_cube",
     "get_quadrant_dims",
     "write_maps_fits",

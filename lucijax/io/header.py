@@ -32,6 +32,7 @@ last-resort fallback used when neither ``axis_min``/``axis_step`` nor
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
 import re
 import warnings
@@ -630,6 +631,31 @@ class SpectralCube(abc.ABC):
     is_single_spectrum: bool = False
     path: str
     level: int | None = None
+    #: Pixels to compute, ``[x, y]`` bool (None: all); views set it, readers never do.
+    pixel_mask: np.ndarray | None = None
+    #: Pixel (0, 0) of this cube in the file it reads (views: where the cut-out starts);
+    #: None when its pixels are not pixels of one file (binned, Voronoi bins).
+    origin: tuple[int, int] | None = (0, 0)
+
+    @property
+    def root_shape(self) -> tuple[int, int] | None:
+        """``(nx, ny)`` of the file whose pixels this cube's pixels are (None: not one)."""
+        return (int(self.shape[0]), int(self.shape[1])) if self.origin is not None else None
+
+    def fingerprint(self) -> str:
+        """Identity of the data this cube returns: the file (absolute path, size,
+        modification time) and its header. A view adds what it does to them."""
+        h = hashlib.sha256()
+        p = os.path.abspath(str(self.path))
+        h.update(p.encode())
+        try:
+            st = os.stat(p)
+            h.update(f"{st.st_size} {st.st_mtime_ns}".encode())
+        except OSError:
+            pass
+        h.update(repr(sorted((k, repr(v)) for k, v in self.header.attrs.items())).encode())
+        h.update(repr(tuple(self.shape)).encode())
+        return h.hexdigest()[:24]
 
     # -- geometry -----------------------------------------------------------
     @property

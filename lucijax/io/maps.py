@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lucijax.io.wcs import region_wcs
+
 __all__ = [
     "write_maps_fits",
     "read_maps_fits",
@@ -25,42 +27,6 @@ __all__ = [
 
 #: Maps always stored as 16-bit integers.
 INTEGER_MAPS = frozenset({"STATUS"})
-
-
-def region_wcs(wcs2d, region: tuple[int, int, int, int] | None):
-    """Celestial WCS of a cut-out of the cube's image plane.
-
-    Parameters
-    ----------
-    wcs2d : astropy.wcs.WCS
-        Full-cube celestial WCS (``wcs.celestial`` is taken if it has more
-        axes).
-    region : tuple of int or None
-        ``(x0, x1, y0, y1)``: 0-based, half-open pixel box in the full cube.
-
-    Returns
-    -------
-    astropy.wcs.WCS
-        A copy whose pixel ``(0, 0)`` has the sky coordinate of cube pixel
-        ``(x0, y0)``: ``CRPIX`` (and the SIP reference pixel) are shifted by
-        ``(x0, y0)``; the SIP polynomials are kept; ``pixel_shape`` is the
-        region size.
-    """
-    from astropy.wcs import Sip
-
-    w = wcs2d.celestial if wcs2d.naxis > 2 else wcs2d
-    w = w.deepcopy()
-    if region is None:
-        return w
-    x0, x1, y0, y1 = (int(v) for v in region)
-    shift = np.array([x0, y0], dtype=np.float64)
-    w.wcs.crpix = np.asarray(w.wcs.crpix, dtype=np.float64) - shift
-    if w.sip is not None:
-        s = w.sip
-        w.sip = Sip(s.a, s.b, s.ap, s.bp, np.asarray(s.crpix, dtype=np.float64) - shift)
-    w.pixel_shape = (x1 - x0, y1 - y0)
-    w.wcs.set()
-    return w
 
 
 def _card_value(value: Any) -> Any:

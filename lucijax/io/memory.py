@@ -70,6 +70,17 @@ class MemoryCube(SpectralCube):
         header = header_from_attrs(synthetic.attrs, synthetic.data.shape[2], path, flux_unit=FLUX_UNIT)
         return cls(synthetic.data, header, calib_map=synthetic.calib_map, path=path)
 
+    def fingerprint(self) -> str:
+        """Digest of the spectra, the calibration map and the header."""
+        import hashlib
+
+        h = hashlib.sha256(self._data.tobytes())
+        for a in (self._calib, self._deep):
+            h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+        h.update(repr(sorted((k, repr(v)) for k, v in self.header.attrs.items())).encode())
+        h.update(repr((self.shape, self.header.flux_unit)).encode())
+        return h.hexdigest()[:24]
+
     def read_spectra(self, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
         x0, x1, y0, y1 = self._check_box(x0, x1, y0, y1)
         return np.array(self._data[x0:x1, y0:y1], dtype=np.float32)

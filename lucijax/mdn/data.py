@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.constants import C_KMS, SINC_FWHM
-from lucijax.lines import LINE_CATALOGUE_NM
-from lucijax.lineshapes import sincgauss
+from lucijax.physics.lines import LINE_CATALOGUE_NM
+from lucijax.physics.lineshapes import sincgauss
 from lucijax.mdn.config import FilterRecipe
 from lucijax.mdn.preprocess import features, uniform_interp_weights
 

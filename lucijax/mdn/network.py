@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.constants import C_KMS
-from lucijax.lines import LINE_CATALOGUE_NM
+from lucijax.physics.lines import LINE_CATALOGUE_NM
 from lucijax.mdn.config import TARGET_CENTER, TARGET_SCALE, FilterRecipe, NetConfig
 
 #: Floor on the predicted standard deviation, in units of the target scale.

@@ -1,10 +1,9 @@
-"""Maximum-a-posteriori (bounded least-squares) fit of ONE spectrum, vectorised once.
+"""Maximum-a-posteriori (bounded least-squares) fit of ONE spectrum.
 
 Algorithm (design notes, section 4):
 
-1. **Start**: a matched filter of the spectrum with each line's sinc over a velocity grid
-   (one matrix product for a whole chunk, no network needed) gives the velocity with the
-   highest summed line power; a parabola through the peak refines it.
+1. **Start**: given (a network's posterior mean, or the matched filter of
+   :mod:`lucijax.solvers.start`), with box bounds on every non-linear parameter.
 2. **Variable projection**: amplitudes and continuum enter linearly and are solved in
    closed form for each (velocity, broadening); only the non-linear parameters are
    iterated, by a projected Levenberg-Marquardt that stops once a further step would gain
@@ -16,39 +15,23 @@ Algorithm (design notes, section 4):
    the real weighted chi2, and **Laplace uncertainties**: the inverse Fisher matrix of all
    parameters at the optimum, propagated to fluxes by the delta method.
 
-Failures are data: each spectrum gets a :class:`Status` code, never an exception.
+Failures are data: each spectrum gets a :class:`~lucijax.status.Status` code, never an
+exception. Everything here is for one spectrum; the engine vectorises it.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jaxopt
-import numpy as np
 
-from lucijax.fit.linalg import spd_inverse, spd_solve
-from lucijax.fit.robust import mad_std, masked_median
 from lucijax.model import LineModel
-
-
-class Status(enum.IntEnum):
-    """Per-pixel outcome of a fit (the STATUS map)."""
-
-    CONVERGED = 0
-    #: NaN/inf, all-zero or masked spectrum (too few valid channels): maps are NaN.
-    INVALID_INPUT = 1
-    #: The iteration budget ended before the fit converged.
-    NOT_CONVERGED = 2
-    #: A velocity, or a broadening at its upper limit, sits on a bound.
-    AT_BOUND = 3
-    #: The broadening went to zero (line unresolved); other quantities are valid.
-    UNRESOLVED = 4
-    #: The Fisher matrix could not be inverted: uncertainties are NaN.
-    SINGULAR = 5
+from lucijax.solvers.linalg import spd_inverse, spd_solve
+from lucijax.solvers.robust import mad_std
+from lucijax.status import Status
 
 
 @dataclass(frozen=True)
@@ -92,6 +75,7 @@ class FitSettings:
     stop_chi2: float = 1e-3
 
 
+
 class PixelFit(NamedTuple):
     """Result of the fit of one spectrum (fields gain a leading pixel axis under vmap).
 
@@ -116,47 +100,6 @@ class PixelFit(NamedTuple):
     linear: jax.Array  # (K,) column amplitudes then continuum coefficients
 
 
-# ------------------------------------------------------------------------ the start
-def start_templates(model: LineModel, fwhm_cm1: float, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-norm templates of every amplitude column (a primary line with its tied lines)
-    over the start's velocity grid, at the start broadening.
-
-    Returns (templates of shape (n_velocities, n_amplitudes, n_channels), velocities km/s).
-    """
-    spec = model.spec
-    vmin, vmax = settings.velocity_range_kms
-    n_v = max(3, int(np.ceil((vmax - vmin) / settings.grid_step_kms)) + 1)
-    velocities = np.linspace(vmin, vmax, n_v).astype(np.float32)
-    G = spec.n_groups
-    b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
-
-    def columns(v):
-        theta = jnp.concatenate([jnp.full(G, v), jnp.full(G, b0)]) if spec.has_broadening else jnp.full(G, v)
-        return model.design_matrix(theta, jnp.float32(fwhm_cm1))[:, : spec.n_amplitudes].T
-
-    tmpl = np.asarray(jax.jit(jax.vmap(columns))(jnp.asarray(velocities)), np.float64)
-    tmpl /= np.maximum(np.linalg.norm(tmpl, axis=-1, keepdims=True), 1e-30)
-    return tmpl.astype(np.float32), velocities
-
-
-def start_velocity(y, mask, templates, velocities, group_of_column, n_groups):
-    """Velocity of each kinematic group with the largest summed matched-filter power."""
-    yc = jnp.where(mask, y - masked_median(y, mask), 0.0)
-    response = jnp.einsum("vcn,n->vc", templates, yc)  # (n_v, n_columns)
-    power = jnp.maximum(response, 0.0) ** 2
-    onehot = jax.nn.one_hot(group_of_column, n_groups, dtype=power.dtype)  # (n_columns, G)
-    score = power @ onehot  # (n_v, G)
-    k = jnp.argmax(score, axis=0)  # (G,)
-    n_v = velocities.shape[0]
-    km = jnp.clip(k - 1, 0, n_v - 1)
-    kp = jnp.clip(k + 1, 0, n_v - 1)
-    g = jnp.arange(n_groups)
-    s0, sm, sp = score[k, g], score[km, g], score[kp, g]
-    denom = sm - 2 * s0 + sp
-    shift = jnp.where((denom < 0) & (k > 0) & (k < n_v - 1), 0.5 * (sm - sp) / jnp.where(denom < 0, denom, -1.0), 0.0)
-    dv = velocities[1] - velocities[0]
-    return velocities[k] + jnp.clip(shift, -0.5, 0.5) * dv
-
 
 # -------------------------------------------------------------------------- the fit
 def _to_internal(theta, has_b, n_groups):
@@ -172,7 +115,7 @@ def _to_external(u, has_b, n_groups):
     return jnp.concatenate([u[:n_groups], jnp.sqrt(jnp.maximum(u[n_groups:], 0.0))])
 
 
-def _linear_solve(m, y):
+def linear_solve(m, y):
     """Least-squares coefficients of the columns ``m`` (unit-diagonal scaled normal
     equations, own Cholesky)."""
     gram = m.T @ m
@@ -200,8 +143,11 @@ def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid,
     return mad_std(jnp.where(enough, resid, studentized), use)
 
 
-def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_start, theta_lo, theta_hi) -> PixelFit:
-    """Fit one spectrum (window channels).
+def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_start, theta_lo, theta_hi,
+                 with_covariance: bool = False):
+    """Fit one spectrum (window channels): a :class:`PixelFit`, and with
+    ``with_covariance`` also the covariance (D, D) of all parameters ``[theta, alpha]``
+    (velocities, broadenings, then the linear parameters in the spectrum's flux unit).
 
     Parameters
     ----------
@@ -237,7 +183,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
     def residual(u):
         m = columns(u)
-        r = ys * mask - m @ _linear_solve(m, ys * mask)
+        r = ys * mask - m @ linear_solve(m, ys * mask)
         return r, r
 
     def value_and_jac(u):
@@ -287,7 +233,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
     # -- final amplitudes (>= 0 for lines) with jaxopt's box-constrained QP
     m = columns(u)
-    alpha_free = _linear_solve(m, ys * mask)
+    alpha_free = linear_solve(m, ys * mask)
     if settings.nonneg_amplitudes:
         gram = m.T @ m
         d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
@@ -363,7 +309,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     amplitude = dq[:L] * scale
     broadening = theta[G:] if has_b else jnp.full(G, jnp.nan, dtype)
     broadening_err = perr[G:P] if has_b else jnp.full(G, jnp.nan, dtype)
-    return PixelFit(
+    fit = PixelFit(
         velocity_kms=out(theta[:G]),
         velocity_err_kms=out(perr[:G]),
         broadening_kms=out(broadening),
@@ -380,146 +326,11 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         start_velocity_kms=out(theta_start[:G]),
         linear=out(alpha, scale),
     )
+    if not with_covariance:
+        return fit
+    units = jnp.concatenate([jnp.ones(P, dtype), jnp.full(K, scale, dtype)])
+    return fit, out(cov * units[:, None] * units[None, :])
 
 
-def _start_inputs(model: LineModel, settings: FitSettings, templates, velocities):
-    """What the matched-filter start needs (templates, velocity grid, group of each
-    amplitude column) and the settings' full bounds of (velocities..., broadenings...)."""
-    spec = model.spec
-    G, has_b = spec.n_groups, spec.has_broadening
-    group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
-    vlo, vhi = settings.velocity_range_kms
-    blo, bhi = settings.broadening_range_kms
-    lo = np.array([vlo] * G + ([blo] * G if has_b else []), np.float32)
-    hi = np.array([vhi] * G + ([bhi] * G if has_b else []), np.float32)
-    return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
 
-
-def _stored(fn, key, name):
-    """``fn`` as a :class:`~lucijax.fit.programs.StoredProgram` when a key is given."""
-    if key is None:
-        return fn
-    from lucijax.fit.programs import StoredProgram
-
-    return StoredProgram(fn, f"{name}\n{key}")
-
-
-def make_batch_fitter(model: LineModel, settings: FitSettings, templates, velocities, key: str | None = None):
-    """A jitted function fitting a batch of spectra ``(B, n)`` with their FWHM ``(B,)``.
-
-    Signature: ``fit(y, fwhm, theta_start=None, theta_lo=None, theta_hi=None)``; without a
-    start, the matched-filter start is used and the bounds are the settings' ranges.
-    With ``key`` (text naming everything the fit depends on), the traced programs are
-    kept on disk for later processes (:mod:`lucijax.fit.programs`).
-    """
-    spec = model.spec
-    G, has_b = spec.n_groups, spec.has_broadening
-    templates, velocities, group_of_column, lo, hi = _start_inputs(model, settings, templates, velocities)
-    b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
-
-    def one(y, fwhm):
-        mask = jnp.isfinite(y)
-        yz = jnp.where(mask, y, 0.0)
-        v0 = start_velocity(yz, mask, templates, velocities, group_of_column, G)
-        theta0 = jnp.concatenate([v0, jnp.full(G, b0, jnp.float32)]) if has_b else v0
-        return fit_spectrum(model, settings, y, fwhm, theta0, jnp.asarray(lo), jnp.asarray(hi))
-
-    def one_with_start(y, fwhm, theta0, tlo, thi):
-        return fit_spectrum(model, settings, y, fwhm, theta0, tlo, thi)
-
-    batch = _stored(jax.jit(jax.vmap(one)), key, "matched-filter start")
-    batch_start = _stored(jax.jit(jax.vmap(one_with_start)), key, "given start")
-
-    def fit(y, fwhm, theta_start=None, theta_lo=None, theta_hi=None):
-        y = jnp.asarray(y, jnp.float32)
-        fwhm = jnp.asarray(fwhm, jnp.float32)
-        if theta_start is None:
-            return batch(y, fwhm)
-        n = y.shape[0]
-        tlo = jnp.broadcast_to(jnp.asarray(lo if theta_lo is None else theta_lo, jnp.float32), (n, spec.n_nonlinear))
-        thi = jnp.broadcast_to(jnp.asarray(hi if theta_hi is None else theta_hi, jnp.float32), (n, spec.n_nonlinear))
-        return batch_start(y, fwhm, jnp.asarray(theta_start, jnp.float32), tlo, thi)
-
-    return fit
-
-
-def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0):
-    """Start and bounds of one pixel's fit from a network's posterior ``mean`` / ``sigma``
-    = [velocity_kms, broadening_kms]: start at the mean, bounds mean +- ``n_sigma`` sigma
-    clipped to the settings' physical ranges (the full range where sigma is not finite,
-    as for the point-estimate CNN, or where the network returned no finite answer)."""
-    vlo, vhi = settings.velocity_range_kms
-    blo, bhi = settings.broadening_range_kms
-    ok = jnp.all(jnp.isfinite(mean))
-    mean = jnp.where(ok, mean, jnp.asarray([0.0, settings.broadening_start_kms], jnp.float32))
-    has_sigma = jnp.isfinite(sigma) & ok
-    half = jnp.where(has_sigma, n_sigma * jnp.where(has_sigma, sigma, 0.0), jnp.inf)
-    v0 = jnp.clip(mean[0], vlo, vhi)
-    v_lo = jnp.clip(mean[0] - half[0], vlo, vhi)
-    v_hi = jnp.clip(mean[0] + half[0], vlo, vhi)
-    # a bound interval must hold the start and keep some width
-    v_lo = jnp.minimum(v_lo, v0 - 1e-3)
-    v_hi = jnp.maximum(v_hi, v0 + 1e-3)
-    start, lo, hi = [jnp.full(n_groups, v0)], [jnp.full(n_groups, v_lo)], [jnp.full(n_groups, v_hi)]
-    if has_b:
-        b0 = jnp.clip(mean[1], blo, bhi)
-        b_lo = jnp.clip(mean[1] - half[1], blo, bhi)
-        b_hi = jnp.clip(mean[1] + half[1], blo, bhi)
-        b_hi = jnp.maximum(b_hi, jnp.minimum(b0 + 1.0, bhi))
-        start.append(jnp.full(n_groups, b0))
-        lo.append(jnp.full(n_groups, b_lo))
-        hi.append(jnp.full(n_groups, b_hi))
-    return tuple(jnp.concatenate(p).astype(jnp.float32) for p in (start, lo, hi))
-
-
-def _projected_rss(model: LineModel, y, mask, fwhm, theta):
-    """Residual sum of squares of ``y`` at ``theta`` with the linear parameters solved."""
-    m = model.design_matrix(theta, fwhm) * mask[:, None]
-    r = y * mask - m @ _linear_solve(m, y * mask)
-    return jnp.sum(r**2)
-
-
-def make_network_fitter(model: LineModel, settings: FitSettings, predict, templates, velocities, n_sigma: float = 3.0,
-                        guard_chi2: float = 9.0, max_sigma_kms: float = 20.0, key: str | None = None):
-    """A jitted batch fitter started and bounded by a network (see :mod:`lucijax.mdn`).
-
-    ``predict(y, fwhm) -> (mean, sigma)`` runs in the same compiled program as the fit.
-    The network's start is checked against the matched-filter start: when the latter fits
-    the spectrum better by more than ``guard_chi2`` (in chi2, noise from the channel-to-
-    channel scatter), the network missed the line (an alias or a faint-line lock) and the
-    fit starts from the matched filter over the settings' full ranges instead. So it does
-    where the network is unsure (velocity sigma above ``max_sigma_kms``: faint spectra,
-    whose posterior mean can fall between two aliases).
-    Returns ``fit(y, fwhm) -> (PixelFit, mean (B, 2), sigma (B, 2))``. ``key``: as for
-    :func:`make_batch_fitter` (it must then name the network's weights too).
-    """
-    spec = model.spec
-    G, has_b = spec.n_groups, spec.has_broadening
-    templates, velocities, group_of_column, full_lo, full_hi = _start_inputs(model, settings, templates, velocities)
-
-    def one(y, fwhm):
-        mean, sigma = predict(y, fwhm)
-        theta_net, lo, hi = network_start(mean, sigma, settings, G, has_b, n_sigma)
-        mask = jnp.isfinite(y)
-        yz = jnp.where(mask, y, 0.0)
-        v_mf = start_velocity(yz, mask, templates, velocities, group_of_column, G)
-        theta_mf = jnp.concatenate([v_mf, theta_net[G:]]) if has_b else v_mf
-        scale = jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)
-        ys, fm = yz / scale, mask.astype(jnp.float32)
-        d = jnp.diff(ys)
-        noise2 = jnp.maximum(mad_std(d, jnp.ones(d.shape, bool)) ** 2 / 2.0, 1e-12)
-        # both starts' residuals in one vmapped evaluation (one traced copy of the model)
-        rss_mf, rss_net = jax.vmap(lambda th: _projected_rss(model, ys, fm, fwhm, th))(jnp.stack([theta_mf, theta_net]))
-        worse = rss_mf < rss_net - guard_chi2 * noise2
-        worse = worse | (sigma[0] > max_sigma_kms)  # False for the CNN's NaN sigma
-        theta0 = jnp.where(worse, theta_mf, theta_net)
-        lo = jnp.where(worse, full_lo, lo)
-        hi = jnp.where(worse, full_hi, hi)
-        return fit_spectrum(model, settings, y, fwhm, theta0, lo, hi), mean, sigma
-
-    batch = _stored(jax.jit(jax.vmap(one)), key, f"network start {n_sigma} {guard_chi2} {max_sigma_kms}")
-
-    def fit(y, fwhm):
-        return batch(jnp.asarray(y, jnp.float32), jnp.asarray(fwhm, jnp.float32))
-
-    return fit
+__all__ = ["FitSettings", "PixelFit", "fit_spectrum", "linear_solve", "line_free_noise"]

@@ -1,281 +1,151 @@
-"""Regions of a cube: pixel boxes, ds9 region files and boolean masks; spatial binning
-(N x N and Voronoi); background spectra; the integrated spectrum of a region.
+"""Cube views: cube -> cube functions that the engine fits like a file.
 
-Conventions
------------
-* **Masks are FITS-ordered** ``[y, x]`` images of the whole cube (shape ``(ny, nx)``),
-  like the output maps and like the images of the ``regions`` package: ``mask[y, x]``
-  selects cube pixel ``data[x, y, :]``. ``True`` = use the pixel.
-* Pixel boxes are ``(x0, x1, y0, y1)``, 0-based, end excluded (numpy slices).
-* The binned and Voronoi cubes are lazy :class:`~lucijax.io.header.SpectralCube` objects
-  (or small in-memory ones), so :func:`lucijax.fit_cube` fits them like a file.
-* Summed spectra of ``n`` pixels get ``n`` times the per-pixel background subtracted;
-  mean spectra get it once.
+Every view reads its spectra from the cube below it on demand, block by block, so a view of
+a 14 GB cube costs no memory; views compose (a binned view of a background-subtracted cut-out
+of a file):
 
-The status of a pixel that a mask leaves out is :data:`MASKED_STATUS` (-1) in the
-``STATUS`` map; its other maps are NaN and it is never computed.
+* :class:`Cutout` (a pixel box) and :class:`Masked` (pixels to compute: ``pixel_mask``;
+  the others are left out, STATUS -1);
+* :class:`BinnedCube` (N x N bins, sum or mean, with a mask and a background; ``factor=1``
+  is a cut-out with an optional background subtraction);
+* :func:`background_spectrum` (the per-pixel median or mean spectrum of a region),
+  :func:`integrated_spectrum` (one summed spectrum), :func:`voronoi_binning` and
+  :func:`voronoi_cube` (Voronoi bins of a target S/N, ``vorbin``).
+
+A view keeps the cube's header with its celestial WCS transformed (cut, binned exactly: CD
+matrices and SIP polynomials included), and ``origin``: where its pixel (0, 0) lies in the
+file (None for bins). Summed spectra of ``n`` pixels get ``n`` times the per-pixel
+background subtracted; mean spectra get it once. Reductions over a region read through
+:func:`lucijax.io.blocks.fold`.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from lucijax.fit.cube import MASKED_STATUS
+from lucijax.io.blocks import fold
 from lucijax.io.header import SpectralCube
+from lucijax.io.masks import box_mask, parse_box, read_mask
 from lucijax.io.memory import MemoryCube, replace_wcs
-
-__all__ = [
-    "MASKED_STATUS",
-    "parse_box",
-    "box_mask",
-    "ds9_mask",
-    "read_mask",
-    "mask_bounding_box",
-    "cutout_wcs",
-    "bin_wcs",
-    "bin_mask",
-    "BinnedCube",
-    "background_spectrum",
-    "integrated_spectrum",
-    "VoronoiBinning",
-    "voronoi_binning",
-    "voronoi_cube",
-    "unbin_result",
-]
-
-#: STATUS of pixels left out by a mask (not fitted; every other map is NaN there).
+from lucijax.io.wcs import bin_wcs, cutout_wcs
 
 COMBINE = ("sum", "mean")
 
 
-# ----------------------------------------------------------------------------- boxes
-def parse_box(region, shape_xy=None) -> tuple[int, int, int, int]:
-    """``(x0, x1, y0, y1)`` from a tuple or ``'x0:x1,y0:y1'``; ``None`` = the whole image.
-
-    Parameters
-    ----------
-    region : tuple, str or None
-    shape_xy : (nx, ny), optional
-        Image size, needed for ``None`` and to check the box.
-    """
-    if region is None:
-        if shape_xy is None:
-            raise ValueError("a pixel box is needed (x0, x1, y0, y1)")
-        return 0, int(shape_xy[0]), 0, int(shape_xy[1])
-    if isinstance(region, str):
-        from lucijax.fit.cube import parse_region
-
-        region = parse_region(region)
-    x0, x1, y0, y1 = (int(v) for v in region)
-    if shape_xy is not None and not (0 <= x0 < x1 <= shape_xy[0] and 0 <= y0 < y1 <= shape_xy[1]):
-        raise ValueError(f"pixel box x {x0}:{x1}, y {y0}:{y1} is empty or outside the image "
-                         f"({shape_xy[0]} x {shape_xy[1]} pixels)")
-    return x0, x1, y0, y1
+def _fingerprint(cube) -> str:
+    return cube.fingerprint() if hasattr(cube, "fingerprint") else str(getattr(cube, "path", "<cube>"))
 
 
-def box_mask(shape_yx, region) -> np.ndarray:
-    """Boolean ``[y, x]`` mask of a pixel box ``(x0, x1, y0, y1)`` in an image of ``shape_yx``."""
-    ny, nx = shape_yx
-    x0, x1, y0, y1 = parse_box(region, (nx, ny))
-    m = np.zeros((ny, nx), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def mask_bounding_box(mask_yx) -> tuple[int, int, int, int]:
-    """Smallest pixel box ``(x0, x1, y0, y1)`` holding every ``True`` pixel of a ``[y, x]`` mask."""
-    m = np.asarray(mask_yx, bool)
-    if not m.any():
-        raise ValueError("the mask selects no pixel")
-    ys = np.flatnonzero(m.any(axis=1))
-    xs = np.flatnonzero(m.any(axis=0))
-    return int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
-
-
-# ----------------------------------------------------------------------------- ds9 regions
-def ds9_mask(source, shape_yx, wcs=None, mode: str = "center") -> np.ndarray:
-    """Boolean ``[y, x]`` mask of the regions of a ds9 region file (or string).
-
-    Parameters
-    ----------
-    source : str, os.PathLike or regions.Regions
-        A ds9 ``.reg`` file, the text of one, or parsed regions.
-    shape_yx : (ny, nx)
-        Image shape of the cube.
-    wcs : astropy.wcs.WCS, optional
-        Celestial WCS of the cube (pixel ``(x, y)``), needed for regions in sky
-        coordinates (``fk5``, ``icrs``, ...).
-    mode : str
-        ``regions`` mask mode: ``'center'`` (a pixel is in when its centre is), ...
-
-    Returns
-    -------
-    numpy.ndarray
-        ``True`` inside any included region and outside every excluded one (ds9 ``-``
-        prefix); with only excluded regions, everything else is in.
-
-    Notes
-    -----
-    Pixel coordinates are converted by ``regions`` from ds9's 1-based image convention
-    to 0-based pixels, the convention of the cube's ``data[x, y]``.
-    """
-    from regions import Regions, SkyRegion
-
-    if isinstance(source, Regions):
-        regs = source
-    else:
-        text = os.fspath(source)
-        if os.path.exists(text):
-            regs = Regions.read(text, format="ds9")
-        elif "(" in text:
-            regs = Regions.parse(text, format="ds9")
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(np.ascontiguousarray(p).tobytes())
         else:
-            raise FileNotFoundError(f"{text}: no such ds9 region file")
-    ny, nx = (int(v) for v in shape_yx)
-    include = np.zeros((ny, nx), bool)
-    exclude = np.zeros((ny, nx), bool)
-    n_include = 0
-    for reg in regs:
-        if isinstance(reg, SkyRegion):
-            if wcs is None:
-                raise ValueError(f"region {type(reg).__name__} is in sky coordinates but the cube has no celestial WCS")
-            reg = reg.to_pixel(wcs.celestial if wcs.naxis > 2 else wcs)
-        img = reg.to_mask(mode=mode).to_image((ny, nx))
-        inside = np.zeros((ny, nx), bool) if img is None else img > 0
-        if reg.meta.get("include", True):
-            include |= inside
-            n_include += 1
-        else:
-            exclude |= inside
-    if n_include == 0:
-        include[:] = True
-    return include & ~exclude
+            h.update(repr(p).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:24]
 
 
-def read_mask(source, shape_yx, wcs=None) -> np.ndarray:
-    """A boolean ``[y, x]`` mask from any supported description.
+class _Delegating(SpectralCube):
+    """A view that passes everything it does not change to the cube below it."""
 
-    Parameters
-    ----------
-    source : numpy array, str or path
-        A boolean (or 0/1) ``[y, x]`` array of shape ``shape_yx``; a ds9 region file
-        (``.reg``) or region text; a FITS image (``.fits``, first image HDU, non-zero and
-        finite = in, FITS ``[y, x]`` order); or a pixel box ``'x0:x1,y0:y1'``.
-    shape_yx : (ny, nx)
-        Image shape of the cube.
-    wcs : astropy.wcs.WCS, optional
-        Cube celestial WCS (sky regions).
+    def __init__(self, cube, close_base: bool = False):
+        self.base = cube
+        self._close_base = bool(close_base)
+        self.header = cube.header
+        self.shape = tuple(cube.shape)
+        self.path = getattr(cube, "path", "<cube>")
+        self.is_single_spectrum = bool(getattr(cube, "is_single_spectrum", False))
+        self.level = getattr(cube, "level", None)
+        self.pixel_mask = getattr(cube, "pixel_mask", None)
+        self.origin = getattr(cube, "origin", (0, 0))
+        self._root_shape = getattr(cube, "root_shape", tuple(cube.shape[:2]))
+
+    @property
+    def root_shape(self):
+        return self._root_shape
+
+    def read_spectra(self, x0, x1, y0, y1):
+        return self.base.read_spectra(x0, x1, y0, y1)
+
+    def read_calib_map(self, x0, x1, y0, y1):
+        return self.base.read_calib_map(x0, x1, y0, y1)
+
+    def read_deep_frame(self, x0, x1, y0, y1):
+        return self.base.read_deep_frame(x0, x1, y0, y1)
+
+    def close(self):
+        """Close the underlying cube only when built with ``close_base=True``."""
+        if self._close_base:
+            self.base.close()
+
+
+class Cutout(_Delegating):
+    """The pixel box ``(x0, x1, y0, y1)`` of a cube (its WCS shifted, SIP kept)."""
+
+    def __init__(self, cube, box, *, close_base: bool = False):
+        super().__init__(cube, close_base)
+        nx, ny, nch = cube.shape
+        self.box = parse_box(box, (nx, ny))
+        x0, x1, y0, y1 = self.box
+        self.shape = (x1 - x0, y1 - y0, nch)
+        wcs = cube.header.wcs
+        self.header = replace_wcs(cube.header, cutout_wcs(wcs, self.box) if wcs is not None else None)
+        base_mask = getattr(cube, "pixel_mask", None)
+        self.pixel_mask = None if base_mask is None else np.asarray(base_mask, bool)[x0:x1, y0:y1].copy()
+        base_origin = getattr(cube, "origin", (0, 0))
+        self.origin = None if base_origin is None else (base_origin[0] + x0, base_origin[1] + y0)
+        self.path = f"{self.path}[{x0}:{x1},{y0}:{y1}]"
+        self.is_single_spectrum = False if (x1 - x0) * (y1 - y0) > 1 else self.is_single_spectrum
+        self._key = _digest(_fingerprint(cube), "cutout", self.box)
+
+    def fingerprint(self) -> str:
+        return self._key
+
+    def read_spectra(self, x0, x1, y0, y1):
+        x0, x1, y0, y1 = self._check_box(x0, x1, y0, y1)
+        ox, oy = self.box[0], self.box[2]
+        return self.base.read_spectra(x0 + ox, x1 + ox, y0 + oy, y1 + oy)
+
+    def read_calib_map(self, x0, x1, y0, y1):
+        x0, x1, y0, y1 = self._check_box(x0, x1, y0, y1)
+        ox, oy = self.box[0], self.box[2]
+        return self.base.read_calib_map(x0 + ox, x1 + ox, y0 + oy, y1 + oy)
+
+    def read_deep_frame(self, x0, x1, y0, y1):
+        x0, x1, y0, y1 = self._check_box(x0, x1, y0, y1)
+        ox, oy = self.box[0], self.box[2]
+        return self.base.read_deep_frame(x0 + ox, x1 + ox, y0 + oy, y1 + oy)
+
+
+class Masked(_Delegating):
+    """A cube whose pixels outside ``mask`` are not computed (their maps NaN, STATUS -1).
+
+    ``mask``: a bool ``[y, x]`` image of the cube, a ds9 region file, a mask FITS image or
+    a box ``'x0:x1,y0:y1'`` (:func:`lucijax.io.masks.read_mask`).
     """
-    shape_yx = tuple(int(v) for v in shape_yx)
-    if isinstance(source, (str, os.PathLike)):
-        text = os.fspath(source)
-        low = text.lower()
-        if low.endswith((".fits", ".fit", ".fits.gz", ".fts")):
-            from astropy.io import fits
 
-            with fits.open(text) as hdul:
-                img = next((h.data for h in hdul if h.is_image and h.data is not None and h.data.ndim == 2), None)
-            if img is None:
-                raise ValueError(f"{text}: no 2-D image HDU to use as a mask")
-            m = np.isfinite(img) & (img != 0)
-        elif low.endswith(".reg") or "(" in text:
-            return ds9_mask(text, shape_yx, wcs)
-        elif ":" in text and "," in text:
-            return box_mask(shape_yx, text)
-        else:
-            raise ValueError(f"cannot read a mask from '{text}': expected a .reg, a .fits image or x0:x1,y0:y1")
-    else:
-        m = np.asarray(source)
-        if m.dtype != bool:
-            m = np.isfinite(m) & (m != 0) if m.dtype.kind == "f" else m != 0
-    if m.shape != shape_yx:
-        raise ValueError(f"mask of shape {m.shape} does not match the cube image [y, x] = {shape_yx}")
-    return np.asarray(m, bool)
+    def __init__(self, cube, mask, *, close_base: bool = False):
+        super().__init__(cube, close_base)
+        nx, ny, _ = cube.shape
+        m = read_mask(mask, (ny, nx), cube.header.wcs).T
+        if self.pixel_mask is not None:
+            m = m & np.asarray(self.pixel_mask, bool)
+        if not m.any():
+            raise ValueError("the mask selects no pixel of the cube")
+        self.pixel_mask = m
+        self.path = f"{self.path}[masked]"
+        self._key = _digest(_fingerprint(cube), "masked", np.packbits(m))
+
+    def fingerprint(self) -> str:
+        return self._key
 
 
-# ----------------------------------------------------------------------------- WCS
-def cutout_wcs(wcs, region):
-    """Celestial WCS of the pixel box ``region`` (``(x0, x1, y0, y1)``) of a cube: pixel
-    ``(0, 0)`` of the cut-out is cube pixel ``(x0, y0)`` (SIP kept). Same as
-    ``astropy.nddata.Cutout2D(...).wcs`` for that box."""
-    from lucijax.io.maps import region_wcs
-
-    return region_wcs(wcs, region)
-
-
-def bin_wcs(wcs, factor: int):
-    """Celestial WCS of an image binned ``factor`` x ``factor`` from pixel ``(0, 0)``.
-
-    Binned pixel ``(i, j)`` covers pixels ``factor*i .. factor*i + factor - 1``; its centre
-    is at unbinned pixel ``factor*i + (factor - 1)/2``. The reference pixel is mapped as by
-    astropy's ``wcs[::factor, ::factor]``; unlike that slicing (astropy 8), a ``CD`` matrix
-    is scaled too, and so are the SIP polynomials (``A_p_q -> A_p_q * factor**(p+q-1)``,
-    same for ``B``, ``AP``, ``BP``), so distorted WCSs stay exact.
-    """
-    from astropy.wcs import Sip
-
-    f = int(factor)
-    if f < 1:
-        raise ValueError(f"binning factor must be >= 1, got {factor}")
-    w = (wcs.celestial if wcs.naxis > 2 else wcs).deepcopy()
-    if f == 1:
-        return w
-    shape = w.pixel_shape
-    crpix = (np.asarray(w.wcs.crpix, np.float64) - 0.5) / f + 0.5  # 1-based FITS pixels
-    w.wcs.crpix = crpix
-    if w.wcs.has_cd():
-        w.wcs.cd = np.asarray(w.wcs.cd) * f
-    else:
-        w.wcs.cdelt = np.asarray(w.wcs.cdelt) * f
-
-    def scale(c):
-        if c is None:
-            return None
-        c = np.array(c, np.float64)
-        p, q = np.indices(c.shape)
-        return c * float(f) ** (p + q - 1)
-
-    if w.sip is not None:
-        s = w.sip
-        w.sip = Sip(scale(s.a), scale(s.b), scale(s.ap), scale(s.bp), crpix)
-    if shape is not None:
-        w.pixel_shape = (shape[0] // f, shape[1] // f)
-    w.wcs.set()
-    return w
-
-
-def bin_mask(mask_yx, factor: int, min_fraction: float = 0.5) -> np.ndarray:
-    """Binned ``[y, x]`` mask: a bin is in when at least ``min_fraction`` of its pixels are
-    (and at least one); the image is trimmed to a multiple of ``factor``."""
-    m = np.asarray(mask_yx, bool)
-    f = int(factor)
-    ny, nx = m.shape[0] // f, m.shape[1] // f
-    n = m[: ny * f, : nx * f].reshape(ny, f, nx, f).sum(axis=(1, 3))
-    return (n > 0) & (n >= min_fraction * f * f)
-
-
-# ----------------------------------------------------------------------------- streaming
-def _blocks(box, block):
-    x0, x1, y0, y1 = box
-    for bx in range(x0, x1, block):
-        for by in range(y0, y1, block):
-            yield bx, min(bx + block, x1), by, min(by + block, y1)
-
-
-def _masked_blocks(cube, mask_yx, block: int = 64):
-    """Yield ``(box, spectra [x, y, ch], submask [x, y])`` for blocks holding masked-in pixels."""
-    box = mask_bounding_box(mask_yx)
-    for b in _blocks(box, block):
-        sub = np.asarray(mask_yx[b[2]:b[3], b[0]:b[1]]).T
-        if sub.any():
-            yield b, cube.read_spectra(*b), sub
-
-
-# ----------------------------------------------------------------------------- binned cube
 class BinnedCube(SpectralCube):
     """A lazy ``factor`` x ``factor`` binned view of a pixel box of a cube.
 
@@ -311,8 +181,8 @@ class BinnedCube(SpectralCube):
     mask : numpy.ndarray
         Binned mask, FITS order ``[y, x]``.
     pixel_mask : numpy.ndarray or None
-        ``mask`` in cube order ``[x, y]`` when some bins are masked, else ``None``; picked
-        up by :func:`lucijax.fit_cube` so masked bins are not fitted.
+        ``mask`` in cube order ``[x, y]`` when some bins are masked, else ``None``: the
+        engine does not compute masked bins.
     box : (x0, x1, y0, y1)
         The (trimmed) box of the underlying cube that the bins cover.
     """
@@ -334,9 +204,12 @@ class BinnedCube(SpectralCube):
         self.factor = f
         self.combine = combine
         self.box = (x0, x0 + nbx * f, y0, y0 + nby * f)
-        if mask is not None:
-            full = read_mask(mask, (ny, nx), cube.header.wcs)
-            self._mask_xy = full.T[self.box[0]:self.box[1], self.box[2]:self.box[3]].copy()
+        base_mask = getattr(cube, "pixel_mask", None)
+        if mask is not None or base_mask is not None:
+            full = read_mask(mask, (ny, nx), cube.header.wcs).T if mask is not None else np.ones((nx, ny), bool)
+            if base_mask is not None:
+                full = full & np.asarray(base_mask, bool)
+            self._mask_xy = full[self.box[0]:self.box[1], self.box[2]:self.box[3]].copy()
             self.n_pixels = self._mask_xy.reshape(nbx, f, nby, f).sum(axis=(1, 3))
         else:
             self._mask_xy = None
@@ -360,6 +233,22 @@ class BinnedCube(SpectralCube):
             " masked" if mask is not None else "") + (" bkg" if background is not None else "") + "]"
         self.is_single_spectrum = False
         self.level = getattr(cube, "level", None)
+        base_origin = getattr(cube, "origin", (0, 0))
+        if f == 1 and base_origin is not None:  # a cut-out: its pixels are the file's pixels
+            self.origin = (base_origin[0] + x0, base_origin[1] + y0)
+            self._root_shape = getattr(cube, "root_shape", (nx, ny))
+        else:
+            self.origin = None
+            self._root_shape = None
+        self._key = _digest(_fingerprint(cube), "binned", self.box, f, combine, min_fraction,
+                            None if self._mask_xy is None else np.packbits(self._mask_xy), background)
+
+    @property
+    def root_shape(self):
+        return self._root_shape
+
+    def fingerprint(self) -> str:
+        return self._key
 
     def _base_box(self, x0, x1, y0, y1):
         f = self.factor
@@ -412,7 +301,6 @@ class BinnedCube(SpectralCube):
             self.base.close()
 
 
-# ----------------------------------------------------------------------------- background
 def background_spectrum(cube, mask, statistic: str = "median", *, block: int = 64) -> np.ndarray:
     """Background spectrum **per pixel** from a region of the cube.
 
@@ -436,7 +324,7 @@ def background_spectrum(cube, mask, statistic: str = "median", *, block: int = 6
         raise ValueError(f"statistic must be 'median' or 'mean', got '{statistic}'")
     nx, ny, _ = cube.shape
     m = read_mask(mask, (ny, nx), cube.header.wcs)
-    rows = [spectra[sub] for _, spectra, sub in _masked_blocks(cube, m, block)]
+    rows = fold(cube, m, lambda acc, b, spectra, calib: acc + [spectra], [], block=block)
     sel = np.concatenate(rows).astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels stay NaN
@@ -470,17 +358,19 @@ def integrated_spectrum(cube, mask=None, *, region=None, combine: str = "sum", b
     m = box_mask((ny, nx), region) if mask is None else read_mask(mask, (ny, nx), cube.header.wcs)
     if region is not None and mask is not None:
         m &= box_mask((ny, nx), region)
-    total = np.zeros(nch, np.float64)
-    calib_sum, n = 0.0, 0
-    has_calib = True
-    for b, spectra, sub in _masked_blocks(cube, m, block):
-        total += spectra[sub].sum(axis=0, dtype=np.float64)
-        n += int(sub.sum())
-        calib = cube.read_calib_map(*b)
+
+    def step(acc, b, spectra, calib):
+        total, calib_sum, n, has_calib = acc
+        total = total + spectra.sum(axis=0, dtype=np.float64)
+        n += spectra.shape[0]
         if calib is None:
             has_calib = False
         else:
-            calib_sum += float(calib[sub].sum())
+            calib_sum += float(calib.sum())
+        return total, calib_sum, n, has_calib
+
+    total, calib_sum, n, has_calib = fold(cube, m, step, (np.zeros(nch, np.float64), 0.0, 0, True), block=block,
+                                          calib=True)
     if background is not None:
         total -= n * np.asarray(background, np.float64)
     if combine == "mean":
@@ -490,10 +380,10 @@ def integrated_spectrum(cube, mask=None, *, region=None, combine: str = "sum", b
                      path=f"{getattr(cube, 'path', '<cube>')}[integrated {combine} of {n} pixels]",
                      is_single_spectrum=True)
     out.n_pixels = n
+    out.origin = None  # its one spectrum is no pixel of the file
     return out
 
 
-# ----------------------------------------------------------------------------- Voronoi
 @dataclass
 class VoronoiBinning:
     """Voronoi bins of a pixel box (Cappellari & Copin 2003, ``vorbin``).
@@ -608,8 +498,8 @@ def voronoi_cube(cube, binning: VoronoiBinning, *, combine: str = "sum", backgro
 
     Bin ``k`` is the sum (or mean) of the spectra of its pixels, with ``n_k`` times
     the per-pixel ``background`` subtracted (once for a mean); its calibration map entry is
-    the mean over its pixels. Fit it with :func:`lucijax.fit_cube` and map the result back
-    with :func:`unbin_result`.
+    the mean over its pixels. Fit it with :func:`lucijax.fit` and map the result back
+    with :func:`lucijax.views.unbin`.
     """
     if combine not in COMBINE:
         raise ValueError(f"combine must be one of {COMBINE}, got '{combine}'")
@@ -622,57 +512,37 @@ def voronoi_cube(cube, binning: VoronoiBinning, *, combine: str = "sum", backgro
     calib = np.zeros(nb, np.float64)
     counts = np.zeros(nb, np.int64)
     has_calib = True
-    for b, spectra, sub in _masked_blocks(cube, full, block):
+
+    def step(has_calib, b, spectra, cm):
+        sub = full[b[2]:b[3], b[0]:b[1]].T
         ids = binning.bin_number[b[2] - y0:b[3] - y0, b[0] - x0:b[1] - x0].T[sub]
-        np.add.at(sums, ids, spectra[sub].astype(np.float64))
+        np.add.at(sums, ids, spectra.astype(np.float64))
         np.add.at(counts, ids, 1)
-        cm = cube.read_calib_map(*b)
         if cm is None:
-            has_calib = False
-        else:
-            np.add.at(calib, ids, cm[sub])
+            return False
+        np.add.at(calib, ids, cm)
+        return has_calib
+
+    has_calib = fold(cube, full, step, True, block=block, calib=True)
     if background is not None:
         sums -= counts[:, None] * np.asarray(background, np.float64)[None, :]
     if combine == "mean":
         sums /= counts[:, None]
-    out = MemoryCube(sums.reshape(nb, 1, nch), replace_wcs(cube.header, None),
-                     calib_map=(calib / counts).reshape(nb, 1) if has_calib else None,
-                     path=f"{getattr(cube, 'path', '<cube>')}[voronoi {nb} bins, S/N {binning.target_snr:g}, {combine}]")
+    out = VoronoiCube(sums.reshape(nb, 1, nch), replace_wcs(cube.header, None),
+                      calib_map=(calib / counts).reshape(nb, 1) if has_calib else None,
+                      path=f"{getattr(cube, 'path', '<cube>')}[voronoi {nb} bins, S/N {binning.target_snr:g}, {combine}]")
     out.n_pixels = counts
+    out.binning = binning
     return out
 
 
-def unbin_result(result, binning: VoronoiBinning):
-    """A :class:`lucijax.api.FitResult` of Voronoi bins mapped back to the pixels of the region.
+class VoronoiCube(MemoryCube):
+    """The spectra of Voronoi bins (:func:`voronoi_cube`): ``(n_bins, 1, n_channels)``, with
+    the :class:`VoronoiBinning` that maps results back to pixels (``.binning``)."""
 
-    Every pixel of a bin gets the bin's values; pixels outside every bin are NaN with
-    ``STATUS`` = :data:`MASKED_STATUS`. Two maps are added: ``BIN`` (bin index, -1 outside)
-    and ``NPIX`` (pixels in the pixel's bin). Fluxes stay those of the whole bin (for a
-    summed bin, divide by ``NPIX`` for a per-pixel mean). ``raw`` is mapped too, so
-    ``model_spectrum(x, y)`` gives the model of the pixel's bin.
-    """
-    import dataclasses
+    origin = None
+    binning: VoronoiBinning
 
-    from lucijax.io.maps import region_wcs
 
-    maps, units = {}, dict(result.units)
-    for k, v in result.maps.items():
-        per_bin = np.asarray(v)[0]  # bins lie along x of a (1, n_bins) map
-        fill = MASKED_STATUS if per_bin.dtype.kind in "iu" else np.nan
-        maps[k] = binning.to_pixels(per_bin, fill=fill).astype(per_bin.dtype if per_bin.dtype.kind in "iu" else np.float32)
-    maps["BIN"] = binning.bin_number.astype(np.int32)
-    maps["NPIX"] = binning.to_pixels(binning.n_pixels, fill=0).astype(np.int32)
-    units.update(BIN="", NPIX="")
-    raw = {}
-    bins_xy = binning.bin_number.T
-    for k, v in result.raw.items():
-        per_bin = np.asarray(v)[:, 0]
-        out = per_bin[np.maximum(bins_xy, 0)]
-        if out.dtype.kind == "f":
-            out[bins_xy < 0] = np.nan
-        else:
-            out[bins_xy < 0] = MASKED_STATUS
-        raw[k] = out
-    wcs = region_wcs(binning.wcs, binning.region) if binning.wcs is not None else None
-    return dataclasses.replace(result, maps=maps, units=units, wcs=wcs, region=tuple(binning.region), raw=raw,
-                               is_single_spectrum=False)
+__all__ = ["Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning", "background_spectrum",
+           "integrated_spectrum", "voronoi_binning", "voronoi_cube", "COMBINE"]

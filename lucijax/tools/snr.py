@@ -20,9 +20,16 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
-__all__ = ["SNR_WINDOWS_NM", "snr_windows_cm1", "signal_noise", "SNRMaps", "signal_noise_maps", "deep_image"]
+from lucijax.engine import Execution, map_pixels
+from lucijax.io.maps import write_maps_fits
+from lucijax.io.masks import parse_box
+from lucijax.io.views import Cutout
+from lucijax.io.wcs import region_wcs
+from lucijax.program import Program
+
+__all__ = ["SNR_WINDOWS_NM", "snr_windows_cm1", "signal_noise", "SNRMaps", "signal_noise_maps", "deep_image",
+           "snr_program"]
 
 #: Rest-frame (line window, noise window) in nm per filter. SN1: [OII]3726,3729 / between
 #: H10 379.8 and H9 383.5 nm; SN2: Hbeta to [OIII]5007 / 503.5-512 nm; SN3: [NII]6548 to
@@ -111,8 +118,6 @@ class SNRMaps:
 
     def write(self, path) -> None:
         """Write every map to one FITS file (one HDU each, with the region's WCS)."""
-        from lucijax.io.maps import write_maps_fits
-
         u = self.flux_unit
         units = {"SNR": "", "SNR_INTEGRATED": "", "CONTINUUM": u, "NOISE": u, "PEAK": u,
                  "INTEGRATED": f"{u} channel", "INTEGRATED_NOISE": f"{u} channel"}
@@ -120,6 +125,23 @@ class SNRMaps:
                  "NOISEWIN": "{:.2f}:{:.2f}".format(*self.noise_window_cm1),
                  "REGION": "{}:{},{}:{}".format(*self.region)}
         write_maps_fits(path, self.maps, units, wcs2d=self.wcs, header_extra=extra)
+
+
+_NAMES = {"snr": "SNR", "snr_integrated": "SNR_INTEGRATED", "peak": "PEAK", "integrated": "INTEGRATED",
+          "integrated_noise": "INTEGRATED_NOISE", "continuum": "CONTINUUM", "noise": "NOISE"}
+
+
+def snr_program(line_channels, noise_channels) -> Program:
+    """The S/N of each spectrum as a host (numpy) program for the engine."""
+    def prepare(block):
+        return {"spectra": block.spectra}
+
+    def host(inputs):
+        res = signal_noise(inputs["spectra"], line_channels, noise_channels)
+        return {k: np.asarray(v, np.float32) for k, v in res.items()}
+
+    key = f"snr {np.asarray(line_channels).tolist()} {np.asarray(noise_channels).tolist()}"
+    return Program(name="S/N map", key=key, prepare=prepare, host=host, batch_size=4096, stored=False)
 
 
 def signal_noise_maps(cube, region=None, *, redshift: float = 0.0, line_window_cm1=None, noise_window_cm1=None,
@@ -142,22 +164,15 @@ def signal_noise_maps(cube, region=None, *, redshift: float = 0.0, line_window_c
         Maps ``SNR`` (peak), ``SNR_INTEGRATED``, ``PEAK``, ``INTEGRATED``,
         ``INTEGRATED_NOISE``, ``CONTINUUM``, ``NOISE``.
     """
-    from lucijax.io.maps import region_wcs
-    from lucijax.regions import _blocks, parse_box
-
     nx, ny, _ = cube.shape
     x0, x1, y0, y1 = parse_box(region, (nx, ny))
     axis = cube.header.axis_cm1
     lw, nw = snr_windows_cm1(cube.header.filter_name, redshift, line_window_cm1, noise_window_cm1)
     li, ni = _channels(axis, lw, "line"), _channels(axis, nw, "noise")
-    names = {"snr": "SNR", "snr_integrated": "SNR_INTEGRATED", "peak": "PEAK", "integrated": "INTEGRATED",
-             "integrated_noise": "INTEGRATED_NOISE", "continuum": "CONTINUUM", "noise": "NOISE"}
-    maps = {v: np.full((y1 - y0, x1 - x0), np.nan, np.float32) for v in names.values()}
-    blocks = list(_blocks((x0, x1, y0, y1), block))
-    for b in tqdm(blocks, desc="S/N map", unit="block", disable=not progress):
-        res = signal_noise(cube.read_spectra(*b), li, ni)
-        for k, name in names.items():
-            maps[name][b[2] - y0:b[3] - y0, b[0] - x0:b[1] - x0] = res[k].T
+    view = Cutout(cube, (x0, x1, y0, y1))
+    view.pixel_mask = None  # every pixel of the box
+    out = map_pixels(view, snr_program(li, ni), Execution(block_size=block, progress=progress)).values
+    maps = {name: np.ascontiguousarray(np.asarray(out[k], np.float32).T) for k, name in _NAMES.items()}
     wcs = region_wcs(cube.header.wcs, (x0, x1, y0, y1)) if cube.header.wcs is not None else None
     return SNRMaps(maps, (x0, x1, y0, y1), lw, nw, cube.header.flux_unit, wcs)
 
@@ -169,16 +184,16 @@ def deep_image(cube, region=None, *, use_stored: bool = True, block: int = 64, p
     frames) when there is one and ``use_stored``; otherwise the sum of the spectra over
     all channels (NaN channels skipped), in the cube's flux unit x channel.
     """
-    from lucijax.regions import _blocks, parse_box
-
     nx, ny, _ = cube.shape
     x0, x1, y0, y1 = parse_box(region, (nx, ny))
     if use_stored:
         stored = cube.read_deep_frame(x0, x1, y0, y1)
         if stored is not None:
             return np.ascontiguousarray(np.asarray(stored, np.float64).T)
-    out = np.full((y1 - y0, x1 - x0), np.nan)
-    blocks = list(_blocks((x0, x1, y0, y1), block))
-    for b in tqdm(blocks, desc="deep image", unit="block", disable=not progress):
-        out[b[2] - y0:b[3] - y0, b[0] - x0:b[1] - x0] = np.nansum(cube.read_spectra(*b), axis=-1, dtype=np.float64).T
-    return out
+    program = Program(name="deep image", key="deep image", prepare=lambda b: {"spectra": b.spectra},
+                      host=lambda inp: {"deep": np.nansum(inp["spectra"], axis=-1, dtype=np.float64)}, batch_size=4096,
+                      stored=False)
+    view = Cutout(cube, (x0, x1, y0, y1))
+    view.pixel_mask = None
+    out = map_pixels(view, program, Execution(block_size=block, progress=progress)).values
+    return np.ascontiguousarray(np.asarray(out["deep"], np.float64).T)

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.polynomial import legendre
-from tqdm.auto import tqdm
+
+from lucijax.description import Model
+from lucijax.engine import Execution, map_pixels
+from lucijax.io.maps import read_maps_fits, write_maps_fits
+from lucijax.io.views import BinnedCube
+from lucijax.solvers import MAP
+from lucijax.status import Status
 
 
 @dataclass
@@ -39,9 +45,15 @@ class SkyVelocities:
 
 
 def measure_sky_velocities(cube, sky_lines, *, bin_size: int = 16, sky_mask=None, region=None, model: str = "sinc",
-                           continuum_order: int = 1, settings=None, min_fraction: float = 0.5, batch_size: int = 64,
+                           continuum_order: int = 1, velocity_range_kms=(-100.0, 100.0), solver: MAP | None = None,
+                           min_fraction: float = 0.5, execution: Execution | None = None,
                            progress: bool = True) -> SkyVelocities:
     """Fit the sky lines of binned sky regions.
+
+    The sky pixels of every ``bin_size`` x ``bin_size`` box are averaged
+    (:class:`~lucijax.io.views.BinnedCube` with the sky mask, ``combine='mean'``) and every
+    bin's spectrum is fitted with one shared velocity (:class:`~lucijax.solvers.MAP`,
+    matched-filter start) by the engine.
 
     Parameters
     ----------
@@ -49,13 +61,13 @@ def measure_sky_velocities(cube, sky_lines, *, bin_size: int = 16, sky_mask=None
         An open cube (:func:`lucijax.open_cube`).
     sky_lines : path
         ORB sky line list (``index wavelength_A [fwhm_A] intensity`` per line, see
-        :func:`lucijax.lines.read_sky_lines`).
+        :func:`lucijax.physics.lines.read_sky_lines`).
     bin_size : int
         Side of the square bins, pixels.
     sky_mask : bool array [y, x] of the cube image, optional
         True for sky pixels (default: every pixel).
     region : (x0, x1, y0, y1), optional
-        Part of the cube to use (default all).
+        Part of the cube to use (default all; trimmed to whole bins).
     model : str
         Line shape of the sky lines (unresolved: 'sinc').
     min_fraction : float
@@ -65,49 +77,32 @@ def measure_sky_velocities(cube, sky_lines, *, bin_size: int = 16, sky_mask=None
     -------
     SkyVelocities
     """
-    from lucijax.fit.cube import pixel_fwhm_cm1, plan_fit
-    from lucijax.fit.map import FitSettings
-
     nx, ny, _ = cube.shape
-    x0, x1, y0, y1 = region or (0, nx, 0, ny)
     if sky_mask is not None:
         sky_mask = np.asarray(sky_mask, bool)
         if sky_mask.shape != (ny, nx):
             raise ValueError(f"sky_mask has shape {sky_mask.shape}, the cube image is {(ny, nx)} ([y, x])")
-    settings = settings or FitSettings(velocity_range_kms=(-100.0, 100.0))
-    plan = plan_fit(cube.header, sky_lines=sky_lines, model=model, continuum_order=continuum_order, settings=settings)
-    spectra, fwhms, xs, ys, counts = [], [], [], [], []
-    boxes = [(bx, min(bx + bin_size, x1), by, min(by + bin_size, y1))
-             for bx in range(x0, x1, bin_size) for by in range(y0, y1, bin_size)]
-    for bx0, bx1, by0, by1 in tqdm(boxes, desc="binning sky", disable=not progress):
-        use = np.ones((bx1 - bx0, by1 - by0), bool) if sky_mask is None else sky_mask[by0:by1, bx0:bx1].T
-        if use.sum() < min_fraction * bin_size**2:
-            continue
-        block = cube.read_spectra(bx0, bx1, by0, by1)[..., plan.window]
-        fwhm = np.broadcast_to(pixel_fwhm_cm1(cube.header, cube.read_calib_map(bx0, bx1, by0, by1)), use.shape)
-        gx, gy = np.meshgrid(np.arange(bx0, bx1), np.arange(by0, by1), indexing="ij")
-        spectra.append(np.nanmean(block[use], axis=0))
-        fwhms.append(float(np.mean(fwhm[use])))
-        xs.append(float(gx[use].mean()))
-        ys.append(float(gy[use].mean()))
-        counts.append(int(use.sum()))
-    if not spectra:
+    view = BinnedCube(cube, bin_size, region=region, mask=sky_mask, combine="mean", min_fraction=min_fraction)
+    if not view._valid_xy.any():
         raise ValueError("no bin holds enough sky pixels: lower min_fraction or bin_size, or check the sky mask")
-    y = np.asarray(spectra, np.float32)
-    f = np.asarray(fwhms, np.float64) * (1.0 + plan.redshift)
-    vel, err, status = [], [], []
-    for i in range(0, len(y), batch_size):
-        yb, fb = y[i : i + batch_size], f[i : i + batch_size]
-        n = yb.shape[0]
-        if n < batch_size and len(y) > batch_size:  # one compiled shape
-            yb = np.concatenate([yb, np.full((batch_size - n, yb.shape[1]), np.nan, np.float32)])
-            fb = np.concatenate([fb, np.full(batch_size - n, fb[0])])
-        res = plan.fitter(yb, fb)
-        vel.append(np.asarray(res.velocity_kms)[:n, 0])
-        err.append(np.asarray(res.velocity_err_kms)[:n, 0])
-        status.append(np.asarray(res.status)[:n])
-    return SkyVelocities(np.asarray(xs), np.asarray(ys), np.concatenate(vel), np.concatenate(err),
-                         np.concatenate(status), np.asarray(counts), int(bin_size))
+    sky_model = Model(sky_lines=sky_lines, profile=model, continuum_order=continuum_order,
+                      velocity_range=velocity_range_kms)
+    bound = sky_model.bind(view.header)
+    program = (solver or MAP(start="matched")).program(bound, view)
+    fit = map_pixels(view, program, execution or Execution(progress=progress)).values.fit
+    # each bin's position: the mean of its sky pixels, in pixels of the cube
+    f = view.factor
+    bx0, bx1, by0, by1 = view.box
+    nbx, nby = view.shape[:2]
+    used = np.ones((bx1 - bx0, by1 - by0), bool) if view._mask_xy is None else view._mask_xy
+    gx, gy = np.meshgrid(np.arange(bx0, bx1, dtype=np.float64), np.arange(by0, by1, dtype=np.float64), indexing="ij")
+    n = used.reshape(nbx, f, nby, f).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xs = (gx * used).reshape(nbx, f, nby, f).sum(axis=(1, 3)) / n
+        ys = (gy * used).reshape(nbx, f, nby, f).sum(axis=(1, 3)) / n
+    ok = view._valid_xy
+    return SkyVelocities(xs[ok], ys[ok], np.asarray(fit.velocity_kms)[ok][:, 0], np.asarray(fit.velocity_err_kms)[ok][:, 0],
+                         np.asarray(fit.status)[ok], n[ok].astype(np.int64), int(bin_size))
 
 
 @dataclass
@@ -224,8 +219,6 @@ def calibrate_sky(cube, sky_lines, *, bin_size: int = 16, order: int = 2, sky_ma
                   clip_sigma: float = 3.5, progress: bool = True, **measure_kwargs) -> tuple[VelocityCorrection, SkyVelocities]:
     """:func:`measure_sky_velocities` then :func:`fit_velocity_correction` (converged,
     non-bound fits only)."""
-    from lucijax.fit.map import Status
-
     sky = measure_sky_velocities(cube, sky_lines, bin_size=bin_size, sky_mask=sky_mask, region=region,
                                  progress=progress, **measure_kwargs)
     ok = np.isin(sky.status, [Status.CONVERGED, Status.UNRESOLVED])
@@ -248,9 +241,15 @@ def apply_velocity_correction(maps: dict, correction_map: np.ndarray) -> dict:
     return out
 
 
+def _check_on_cube_grid(result) -> None:
+    if result.region is None:
+        raise ValueError("a velocity correction applies to fits on the cube's own pixel grid, not to binned ones")
+
+
 def correct_result(result, correction: VelocityCorrection):
-    """Subtract ``correction`` from the velocity maps of a :class:`lucijax.api.FitResult`
-    (in place, on its region) and return it. ``raw`` keeps the uncorrected fit."""
+    """Subtract ``correction`` from the velocity maps of a :class:`lucijax.results.Result`
+    (in place, on its region) and return it. ``fields`` keep the uncorrected fit."""
+    _check_on_cube_grid(result)
     result.maps = apply_velocity_correction(result.maps, correction.map(result.region))
     return result
 
@@ -259,12 +258,11 @@ def correct_result_from_file(result, path):
     """Subtract the VELOCITY_CORRECTION map of ``path`` (written by
     :func:`write_velocity_correction`, full cube) from ``result``'s velocity maps, on its
     region; the result must be on the cube's pixel grid (not binned)."""
-    from lucijax.io import read_maps_fits
-
     maps = read_maps_fits(path)
     if "VELOCITY_CORRECTION" not in maps:
         raise ValueError(f"{path} has no VELOCITY_CORRECTION map (write it with 'lucijax skycal')")
     full = maps["VELOCITY_CORRECTION"]
+    _check_on_cube_grid(result)
     x0, x1, y0, y1 = result.region
     if y1 > full.shape[0] or x1 > full.shape[1]:
         raise ValueError(f"the fit's region {result.region} is outside the correction map {full.shape} ([y, x]); "
@@ -286,8 +284,6 @@ def write_sky_bins(path, sky: SkyVelocities, correction: VelocityCorrection | No
 def write_velocity_correction(path, correction: VelocityCorrection, wcs=None, sky: SkyVelocities | None = None):
     """Write the correction map of the whole cube (EXTNAME VELOCITY_CORRECTION, km/s,
     [y, x]) with its polynomial in the header."""
-    from lucijax.io import write_maps_fits
-
     extra = {"ORIGIN": "lucijax skycal", "SKYORDER": correction.order, "SKYRMS": correction.rms_kms}
     for (i, j), c in np.ndenumerate(correction.coefficients):
         if i + j <= correction.order:

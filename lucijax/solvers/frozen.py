@@ -2,28 +2,30 @@
 continuum fitted.
 
 With the kinematics fixed the model is linear, so the fit of one spectrum is the bounded
-linear least-squares problem of :mod:`lucijax.fit.map` at a given ``theta``: amplitudes >= 0
+linear least-squares problem of :mod:`lucijax.solvers.fitting` at a given ``theta``: amplitudes >= 0
 by ``jaxopt.BoxCDQP``, the noise from line-free channels, and uncertainties from the inverse
 Fisher matrix of the linear parameters alone (the kinematics carry no uncertainty here). The
-result is a :class:`~lucijax.fit.map.PixelFit`, so maps and products work unchanged; its
+result is a :class:`~lucijax.solvers.fitting.PixelFit`, so maps and products work unchanged; its
 velocity/broadening fields are the given values, their errors those given with them (NaN
 when none).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import jaxopt
 import numpy as np
-from tqdm.auto import tqdm
 
-from lucijax.fit.linalg import spd_inverse
-from lucijax.fit.map import FitSettings, PixelFit, Status, _linear_solve, line_free_noise
-from lucijax.fit.noise import adopt_noise
+from lucijax.io.maps import read_maps_fits
 from lucijax.model import LineModel
+from lucijax.program import Program
+from lucijax.solvers.fitting import FitSettings, PixelFit, line_free_noise, linear_solve
+from lucijax.solvers.linalg import spd_inverse
+from lucijax.solvers.map import MapFit, finish_map
+from lucijax.status import Status
 
 
 def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta, theta_err=None) -> PixelFit:
@@ -64,7 +66,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     m = model.design_matrix(theta, fwhm) * mask[:, None]
     gram = m.T @ m
     d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
-    alpha_free = _linear_solve(m, ys)
+    alpha_free = linear_solve(m, ys)
     if settings.nonneg_amplitudes:
         q = gram * d[:, None] * d[None, :]
         c = -(m.T @ ys) * d
@@ -124,21 +126,9 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     )
 
 
-def make_frozen_fitter(model: LineModel, settings: FitSettings):
-    """Jitted batch version: ``fit(y (B, n), fwhm (B,), theta (B, P), theta_err=None)``."""
-    batch = jax.jit(jax.vmap(lambda y, f, t, e: fit_frozen_spectrum(model, settings, y, f, t, e)))
-
-    def fit(y, fwhm, theta, theta_err=None):
-        theta = jnp.asarray(theta, jnp.float32)
-        err = jnp.full_like(theta, jnp.nan) if theta_err is None else jnp.asarray(theta_err, jnp.float32)
-        return batch(jnp.asarray(y, jnp.float32), jnp.asarray(fwhm, jnp.float32), theta, err)
-
-    return fit
-
-
 # ------------------------------------------------------------------ maps -> kinematics
 def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray, np.ndarray]:
-    """Velocity and broadening maps of each kinematic group over ``region``.
+    """Velocity and broadening maps of each kinematic group over ``region`` of a cube.
 
     Parameters
     ----------
@@ -157,8 +147,6 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
     then broadenings (km/s).
     """
     if isinstance(freeze, (str, Path)):
-        from lucijax.io import read_maps_fits
-
         maps = read_maps_fits(freeze)
     else:
         maps = dict(freeze)
@@ -194,69 +182,59 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
     return theta, err
 
 
-def fit_region_frozen(cube, plan, theta_xy, theta_err_xy=None, region=None, *, batch_size: int | None = None, block: int = 64,
-                      progress: bool = True) -> dict[str, np.ndarray]:
-    """Fit the amplitudes of every pixel of ``region`` at the kinematics ``theta_xy``
-    ((x1 - x0, y1 - y0, P), see :func:`kinematic_maps`). Returns the same arrays as
-    :func:`lucijax.fit.cube.fit_region` (PixelFit fields indexed [x - x0, y - y0], plus
-    ``fwhm_cm1``). For the sinc (no broadening) only the velocities of ``theta_xy`` are used.
+@dataclass(frozen=True)
+class Frozen:
+    """Freeze mode: velocities and broadenings taken from maps, only the amplitudes and the
+    continuum fitted (the model is then linear: one bounded least-squares solve per pixel).
+
+    Attributes
+    ----------
+    kinematics : path to a maps.fits, or dict of ``[y, x]`` maps
+        ``{LINE}_VELOCITY`` / ``{LINE}_BROADENING`` (and their ``_ERR``) of each kinematic
+        group's first line, or plain ``VELOCITY`` / ``BROADENING`` maps (shared by all
+        groups), of the fitted view or of the whole cube.
+    nonneg_amplitudes : bool
+        Line amplitudes >= 0.
+    line_free_fwhm : float
+        As for :class:`~lucijax.solvers.map.MAP`: the noise comes from channels this many
+        FWHM away from every line.
     """
-    from lucijax.fit.cube import read_block, warn_own_noise
 
-    nx, ny, _ = cube.shape
-    x0, x1, y0, y1 = region or (0, nx, 0, ny)
-    P = plan.spec.n_nonlinear
-    theta_xy = np.asarray(theta_xy, np.float32)[..., :P]
-    err_xy = np.full_like(theta_xy, np.nan) if theta_err_xy is None else np.asarray(theta_err_xy, np.float32)[..., :P]
-    if theta_xy.shape[:2] != (x1 - x0, y1 - y0):
-        raise ValueError(f"kinematics of shape {theta_xy.shape[:2]} do not match the region {(x1 - x0, y1 - y0)}")
-    key = (id(plan.model), plan.settings)
-    fitter = _FITTERS.get(key)
-    if fitter is None or fitter[0] is not plan.model:
-        _FITTERS[key] = fitter = (plan.model, make_frozen_fitter(plan.model, plan.settings))
-    fitter = fitter[1]
-    n_pix = (x1 - x0) * (y1 - y0)
-    from lucijax.fit.cube import default_batch_size
+    kinematics: object
+    nonneg_amplitudes: bool = True
+    line_free_fwhm: float = 3.0
 
-    batch_size = max(1, min(int(batch_size or default_batch_size()), n_pix))
-    out: dict[str, np.ndarray] = {}
-    kept = 0  # fitted pixels without a noise-window noise
-    bar = tqdm(total=n_pix, unit="spectra", desc="fitting (frozen)", disable=not progress or n_pix < 2 * batch_size)
-    for bx0 in range(x0, x1, block):
-        for by0 in range(y0, y1, block):
-            bx1, by1 = min(bx0 + block, x1), min(by0 + block, y1)
-            flat, fwhm_flat, noise_flat = read_block(cube, plan, (bx0, bx1, by0, by1))
-            th = theta_xy[bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0].reshape(-1, P)
-            er = err_xy[bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0].reshape(-1, P)
-            parts = []
-            for i in range(0, flat.shape[0], batch_size):
-                sl = slice(i, i + batch_size)
-                y, f, t, e = flat[sl], fwhm_flat[sl], th[sl], er[sl]
-                n = y.shape[0]
-                if n < batch_size:  # pad: one compiled shape
-                    pad = batch_size - n
-                    y = np.concatenate([y, np.full((pad, y.shape[1]), np.nan, y.dtype)])
-                    f = np.concatenate([f, np.full(pad, f[0])])
-                    t = np.concatenate([t, np.zeros((pad, P), t.dtype)])
-                    e = np.concatenate([e, np.zeros((pad, P), e.dtype)])
-                res = fitter(y, f, t, e)
-                parts.append({k: np.asarray(v)[:n] for k, v in zip(PixelFit._fields, res)})
-                bar.update(n)
-            merged = {k: np.concatenate([p[k] for p in parts]) for k in PixelFit._fields}
-            merged["fwhm_cm1"] = fwhm_flat.astype(np.float32)
-            if noise_flat is not None:
-                kept += adopt_noise(merged, noise_flat)
-            for k, v in merged.items():
-                v = v.reshape((bx1 - bx0, by1 - by0) + v.shape[1:])
-                if k not in out:
-                    out[k] = np.full((x1 - x0, y1 - y0) + v.shape[2:], np.nan if v.dtype.kind == "f" else 0, v.dtype)
-                out[k][bx0 - x0 : bx1 - x0, by0 - y0 : by1 - y0] = v
-    bar.close()
-    warn_own_noise(kept, plan)
-    return out
+    def program(self, bound, cube) -> Program:
+        """The per-spectrum program: amplitudes at the given kinematics of each pixel of
+        ``cube`` (a view whose ``origin`` places it in the cube the maps may cover)."""
+        nx, ny = int(cube.shape[0]), int(cube.shape[1])
+        origin = getattr(cube, "origin", (0, 0)) or (0, 0)
+        root = getattr(cube, "root_shape", (nx, ny)) or (nx, ny)
+        region = (origin[0], origin[0] + nx, origin[1], origin[1] + ny)
+        theta, err = kinematic_maps(self.kinematics, bound.line_set, region, root)
+        P = bound.spec.n_nonlinear
+        if bound.spec.has_broadening and np.all(np.isnan(theta[..., bound.spec.n_groups:])):
+            raise ValueError(f"the freeze maps have no broadening maps, which the {bound.spec.shape} model needs")
+        theta = np.asarray(theta[..., :P], np.float32)
+        err = np.asarray(err[..., :P], np.float32)
+        settings = FitSettings(nonneg_amplitudes=bool(self.nonneg_amplitudes), line_free_fwhm=float(self.line_free_fwhm))
+        model = bound.line_model
+        nan2 = jnp.full(2, jnp.nan, jnp.float32)
+
+        def one(inp):
+            fit = fit_frozen_spectrum(model, settings, inp["y"], inp["fwhm"], inp["theta"], inp["theta_err"])
+            return MapFit(fit, nan2, nan2, jnp.asarray(False), inp["fwhm"])
+
+        def prepare(block):
+            out = bound.inputs(block)
+            out["theta"] = block.given["theta"]
+            out["theta_err"] = block.given["theta_err"]
+            return out
+
+        key = "\n".join([bound.key, "frozen", repr(settings)])
+        return Program(name="frozen fit", key=key, prepare=prepare, one=one, finish=finish_map,
+                       given={"theta": theta, "theta_err": err}, pad={"y": np.nan}, namedtuples=(MapFit, PixelFit),
+                       meta={"bound": bound, "start": "frozen", "solver": self})
 
 
-_FITTERS: dict = {}
-
-
-__all__ = ["fit_frozen_spectrum", "make_frozen_fitter", "kinematic_maps", "fit_region_frozen"]
+__all__ = ["Frozen", "fit_frozen_spectrum", "kinematic_maps"]

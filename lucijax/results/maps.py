@@ -1,12 +1,15 @@
-"""Fit results -> maps (FITS-ordered ``[y, x]``) with units, and the single-spectrum JSON."""
+"""Per-pixel results -> maps (FITS-ordered ``[y, x]``) with units, and the single-spectrum
+JSON. Fluxes leave the fit in the de-redshifted frame, in the cube's unit x cm^-1; here
+they become observed energy fluxes (:mod:`lucijax.physics.conversions`)."""
 
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 
-from lucijax.constants import C_KMS
+from lucijax.physics.conversions import flux_cm1_to_erg, observed_position_cm1
 
 FLUX_UNIT_ERG = "erg/cm2/s/A"
 
@@ -16,17 +19,24 @@ def line_map_name(line: str) -> str:
     return line.upper()
 
 
-def build_maps(fit: dict, plan) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Maps ``{LINE}_{QUANTITY}`` and CONTINUUM, CHI2, SNR, NOISE, STATUS from the arrays
-    returned by :func:`lucijax.fit.cube.fit_region` (indexed [x, y]).
+def flux_unit_of(cube_unit: str) -> str:
+    """Unit of the flux maps of a cube in ``cube_unit``."""
+    return "erg/cm2/s" if cube_unit == FLUX_UNIT_ERG else f"{cube_unit} cm-1"
+
+
+def build_maps(fit: Mapping, bound, fwhm_cm1, network=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Maps ``{LINE}_{QUANTITY}`` and CONTINUUM, CHI2, SNR, NOISE, FWHM, STATUS from per-pixel
+    fields named as :class:`~lucijax.solvers.PixelFit`'s (arrays indexed ``[x, y, ...]``).
 
     Fluxes are converted from the de-redshifted frame to the observed one and, for cubes in
     erg/cm^2/s/A, to erg/cm^2/s with ``flux_A = flux_cm1 * 1e8 / x0^2`` (x0 observed).
+    ``network``: ``(mean, sigma, kind)`` of the network that started the fit ([x, y, 2]
+    arrays; kind 'mdn' or 'cnn'), written as ``MDN_*`` maps.
     """
-    ls = plan.line_set
-    z = plan.redshift
-    calibrated = plan.flux_unit == FLUX_UNIT_ERG
-    flux_unit = "erg/cm2/s" if calibrated else f"{plan.flux_unit} cm-1"
+    ls = bound.line_set
+    z = bound.redshift
+    calibrated = bound.flux_unit == FLUX_UNIT_ERG
+    flux_unit = flux_unit_of(bound.flux_unit)
     maps: dict[str, np.ndarray] = {}
     units: dict[str, str] = {}
 
@@ -39,32 +49,32 @@ def build_maps(fit: dict, plan) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     for i, line in enumerate(ls.names):
         g = groups[i]
         v = fit["velocity_kms"][..., g]
-        beta = v / C_KMS
-        x0_obs = rest_cm1[i] * np.sqrt((1 - beta) / (1 + beta)) / (1 + z)
+        x0_obs = observed_position_cm1(rest_cm1[i], v, z)
         conv = 1.0 / (1 + z)
         if calibrated:
-            conv = conv * 1e8 / x0_obs**2
+            conv = flux_cm1_to_erg(conv, x0_obs)
         key = line_map_name(line)
-        put(f"{key}_AMPLITUDE", fit["amplitude"][..., i], plan.flux_unit)
-        put(f"{key}_AMPLITUDE_ERR", fit["amplitude_err"][..., i], plan.flux_unit)
+        put(f"{key}_AMPLITUDE", fit["amplitude"][..., i], bound.flux_unit)
+        put(f"{key}_AMPLITUDE_ERR", fit["amplitude_err"][..., i], bound.flux_unit)
         put(f"{key}_FLUX", fit["flux_cm1"][..., i] * conv, flux_unit)
         put(f"{key}_FLUX_ERR", fit["flux_err_cm1"][..., i] * conv, flux_unit)
         put(f"{key}_VELOCITY", v, "km/s")
         put(f"{key}_VELOCITY_ERR", fit["velocity_err_kms"][..., g], "km/s")
         put(f"{key}_BROADENING", fit["broadening_kms"][..., g], "km/s")
         put(f"{key}_BROADENING_ERR", fit["broadening_err_kms"][..., g], "km/s")
-    put("CONTINUUM", fit["continuum"], plan.flux_unit)
+    put("CONTINUUM", fit["continuum"], bound.flux_unit)
     put("CHI2", fit["chi2_reduced"], "")
     put("SNR", fit["snr"], "")
-    put("NOISE", fit["noise"], plan.flux_unit)
-    put("FWHM", fit["fwhm_cm1"] / (1 + z), "cm-1")
-    put("STATUS", fit["status"].astype(np.int16), "")
-    if "mdn_mean" in fit:  # the network that started (and bounded) the fit
-        put("MDN_VELOCITY", fit["mdn_mean"][..., 0], "km/s")
-        put("MDN_BROADENING", fit["mdn_mean"][..., 1], "km/s")
-        if getattr(plan, "network", "mdn") == "mdn":
-            put("MDN_VELOCITY_SIGMA", fit["mdn_sigma"][..., 0], "km/s")
-            put("MDN_BROADENING_SIGMA", fit["mdn_sigma"][..., 1], "km/s")
+    put("NOISE", fit["noise"], bound.flux_unit)
+    put("FWHM", np.asarray(fwhm_cm1) / (1 + z), "cm-1")
+    put("STATUS", np.asarray(fit["status"]).astype(np.int16), "")
+    if network is not None:  # the network that started (and bounded) the fit
+        mean, sigma, kind = network
+        put("MDN_VELOCITY", mean[..., 0], "km/s")
+        put("MDN_BROADENING", mean[..., 1], "km/s")
+        if kind == "mdn":
+            put("MDN_VELOCITY_SIGMA", sigma[..., 0], "km/s")
+            put("MDN_BROADENING_SIGMA", sigma[..., 1], "km/s")
     return maps, units
 
 
@@ -73,9 +83,9 @@ def _clean(x):
     return None if not math.isfinite(x) else x
 
 
-def spectrum_summary(maps: dict[str, np.ndarray], plan, y: int = 0, x: int = 0) -> dict:
+def spectrum_summary(maps: dict[str, np.ndarray], bound, y: int = 0, x: int = 0) -> dict:
     """The single-spectrum result as a JSON-ready dict (NaN -> null)."""
-    ls = plan.line_set
+    ls = bound.line_set
     first = line_map_name(ls.names[0])
     lines = {}
     for line in ls.names:
@@ -92,10 +102,10 @@ def spectrum_summary(maps: dict[str, np.ndarray], plan, y: int = 0, x: int = 0) 
         "chi2": _clean(maps["CHI2"][y, x]),
         "snr": _clean(maps["SNR"][y, x]),
         "noise": _clean(maps["NOISE"][y, x]),
-        "noise_window": None if plan.noise_window_cm1 is None else list(plan.noise_window_cm1),
+        "noise_window": None if bound.noise_window is None else list(bound.noise_window),
         "continuum": _clean(maps["CONTINUUM"][y, x]),
         "status": int(maps["STATUS"][y, x]),
-        "model": plan.spec.shape,
-        "flux_unit": "erg/cm2/s" if plan.flux_unit == FLUX_UNIT_ERG else f"{plan.flux_unit} cm-1",
+        "model": bound.spec.shape,
+        "flux_unit": flux_unit_of(bound.flux_unit),
         "lines": lines,
     }

@@ -1,7 +1,9 @@
-"""Noise from a window of each spectrum that the user names (``noise_window``).
+"""Errors rescaled to the noise of a window of each spectrum that the user names
+(``Model(noise_window=...)``; the noise itself is measured by
+:func:`lucijax.description.window_noise`).
 
 By default the MAP fit estimates each pixel's noise from its own line-free residuals
-inside the fit window (:func:`lucijax.fit.map.line_free_noise`). That estimate takes in
+inside the fit window (:func:`lucijax.solvers.fitting.line_free_noise`). That estimate takes in
 whatever the model leaves: a continuum with structure, lines that are not in the model,
 and, for a sky spectrum, which has lines in every part of the band, the residuals of all
 channels. An imaging FTS spreads the photon noise of the whole band evenly over all
@@ -21,54 +23,18 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Fewest usable channels a pixel needs in the noise window; with fewer, the pixel keeps
-#: the fit's own noise estimate.
-MIN_NOISE_CHANNELS = 10
-
 #: PixelFit fields proportional to the noise (rescaled with it).
 ERROR_FIELDS = ("velocity_err_kms", "broadening_err_kms", "amplitude_err", "flux_err_cm1")
 
 
-def window_noise(spectra, weight=None) -> np.ndarray:
-    """Robust std (1.4826 x median absolute deviation from the median) of each spectrum over
-    the noise window's channels.
-
-    Parameters
-    ----------
-    spectra : (..., n) array
-        The spectra on the noise window's channels.
-    weight : (n,) array, optional
-        1 / relative noise of each channel (0: unusable); None for equal noise.
-
-    Returns
-    -------
-    (...,) float64 array; NaN where fewer than :data:`MIN_NOISE_CHANNELS` channels are
-    finite and non-zero (ORB cubes hold exact zeros outside their interpolated axis).
-    """
-    y = np.asarray(spectra, np.float64)
-    if weight is not None:
-        y = y * np.asarray(weight, np.float64)
-        y = np.where(np.asarray(weight) > 0, y, np.nan)
-    y = np.where(np.isfinite(y) & (y != 0.0), y, np.nan)
-    usable = np.sum(np.isfinite(y), axis=-1)
-    out = np.full(y.shape[:-1], np.nan)
-    ok = usable >= MIN_NOISE_CHANNELS
-    if np.any(ok):
-        z = y[ok]
-        med = np.nanmedian(z, axis=-1, keepdims=True)
-        out[ok] = 1.4826 * np.nanmedian(np.abs(z - med), axis=-1)
-    out[out <= 0] = np.nan
-    return out
-
-
-def adopt_noise(fields: dict, noise) -> int:
+def adopt_noise(fields: dict, noise) -> np.ndarray:
     """Rescale a fit's results (PixelFit fields over a batch of pixels, in place) to the
     noise ``noise`` (one value per pixel): the errors scale by ``noise / fit noise``, the
     reduced chi2 by its inverse squared, the S/N by its inverse.
 
     Pixels whose ``noise`` is NaN (too few usable channels in the window) or whose fit has
-    no noise (invalid input) are left as they are. Returns how many fitted pixels kept the
-    fit's own noise for want of a window noise.
+    no noise (invalid input) are left as they are. Returns the bool mask of the pixels
+    rescaled (the others that have a finite noise kept the fit's own).
     """
     noise = np.asarray(noise, np.float64)
     own = np.asarray(fields["noise"], np.float64)
@@ -86,7 +52,7 @@ def adopt_noise(fields: dict, noise) -> int:
     scale("chi2_reduced", 1.0 / ratio**2)
     scale("snr", 1.0 / ratio)
     fields["noise"] = np.where(use, noise, own).astype(fields["noise"].dtype)
-    return int(np.sum(np.isfinite(own) & ~use))
+    return use
 
 
-__all__ = ["window_noise", "adopt_noise", "MIN_NOISE_CHANNELS", "ERROR_FIELDS"]
+__all__ = ["adopt_noise", "ERROR_FIELDS"]

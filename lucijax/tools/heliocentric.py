@@ -150,15 +150,15 @@ def correct_velocity(velocity_kms, correction_kms):
 
 
 def apply_velocity_correction(result, correction_kms: float):
-    """A copy of a :class:`lucijax.api.FitResult` with every ``*_VELOCITY`` map corrected
+    """A copy of a :class:`lucijax.results.Result` with every ``*_VELOCITY`` map corrected
     (and ``*_VELOCITY_ERR`` scaled by ``1 + vcorr/c``); the correction is kept as
-    ``velocity_correction_kms`` on the copy."""
+    ``velocity_correction_kms`` on the copy and as the ``HELIOCOR`` card of its header."""
     maps = dict(result.maps)
     for k, v in result.maps.items():
         if k.endswith("_VELOCITY"):
             maps[k] = correct_velocity(v, correction_kms).astype(np.asarray(v).dtype)
         elif k.endswith("_VELOCITY_ERR"):
             maps[k] = (np.asarray(v) * (1.0 + correction_kms / C_KMS)).astype(np.asarray(v).dtype)
-    out = dataclasses.replace(result, maps=maps)
+    out = dataclasses.replace(result, maps=maps, cards=dict(result.cards, HELIOCOR=float(correction_kms)))
     out.velocity_correction_kms = float(correction_kms)
     return out

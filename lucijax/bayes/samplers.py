@@ -1,0 +1,305 @@
+"""Samplers of one pixel's posterior, each an object that owns only its own options.
+
+* :class:`NUTS`: numpyro's NUTS (``numpyro.infer.hmc.hmc``) per (pixel, chain), started at
+  the MAP (tiny jitter), step size and diagonal mass matrix adapted in the warm-up.
+* :class:`Ensemble`: numpyro's affine-invariant ensemble sampler (``numpyro.infer.AIES``,
+  emcee's stretch move), walkers started in a small ball around the MAP.
+* :class:`MH` (option 2): broad priors, and the independence Metropolis-Hastings kernel of
+  :mod:`lucijax.bayes.kernels` with the network's posterior as proposal. After the warm-up
+  the (velocity, broadening) part of the proposal is re-centred and re-scaled on the
+  warm-up draws (fixed from then on, so the chain stays exact). The prior stays broad, so
+  the network changes only the speed, not the answer.
+* :class:`Nested`: nested sampling with jaxns 2.6 (the engine behind
+  ``numpyro.contrib.nested_sampling``; called directly so that it can be ``jit``-ed and
+  ``vmap``-ed over pixels), returning the log-evidence; posterior samples are an
+  equal-weight resampling of the weighted dead points. jaxns runs in float64: its runs are
+  scoped in ``jax.enable_x64`` (:func:`float64`), and its import, which switches float64 on
+  for the whole process, is undone (:func:`import_jaxns`).
+
+Every sampler's :meth:`run` samples ONE pixel (:class:`~lucijax.bayes.problem.PixelData`)
+with one random key; :mod:`lucijax.bayes.posterior` turns a sampler into the program the
+engine maps over a cube.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+
+from lucijax.bayes.kernels import IndependenceMH, VarProProposal
+from lucijax.bayes.problem import PixelData, PixelProblem, Prior
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampler:
+    """Options every sampler has.
+
+    Attributes
+    ----------
+    num_samples : int
+        Draws per chain (ensemble: per walker; nested: equal-weight draws).
+    prior : Prior
+    seed : int
+        Each pixel's key is derived from it and the pixel's coordinates, so a pixel's
+        draws never depend on the batch, the device or a resumed run.
+    rhat_threshold : float
+        Pixels whose split R-hat (max over parameters) exceeds it get STATUS 6 (NOT_MIXED).
+    """
+
+    num_samples: int = 500
+    prior: Prior = field(default_factory=Prior)
+    seed: int = 0
+    rhat_threshold: float = 1.05
+
+    #: name in messages and progress bars
+    name = "sampler"
+
+    def __post_init__(self):
+        if int(self.num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+    def context(self):
+        """The context its compiled runs need (none)."""
+        return contextlib.nullcontext()
+
+    def check(self, problem: PixelProblem) -> None:
+        """Raise if this sampler cannot sample ``problem``."""
+
+    def run(self, problem: PixelProblem, d: PixelData, key) -> dict:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class NUTS(Sampler):
+    """numpyro's No-U-Turn sampler, ``num_chains`` chains per pixel."""
+
+    num_warmup: int = 300
+    num_chains: int = 2
+    max_tree_depth: int = 6
+    target_accept_prob: float = 0.8
+    name = "NUTS"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if int(self.num_chains) < 1 or int(self.num_warmup) < 0:
+            raise ValueError("num_chains must be >= 1 and num_warmup >= 0")
+
+    def run(self, problem, d, key):
+        out = jax.vmap(lambda k: self._chain(problem, d, k))(jax.random.split(key, self.num_chains))
+        return dict(samples=out["samples"], n_divergent=jnp.sum(out["n_divergent"]),
+                    accept_rate=jnp.mean(out["accept_rate"]), n_grad=jnp.sum(out["n_grad"]))
+
+    def _chain(self, problem, d, key):
+        from numpyro.infer.hmc import hmc
+
+        k_init, k_run = jax.random.split(key)
+        z0 = problem.to_unconstrained(d.x0, d) + 0.05 * jax.random.normal(k_init, d.x0.shape)
+        init_kernel, sample_kernel = hmc(potential_fn=lambda z: problem.potential(z, d), algo="NUTS")
+        state = init_kernel(z0, self.num_warmup, max_tree_depth=self.max_tree_depth,
+                            target_accept_prob=self.target_accept_prob, rng_key=k_run)
+
+        def body(st, _):
+            st = sample_kernel(st)
+            return st, (st.z, st.diverging, st.accept_prob, st.num_steps)
+
+        _, (zs, div, acc, nsteps) = jax.lax.scan(body, state, None, length=self.num_warmup + self.num_samples)
+        w = self.num_warmup
+        x = problem.to_constrained(zs[w:], d)
+        return dict(samples=x, n_divergent=jnp.sum(div[w:]), accept_rate=jnp.mean(acc[w:]),
+                    n_grad=jnp.sum(nsteps).astype(jnp.float32))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ensemble(Sampler):
+    """numpyro's affine-invariant ensemble sampler (emcee's stretch move), ``walkers``
+    walkers per pixel (an even number, at least twice the parameters)."""
+
+    num_warmup: int = 300
+    walkers: int = 32
+    name = "ensemble"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if int(self.walkers) < 2 or int(self.walkers) % 2:
+            raise ValueError(f"walkers must be an even number >= 2, got {self.walkers}")
+
+    def check(self, problem):
+        if self.walkers < 2 * problem.dim:
+            raise ValueError(f"the ensemble sampler needs at least 2 x {problem.dim} walkers for this model, "
+                             f"got {self.walkers}")
+
+    def run(self, problem, d, key):
+        from numpyro.infer import AIES
+
+        W = self.walkers
+        k_init, k_run = jax.random.split(key)
+        z0 = problem.to_unconstrained(d.x0, d)[None, :] + 0.01 * jax.random.normal(k_init, (W, problem.dim))
+        # AIES checks its move weights with a Python assert: build it on concrete values, not tracers
+        with jax.ensure_compile_time_eval():
+            kernel = AIES(potential_fn=lambda z: problem.potential(z, d), moves={AIES.StretchMove(): 1.0})
+        state = kernel.init(jax.random.split(k_run, W), self.num_warmup, init_params=z0)
+
+        def body(st, _):
+            st = kernel.sample(st, (), {})
+            return st, st.z
+
+        state, zs = jax.lax.scan(body, state, None, length=self.num_warmup + self.num_samples)
+        x = problem.to_constrained(zs[self.num_warmup:], d)  # (S, W, D)
+        return dict(samples=jnp.swapaxes(x, 0, 1), n_divergent=jnp.zeros((), jnp.int32),
+                    accept_rate=state.inner_state.mean_accept_prob,
+                    n_grad=jnp.asarray(W * (self.num_warmup + self.num_samples), jnp.float32))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MH(Sampler):
+    """Independence Metropolis-Hastings with the network's posterior as proposal (option 2;
+    broad priors by default).
+
+    Attributes
+    ----------
+    num_warmup, num_chains : int
+    proposal_df : float
+        Student-t degrees of freedom of the (velocity, broadening) proposal.
+    proposal_inflate : float
+        Its sigma = this x the network's sigma.
+    adapt_scale : float
+        After the warm-up the proposal's scale is this x the warm-up draws' standard
+        deviation (see :meth:`run`).
+    """
+
+    num_warmup: int = 300
+    num_chains: int = 2
+    proposal_df: float = 4.0
+    proposal_inflate: float = 1.5
+    adapt_scale: float = 1.2
+    prior: Prior = field(default_factory=lambda: Prior(kind="broad"))
+    name = "MH"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if int(self.num_chains) < 1 or int(self.num_warmup) < 0:
+            raise ValueError("num_chains must be >= 1 and num_warmup >= 0")
+
+    def check(self, problem):
+        if problem.ordered:
+            raise ValueError("the MH sampler (network proposal) samples one-component models only")
+
+    def _chain(self, problem, d, key, x_start, n_steps, prop):
+        kernel = IndependenceMH(lambda x: problem.log_posterior(x, d), prop.sample, prop.log_prob)
+        state = kernel.init(key, 0, x_start)
+
+        def body(st, _):
+            st = kernel.sample(st)
+            return st, (st.z, st.accept_prob)
+
+        _, (xs, acc) = jax.lax.scan(body, state, None, length=n_steps)
+        return xs, acc
+
+    def run(self, problem, d, key):
+        """``num_chains`` independence-MH chains. Warm-up with the network proposal; then,
+        if the warm-up moved (>= 20 accepted proposals over all chains), the proposal of
+        (velocity, broadening) is re-centred and re-scaled on the pooled second half of the
+        warm-up (``adapt_scale`` x its standard deviation), else widened 2x. The kernel is
+        fixed after the warm-up, so the draws target the posterior exactly."""
+        C = self.num_chains
+        P = problem.n_nonlinear
+        k_init, k_warm, k_run = jax.random.split(key, 3)
+        prop = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate)
+        x0, _ = jax.vmap(prop.sample)(jax.random.split(k_init, C))  # independent starts from the proposal
+        x0 = jnp.where(jnp.isfinite(jax.vmap(lambda x: problem.log_posterior(x, d))(x0))[:, None], x0, d.x0[None, :])
+        xw, accw = jax.vmap(lambda k, x: self._chain(problem, d, k, x, self.num_warmup, prop))(
+            jax.random.split(k_warm, C), x0)
+        half = xw[:, self.num_warmup // 2:, :P].reshape(-1, P)
+        n_moves = jnp.sum(jnp.any(jnp.diff(xw, axis=1) != 0, axis=-1))
+        adapt = (n_moves >= 20) & jnp.all(jnp.isfinite(half))
+        mean = jnp.where(adapt, jnp.mean(half, axis=0), d.prop_mean)
+        sd = jnp.maximum(jnp.std(half, axis=0), 1e-3)
+        scale = jnp.where(adapt, self.adapt_scale * sd, 2.0 * self.proposal_inflate * d.prop_sigma)
+        prop2 = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate, mean=mean, scale=scale)
+        xs, acc = jax.vmap(lambda k, x: self._chain(problem, d, k, x, self.num_samples, prop2))(
+            jax.random.split(k_run, C), xw[:, -1])
+        return dict(samples=xs, n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.mean(acc),
+                    n_grad=jnp.asarray(C * (self.num_warmup + self.num_samples), jnp.float32))
+
+
+def import_jaxns():
+    """Import jaxns without leaving ``jax_enable_x64`` switched on for the whole process
+    (jaxns switches it on at import); its runs go through :func:`float64`."""
+    previous = bool(jax.config.jax_enable_x64)
+    try:
+        import jaxns  # noqa: F401
+        import jaxns.public  # noqa: F401
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def float64():
+    """Context in which jaxns runs (it accumulates log-evidences in float64)."""
+    return jax.enable_x64(True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nested(Sampler):
+    """Nested sampling (jaxns 2.6): posterior draws and the log-evidence ``LOGZ``.
+
+    Attributes
+    ----------
+    num_live_points : int, optional
+        Live points (default 25 x parameters, numpyro's default).
+    max_samples : int
+        Upper bound on the dead points.
+    slices_per_dim : float
+        jaxns slice-sampling steps per new point, per dimension (jaxns' default 5 costs 5x
+        more; 1 keeps log Z within its quoted error on the tests' analytic case).
+    """
+
+    num_live_points: int | None = None
+    max_samples: int = 20000
+    slices_per_dim: float = 1.0
+    name = "nested"
+
+    def context(self):
+        import_jaxns()
+        return float64()
+
+    def run(self, problem, d, key):
+        import tensorflow_probability.substrates.jax as tfp
+        from jaxns import Model, Prior as NSPrior, TerminationCondition
+        from jaxns.public import DefaultNestedSampler
+
+        D = problem.dim
+        lo = d.lo.astype(jnp.float64)
+        width = (d.hi - d.lo).astype(jnp.float64)
+
+        def prior_model():
+            u = yield NSPrior(tfp.distributions.Uniform(low=jnp.zeros(D), high=jnp.ones(D)), name="u")
+            return u
+
+        def loglik(u):
+            x = (lo + width * u).astype(jnp.float32)
+            return problem.log_likelihood(x, d).astype(jnp.float64)
+
+        nlive = self.num_live_points or 25 * D
+        ns = DefaultNestedSampler(model=Model(prior_model=prior_model, log_likelihood=loglik), num_live_points=nlive,
+                                  max_samples=self.max_samples, devices=jax.local_devices()[:1], s=self.slices_per_dim)
+        k_ns, k_res = jax.random.split(key)
+        reason, state = ns(k_ns, term_cond=TerminationCondition(dlogZ=jnp.asarray(1e-2)))
+        res = ns.to_results(termination_reason=reason, state=state, trim=False)
+        n_valid = res.total_num_samples
+        logw = jnp.where(jnp.arange(res.log_dp_mean.shape[0]) < n_valid, res.log_dp_mean, -jnp.inf)
+        idx = jax.random.categorical(k_res, logw, shape=(self.num_samples,))
+        u = res.samples["u"][idx]
+        x = (lo + width * u).astype(jnp.float32)
+        # log Z includes the prior normalisation: uniform priors on the box
+        return dict(samples=x[None], n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.asarray(jnp.nan, jnp.float32),
+                    n_grad=n_valid.astype(jnp.float32), logz=res.log_Z_mean.astype(jnp.float32),
+                    logz_err=res.log_Z_uncert.astype(jnp.float32), ess_nested=res.ESS.astype(jnp.float32))
+
+
+#: The samplers by name (the CLI's ``--bayes``).
+SAMPLERS = {"nuts": NUTS, "ensemble": Ensemble, "mh": MH, "nested": Nested}
+
+__all__ = ["Sampler", "NUTS", "Ensemble", "MH", "Nested", "SAMPLERS", "import_jaxns", "float64"]

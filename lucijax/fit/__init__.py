@@ -1,1 +1,0 @@
-"""Fitting: per-spectrum MAP fit (``map``), and the cube driver (``cube``)."""

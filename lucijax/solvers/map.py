@@ -1,0 +1,263 @@
+"""The MAP solver: a bounded least-squares fit of every pixel, started by a network or by
+the matched filter, with Laplace uncertainties.
+
+``MAP(...)`` holds only its own options; :meth:`MAP.program` binds it to a
+:class:`~lucijax.description.BoundModel` and returns the per-spectrum program the engine
+maps over a cube. The fit of one spectrum is :func:`lucijax.solvers.fitting.fit_spectrum`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lucijax.program import Program
+from lucijax.solvers.fitting import FitSettings, PixelFit, fit_spectrum
+from lucijax.solvers.noise import adopt_noise
+from lucijax.solvers.robust import mad_std
+from lucijax.solvers.start import network_start, projected_rss, start_inputs, start_templates, start_velocity
+
+log = logging.getLogger(__name__)
+
+#: How a fit starts: the filter's mixture density network (start at its mean, bounds
+#: mean +- k sigma), the point-estimate network (start only), or the matched filter.
+STARTS = ("mdn", "cnn", "matched")
+
+
+class MapFit(NamedTuple):
+    """Output of the MAP program for one pixel."""
+
+    fit: PixelFit
+    #: The network's posterior [velocity, broadening] (mean, sigma); NaN without a network
+    #: (sigma NaN for the point-estimate CNN).
+    network_mean: jax.Array
+    network_sigma: jax.Array
+    #: The noise (and so errors, chi2, S/N) comes from the model's noise window.
+    noise_from_window: jax.Array
+    #: Instrumental FWHM of the pixel (cm^-1, de-redshifted frame), as fitted.
+    fwhm_cm1: jax.Array
+    #: Covariance (D, D) of all parameters [theta, alpha] (``MAP(covariance=True)``), else None.
+    covariance: jax.Array | None = None
+
+
+@dataclass(frozen=True)
+class MAP:
+    """Maximum-a-posteriori fit with Laplace uncertainties (bounded Levenberg-Marquardt on
+    the non-linear parameters, the linear ones in closed form).
+
+    Attributes
+    ----------
+    start : {'mdn', 'cnn', 'matched'}
+        'mdn': the filter's mixture density network starts every fit at its posterior mean
+        and bounds it to mean +- ``network_sigmas`` sigma (SN1, SN2, SN3 ship one; other
+        filters, sky-line fits and line sets without the network's reference line fall back
+        to the matched filter); 'cnn': the point-estimate network starts it; 'matched': a
+        matched filter over the whole velocity range.
+    max_iter : int
+        Most Levenberg-Marquardt iterations after the start.
+    stop_chi2 : float
+        A pixel stops iterating once a further Gauss-Newton step would lower chi2 by less
+        than this, in units of its residual variance.
+    convergence_chi2 : float
+        STATUS is CONVERGED when a further step would lower chi2 by less than this.
+    broadening_start_kms : float
+        Broadening the matched-filter start assumes.
+    grid_step_kms : float
+        Spacing of the matched filter's velocity grid.
+    nonneg_amplitudes : bool
+        Line amplitudes >= 0.
+    line_free_fwhm : float
+        Channels closer than this many FWHM (+ 3 broadening sigma) to a line are left out
+        of the noise estimate.
+    covariance : bool
+        Also return each pixel's covariance matrix of all parameters (velocities,
+        broadenings, amplitudes and continuum coefficients; ``FitResult.covariance``).
+    network_sigmas : float
+        Bounds of a network start: mean +- this many sigma.
+    guard_chi2 : float
+        The matched filter replaces a network start that fits the spectrum worse than it by
+        more than this (chi2); so it does where the network's velocity sigma exceeds
+        ``max_network_sigma_kms``.
+    max_network_sigma_kms : float
+    """
+
+    start: str = "mdn"
+    max_iter: int = 8
+    stop_chi2: float = 1e-3
+    convergence_chi2: float = 1e-2
+    broadening_start_kms: float = 30.0
+    grid_step_kms: float = 12.0
+    nonneg_amplitudes: bool = True
+    line_free_fwhm: float = 3.0
+    covariance: bool = False
+    network_sigmas: float = 3.0
+    guard_chi2: float = 9.0
+    max_network_sigma_kms: float = 20.0
+
+    def __post_init__(self):
+        if self.start not in STARTS:
+            raise ValueError(f"unknown start '{self.start}': choose one of {', '.join(STARTS)}")
+        if int(self.max_iter) < 0:
+            raise ValueError(f"max_iter must be >= 0, got {self.max_iter}")
+        if not self.grid_step_kms > 0:
+            raise ValueError(f"grid_step_kms must be > 0, got {self.grid_step_kms}")
+
+    def settings(self, model) -> FitSettings:
+        """The static settings of :func:`fit_spectrum` for a :class:`~lucijax.description.Model`."""
+        return FitSettings(n_iter=int(self.max_iter), velocity_range_kms=tuple(model.velocity_range),
+                           broadening_range_kms=tuple(model.broadening_range),
+                           broadening_start_kms=float(self.broadening_start_kms), grid_step_kms=float(self.grid_step_kms),
+                           nonneg_amplitudes=bool(self.nonneg_amplitudes), line_free_fwhm=float(self.line_free_fwhm),
+                           convergence_chi2=float(self.convergence_chi2), stop_chi2=float(self.stop_chi2))
+
+    def resolve_start(self, bound):
+        """(start actually used, network predictor or None): the network when one ships
+        for the filter and the line set holds its reference line, else the matched filter."""
+        if self.start == "matched":
+            return "matched", None
+        if bound.model.sky_lines is not None:
+            return "matched", None  # the networks know emission lines, not the OH sky spectrum
+        from lucijax.mdn import available_filters, load_predictor
+
+        filt = (bound.filter_name or "").upper()
+        if filt not in available_filters(mdn=self.start == "mdn"):
+            log.warning("no shipped %s network for filter %s: the fit starts from the matched filter",
+                        self.start.upper(), bound.filter_name)
+            return "matched", None
+        predict = load_predictor(filt, bound.axis_obs_cm1, bound.redshift, mdn=self.start == "mdn")
+        reference = predict.config["recipe"].lines[0]
+        if reference not in bound.line_set.names:
+            log.warning("the %s network of %s was trained on spectra led by %s, which is not fitted: "
+                        "the fit starts from the matched filter", self.start.upper(), bound.filter_name, reference)
+            return "matched", None
+        return self.start, predict
+
+    def program(self, bound, cube=None) -> Program:
+        """The per-spectrum program of this solver on ``bound`` (``cube`` is not needed)."""
+        settings = self.settings(bound.model)
+        start, predict = self.resolve_start(bound)
+        one = map_one(bound, settings, start, predict, self)
+        key = "\n".join([bound.key, repr(self), repr(settings), start,
+                         getattr(predict, "weights_digest", "") if predict is not None else ""])
+        return Program(name="MAP fit", key=key, prepare=bound.inputs, one=one, finish=finish_map,
+                       pad={"y": np.nan}, namedtuples=(MapFit, PixelFit),
+                       meta={"bound": bound, "start": start, "solver": self})
+
+
+_TEMPLATES: dict = {}
+
+
+def templates_for(bound, settings: FitSettings):
+    """The matched filter's templates of a bound model (at its typical FWHM), cached."""
+    key = (bound.key, settings)
+    if key not in _TEMPLATES:
+        if len(_TEMPLATES) >= 16:
+            _TEMPLATES.pop(next(iter(_TEMPLATES)))
+        _TEMPLATES[key] = start_templates(bound.line_model, bound.typical_fwhm * (1 + bound.redshift), settings)
+    return _TEMPLATES[key]
+
+
+def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
+    """``one(y, fwhm) -> PixelFit`` (or ``(PixelFit, covariance)``): the fit of one spectrum
+    from the matched-filter start over the settings' whole ranges."""
+    model = bound.line_model
+    spec = model.spec
+    G, has_b = spec.n_groups, spec.has_broadening
+    templates, velocities = templates_for(bound, settings)
+    templates, velocities, group_of_column, lo, hi = start_inputs(model, settings, templates, velocities)
+    b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
+
+    def one(y, fwhm):
+        mask = jnp.isfinite(y)
+        yz = jnp.where(mask, y, 0.0)
+        v0 = start_velocity(yz, mask, templates, velocities, group_of_column, G)
+        theta0 = jnp.concatenate([v0, jnp.full(G, b0, jnp.float32)]) if has_b else v0
+        return fit_spectrum(model, settings, y, fwhm, theta0, jnp.asarray(lo), jnp.asarray(hi), with_covariance)
+
+    return one
+
+
+def network_one(bound, settings: FitSettings, predict, solver: MAP):
+    """``one(y, fwhm) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
+    bounded by a network (``predict(y, fwhm) -> (mean, sigma)`` runs in the same program).
+
+    The network's start is checked against the matched-filter start: when the latter fits
+    the spectrum better by more than ``guard_chi2`` (in chi2, noise from the channel-to-
+    channel scatter), the network missed the line (an alias or a faint-line lock) and the
+    fit starts from the matched filter over the settings' full ranges instead. So it does
+    where the network is unsure (velocity sigma above ``max_network_sigma_kms``: faint
+    spectra, whose posterior mean can fall between two aliases).
+    """
+    model = bound.line_model
+    spec = model.spec
+    G, has_b = spec.n_groups, spec.has_broadening
+    templates, velocities = templates_for(bound, settings)
+    templates, velocities, group_of_column, full_lo, full_hi = start_inputs(model, settings, templates, velocities)
+    n_sigma, guard_chi2, max_sigma = solver.network_sigmas, solver.guard_chi2, solver.max_network_sigma_kms
+
+    def one(y, fwhm):
+        mean, sigma = predict(y, fwhm)
+        theta_net, lo, hi = network_start(mean, sigma, settings, G, has_b, n_sigma)
+        mask = jnp.isfinite(y)
+        yz = jnp.where(mask, y, 0.0)
+        v_mf = start_velocity(yz, mask, templates, velocities, group_of_column, G)
+        theta_mf = jnp.concatenate([v_mf, theta_net[G:]]) if has_b else v_mf
+        scale = jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)
+        ys, fm = yz / scale, mask.astype(jnp.float32)
+        d = jnp.diff(ys)
+        noise2 = jnp.maximum(mad_std(d, jnp.ones(d.shape, bool)) ** 2 / 2.0, 1e-12)
+        # both starts' residuals in one vmapped evaluation (one traced copy of the model)
+        rss_mf, rss_net = jax.vmap(lambda th: projected_rss(model, ys, fm, fwhm, th))(jnp.stack([theta_mf, theta_net]))
+        worse = rss_mf < rss_net - guard_chi2 * noise2
+        worse = worse | (sigma[0] > max_sigma)  # False for the CNN's NaN sigma
+        theta0 = jnp.where(worse, theta_mf, theta_net)
+        lo = jnp.where(worse, full_lo, lo)
+        hi = jnp.where(worse, full_hi, hi)
+        return fit_spectrum(model, settings, y, fwhm, theta0, lo, hi, solver.covariance), mean, sigma
+
+    return one
+
+
+def map_one(bound, settings: FitSettings, start: str, predict, solver: MAP):
+    """The MAP program's function of one pixel's inputs ``{'y', 'fwhm'}`` -> :class:`MapFit`."""
+    nan2 = jnp.full(2, jnp.nan, jnp.float32)
+
+    def typed(res, mean, sigma, fwhm):
+        fit, cov = res if solver.covariance else (res, None)
+        return MapFit(fit, mean, sigma, jnp.asarray(False), fwhm, cov)
+
+    if predict is None:
+        fit = matched_one(bound, settings, solver.covariance)
+
+        def one(inp):
+            return typed(fit(inp["y"], inp["fwhm"]), nan2, nan2, inp["fwhm"])
+    else:
+        fit = network_one(bound, settings, predict, solver)
+
+        def one(inp):
+            res, mean, sigma = fit(inp["y"], inp["fwhm"])
+            return typed(res, mean, sigma, inp["fwhm"])
+
+    return one
+
+
+def finish_map(out: MapFit, inputs: dict) -> MapFit:
+    """Host side of a batch: rescale to the noise measured in the noise window (if any)."""
+    if "_window_noise" not in inputs:
+        return out
+    fields = out.fit._asdict()
+    own = np.asarray(fields["noise"], np.float64)
+    used = adopt_noise(fields, inputs["_window_noise"])
+    cov = out.covariance
+    if cov is not None:  # variances scale with the noise squared
+        ratio = np.where(used, np.asarray(fields["noise"], np.float64) / np.where(used, own, 1.0), 1.0)
+        cov = (cov * (ratio**2)[:, None, None]).astype(cov.dtype)
+    return out._replace(fit=PixelFit(**fields), noise_from_window=used, covariance=cov)
+
+
+__all__ = ["MAP", "MapFit", "STARTS", "map_one", "matched_one", "network_one", "finish_map", "templates_for"]

@@ -1,0 +1,116 @@
+"""Where a fit starts: the matched filter over a velocity grid, and a network's posterior.
+
+* :func:`start_templates` / :func:`start_velocity`: each amplitude column's unit-norm
+  template over the velocity grid of the settings; the velocity of each kinematic group
+  with the largest summed matched-filter power, refined by a parabola through the peak;
+* :func:`network_start`: start and bounds (mean +- k sigma) from a network's posterior
+  (:mod:`lucijax.mdn`);
+* :func:`projected_rss`: the residual sum of squares at given kinematics with the linear
+  parameters solved, to compare starts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lucijax.model import LineModel
+from lucijax.solvers.fitting import FitSettings, linear_solve
+from lucijax.solvers.robust import masked_median
+
+
+def start_templates(model: LineModel, fwhm_cm1: float, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm templates of every amplitude column (a primary line with its tied lines)
+    over the start's velocity grid, at the start broadening.
+
+    Returns (templates of shape (n_velocities, n_amplitudes, n_channels), velocities km/s).
+    """
+    spec = model.spec
+    vmin, vmax = settings.velocity_range_kms
+    n_v = max(3, int(np.ceil((vmax - vmin) / settings.grid_step_kms)) + 1)
+    velocities = np.linspace(vmin, vmax, n_v).astype(np.float32)
+    G = spec.n_groups
+    b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
+
+    def columns(v):
+        theta = jnp.concatenate([jnp.full(G, v), jnp.full(G, b0)]) if spec.has_broadening else jnp.full(G, v)
+        return model.design_matrix(theta, jnp.float32(fwhm_cm1))[:, : spec.n_amplitudes].T
+
+    tmpl = np.asarray(jax.jit(jax.vmap(columns))(jnp.asarray(velocities)), np.float64)
+    tmpl /= np.maximum(np.linalg.norm(tmpl, axis=-1, keepdims=True), 1e-30)
+    return tmpl.astype(np.float32), velocities
+
+
+def start_velocity(y, mask, templates, velocities, group_of_column, n_groups):
+    """Velocity of each kinematic group with the largest summed matched-filter power."""
+    yc = jnp.where(mask, y - masked_median(y, mask), 0.0)
+    response = jnp.einsum("vcn,n->vc", templates, yc)  # (n_v, n_columns)
+    power = jnp.maximum(response, 0.0) ** 2
+    onehot = jax.nn.one_hot(group_of_column, n_groups, dtype=power.dtype)  # (n_columns, G)
+    score = power @ onehot  # (n_v, G)
+    k = jnp.argmax(score, axis=0)  # (G,)
+    n_v = velocities.shape[0]
+    km = jnp.clip(k - 1, 0, n_v - 1)
+    kp = jnp.clip(k + 1, 0, n_v - 1)
+    g = jnp.arange(n_groups)
+    s0, sm, sp = score[k, g], score[km, g], score[kp, g]
+    denom = sm - 2 * s0 + sp
+    shift = jnp.where((denom < 0) & (k > 0) & (k < n_v - 1), 0.5 * (sm - sp) / jnp.where(denom < 0, denom, -1.0), 0.0)
+    dv = velocities[1] - velocities[0]
+    return velocities[k] + jnp.clip(shift, -0.5, 0.5) * dv
+
+
+
+def start_inputs(model: LineModel, settings: FitSettings, templates, velocities):
+    """What the matched-filter start needs (templates, velocity grid, group of each
+    amplitude column) and the settings' full bounds of (velocities..., broadenings...)."""
+    spec = model.spec
+    G, has_b = spec.n_groups, spec.has_broadening
+    group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
+    vlo, vhi = settings.velocity_range_kms
+    blo, bhi = settings.broadening_range_kms
+    lo = np.array([vlo] * G + ([blo] * G if has_b else []), np.float32)
+    hi = np.array([vhi] * G + ([bhi] * G if has_b else []), np.float32)
+    return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
+
+
+
+def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0):
+    """Start and bounds of one pixel's fit from a network's posterior ``mean`` / ``sigma``
+    = [velocity_kms, broadening_kms]: start at the mean, bounds mean +- ``n_sigma`` sigma
+    clipped to the settings' physical ranges (the full range where sigma is not finite,
+    as for the point-estimate CNN, or where the network returned no finite answer)."""
+    vlo, vhi = settings.velocity_range_kms
+    blo, bhi = settings.broadening_range_kms
+    ok = jnp.all(jnp.isfinite(mean))
+    mean = jnp.where(ok, mean, jnp.asarray([0.0, settings.broadening_start_kms], jnp.float32))
+    has_sigma = jnp.isfinite(sigma) & ok
+    half = jnp.where(has_sigma, n_sigma * jnp.where(has_sigma, sigma, 0.0), jnp.inf)
+    v0 = jnp.clip(mean[0], vlo, vhi)
+    v_lo = jnp.clip(mean[0] - half[0], vlo, vhi)
+    v_hi = jnp.clip(mean[0] + half[0], vlo, vhi)
+    # a bound interval must hold the start and keep some width
+    v_lo = jnp.minimum(v_lo, v0 - 1e-3)
+    v_hi = jnp.maximum(v_hi, v0 + 1e-3)
+    start, lo, hi = [jnp.full(n_groups, v0)], [jnp.full(n_groups, v_lo)], [jnp.full(n_groups, v_hi)]
+    if has_b:
+        b0 = jnp.clip(mean[1], blo, bhi)
+        b_lo = jnp.clip(mean[1] - half[1], blo, bhi)
+        b_hi = jnp.clip(mean[1] + half[1], blo, bhi)
+        b_hi = jnp.maximum(b_hi, jnp.minimum(b0 + 1.0, bhi))
+        start.append(jnp.full(n_groups, b0))
+        lo.append(jnp.full(n_groups, b_lo))
+        hi.append(jnp.full(n_groups, b_hi))
+    return tuple(jnp.concatenate(p).astype(jnp.float32) for p in (start, lo, hi))
+
+
+def projected_rss(model: LineModel, y, mask, fwhm, theta):
+    """Residual sum of squares of ``y`` at ``theta`` with the linear parameters solved."""
+    m = model.design_matrix(theta, fwhm) * mask[:, None]
+    r = y * mask - m @ linear_solve(m, y * mask)
+    return jnp.sum(r**2)
+
+
+
+__all__ = ["start_templates", "start_velocity", "start_inputs", "network_start", "projected_rss"]

@@ -1,0 +1,127 @@
+"""Cube views for notebooks and the command line alike: each takes a cube (a file's reader or
+another view) and returns a cube that :func:`lucijax.fit` fits like a file.
+
+::
+
+    import lucijax as lj
+    from lucijax import views
+
+    cube = lj.open_cube("M31_SN3.hdf5")
+    sky = views.background_spectrum(cube, "sky.reg")            # per-pixel median spectrum
+    v = views.subtract_background(views.region(cube, (800, 1056, 900, 1156)), sky)
+    v = views.bin(v, 3)                                          # 3 x 3 bins, flux conserving
+    fit = lj.fit(v, lj.Model(["Halpha", "NII6583", "NII6548"]))
+
+    vor = views.voronoi(cube, 30, region=(800, 1056, 900, 1156))  # bins of S/N 30
+    pixels = views.unbin(lj.fit(vor, model), vor.binning)         # maps back on pixels
+
+Every view streams its spectra block by block from the cube below it. The views themselves
+live in :mod:`lucijax.io.views`; :func:`voronoi` needs the S/N maps of the cube, which the
+engine computes (:mod:`lucijax.tools.snr`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lucijax.io.masks import mask_bounding_box, parse_box, read_mask
+from lucijax.io.views import (
+    COMBINE,
+    BinnedCube,
+    Cutout,
+    Masked,
+    VoronoiBinning,
+    VoronoiCube,
+    background_spectrum,
+    integrated_spectrum,
+    voronoi_binning,
+    voronoi_cube,
+)
+from lucijax.results.unbin import unbin
+from lucijax.tools.snr import signal_noise_maps
+
+
+def region(cube, box) -> Cutout:
+    """The pixel box ``(x0, x1, y0, y1)`` (or ``'x0:x1,y0:y1'``) of ``cube``."""
+    return Cutout(cube, box)
+
+
+def mask(cube, mask, *, crop: bool = True):
+    """``cube`` with only the pixels of ``mask`` computed (bool ``[y, x]`` image, ds9 .reg,
+    mask .fits or 'x0:x1,y0:y1'); with ``crop``, cut to the mask's bounding box."""
+    return _masked(cube, mask, crop)
+
+
+def _masked(cube, source, crop: bool):
+    nx, ny, _ = cube.shape
+    full = read_mask(source, (ny, nx), cube.header.wcs)
+    view = Masked(cube, full)
+    if crop:
+        box = mask_bounding_box(full)
+        if box != (0, nx, 0, ny):
+            view = Cutout(view, box)
+    return view
+
+
+def select(cube, region=None, mask=None):
+    """``cube`` cut to ``region`` and/or masked by ``mask`` (:func:`region`, :func:`mask`;
+    a mask without a region crops to its bounding box); ``cube`` itself when neither."""
+    view = cube
+    if region is not None:
+        nx, ny, _ = cube.shape
+        box = parse_box(region, (nx, ny))
+        if box != (0, nx, 0, ny):
+            view = Cutout(view, box)
+    if mask is not None:
+        if region is not None:  # a mask of the whole cube, applied inside the region
+            nx, ny, _ = cube.shape
+            full = read_mask(mask, (ny, nx), cube.header.wcs)
+            if view is not cube:
+                x0, x1, y0, y1 = view.box
+                full = full[y0:y1, x0:x1]
+            view = Masked(view, full)
+        else:
+            view = _masked(view, mask, True)
+    return view
+
+
+def bin(cube, factor: int, *, region=None, mask=None, combine: str = "sum", min_fraction: float = 0.5,  # noqa: A001
+        background=None) -> BinnedCube:
+    """``factor`` x ``factor`` bins of ``region`` (sums conserve flux; bins with less than
+    ``min_fraction`` of their pixels in ``mask``, a ``[y, x]`` mask of ``cube``, are left
+    out; ``background``, a per-pixel spectrum, is subtracted n times from a sum of n
+    pixels); the WCS is binned exactly."""
+    return BinnedCube(cube, factor, region=region, mask=mask, combine=combine, min_fraction=min_fraction,
+                      background=background)
+
+
+def subtract_background(cube, background) -> BinnedCube:
+    """``cube`` minus a per-pixel background spectrum (:func:`background_spectrum`)."""
+    return BinnedCube(cube, 1, background=np.asarray(background, np.float64))
+
+
+def integrate(cube, mask=None, *, region=None, combine: str = "sum", background=None):
+    """The summed (or mean) spectrum of ``mask`` (or ``region``, or the whole cube), as a
+    one-spectrum cube (``is_single_spectrum``: its fit also writes ``fit.json``)."""
+    return integrated_spectrum(cube, mask, region=region, combine=combine, background=background)
+
+
+def voronoi(cube, target_snr: float, *, region=None, mask=None, combine: str = "sum", background=None,
+            redshift: float = 0.0, progress: bool = False) -> VoronoiCube:
+    """Voronoi bins (``vorbin``) of ``region`` reaching ``target_snr`` in the line S/N of
+    :func:`lucijax.tools.snr.signal_noise_maps`; fit the returned cube and map the result
+    back with ``unbin(result, cube.binning)``."""
+    src = subtract_background(cube, background) if background is not None else cube
+    nx, ny, _ = cube.shape
+    box = parse_box(region, (nx, ny)) if region is not None else None
+    sn = signal_noise_maps(src, box, redshift=redshift, progress=progress)
+    x0, x1, y0, y1 = sn.region
+    sub_mask = read_mask(mask, (ny, nx), cube.header.wcs)[y0:y1, x0:x1] if mask is not None else None
+    binning = voronoi_binning(sn.maps["INTEGRATED"], sn.maps["INTEGRATED_NOISE"], float(target_snr), region=sn.region,
+                              mask=sub_mask, wcs=cube.header.wcs)
+    return voronoi_cube(cube, binning, combine=combine, background=background)
+
+
+__all__ = ["region", "mask", "select", "bin", "subtract_background", "background_spectrum", "integrate", "voronoi",
+           "unbin", "Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning", "voronoi_binning", "voronoi_cube",
+           "COMBINE"]
