@@ -14,9 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucijax.io.orb import _attr_value, write_orb_cube
+from lucijax.model import LineModel, ModelSpec, SpectralGrid
 from lucijax.physics import instrument
 from lucijax.physics.lines import LineSet, make_line_set
-from lucijax.model import LineModel, ModelSpec, SpectralGrid
+from lucijax.physics.lineshapes import get_model
+from lucijax.solvers.components import component_line_set
 
 #: Interferometer set-ups of real SITELLE cubes (step nm, order, steps, zpd index): SN3 is
 #: the M31 cube of ../shared/data (R ~ 4700 at Halpha).
@@ -47,8 +50,6 @@ class SyntheticCube:
 
     def write(self, path, level: int = 2, exposure_time: float = 15.0):
         """Write the cube as an ORB HDF5 file (level 2, or 3 in counts with flambda)."""
-        from lucijax.io.orb import write_orb_cube
-
         attrs = dict(self.attrs)
         data = self.data
         if level == 3:
@@ -189,7 +190,6 @@ def make_cube(
     # observed line positions: residual velocity on top of the redshift
     x0 = line_set.rest_cm1[None, :] * np.sqrt((1 - velocity[:, line_set.groups] / 299792.458) / (1 + velocity[:, line_set.groups] / 299792.458)) / (1.0 + redshift)
     sg = x0 * broadening[:, line_set.groups] / 299792.458
-    from lucijax.physics.lineshapes import get_model
 
     _, flux_fn, _ = get_model(model)
     unit_flux = np.asarray(flux_fn(jnp.asarray(fwhm.reshape(n)[:, None]), jnp.asarray(sg)), np.float64)
@@ -237,7 +237,6 @@ def write_cube_streaming(path, nx: int, ny: int, *, slab: int = 64, seed: int = 
     import h5py
     from tqdm.auto import tqdm
 
-    from lucijax.io.orb import _attr_value
 
     path = str(path)
     first = make_cube(min(slab, nx), ny, seed=seed, **cube_kwargs)
@@ -274,8 +273,6 @@ def simulate_components(n_pixels: int, *, lines=("Halpha", "NII6583", "NII6548")
     (first line peak / noise) is log-uniform in ``snr_range``; the other lines get ratios
     0.2-0.5 to the first (tied lines follow their tie).
     """
-    from lucijax.solvers.components import component_line_set
-
     rng = np.random.default_rng(seed)
     base = make_line_set(lines)
     ls = component_line_set(base, n_components, ordered=False)

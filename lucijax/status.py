@@ -61,8 +61,8 @@ def describe(code: int) -> str:
 
 
 def help_text() -> str:
-    """``'STATUS: -1 masked ..., 0 converged, ...'`` (one line per code joined by ', ')."""
-    return "STATUS: " + ", ".join(f"{int(s)} {MESSAGES[s]}" for s in Status)
+    """``'STATUS: -1 masked, 0 converged, 1 invalid input, ...'`` (one line)."""
+    return "STATUS: " + ", ".join(f"{int(s)} {s.name.lower().replace('_', ' ')}" for s in Status)
 
 
 def counts(status_map) -> dict[int, int]:

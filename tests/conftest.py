@@ -13,6 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import lucijax
+
+# The suite runs as the command line does: one XLA CPU device per core (the engine spreads
+# batches over them) and a persistent compilation cache shared by the worker processes.
+# Importing lucijax sets neither: both are explicit calls.
+lucijax.set_cpu_devices()
+lucijax.enable_compilation_cache()
+
 #: ``../shared/data`` relative to the project root (see its README); absent in a user's
 #: fresh clone, present in CI.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import lucijax
-from lucijax.fit.cube import LineOutsideWindowError, fit_region
-from lucijax.fit.map import Status
+from lucijax.description import LineOutsideWindowError
+from lucijax.engine import Execution, map_pixels
 from lucijax.io import MissingHeaderError, open_cube
 from lucijax.physics.lines import UnknownLineError
-
 from lucijax.simulate import DEFAULT_LINES
+from lucijax.status import Status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,7 +27,8 @@ INSTRUMENT_MAPS = {"FWHM"}
 def bad_fit(bad_pixel_cube):
     """The fit of the 4x4 cube with bad pixels (one compilation, shared by this module)."""
     cube, path, clean, bad = bad_pixel_cube
-    result = lucijax.fit_cube(path, list(DEFAULT_LINES), model="sincgauss", progress=False)
+    model = lucijax.Model(list(DEFAULT_LINES), profile="sincgauss")
+    result = lucijax.fit(path, model, lucijax.MAP(), execution=Execution(progress=False))
     return cube, clean, result, bad
 
 
@@ -38,11 +39,14 @@ def _good_mask(shape_yx, bad):
     return good
 
 
-def _fit_with_plan(tmp_path, synthetic, plan, name):
-    """Fit a whole synthetic cube with an existing plan (same compiled batch shape)."""
+def _fit_like(tmp_path, synthetic, result, name):
+    """Fit a whole synthetic cube with the program of an existing fit (same compiled batch
+    shape); returns the per-pixel fields, ``[x, y, ...]`` arrays."""
     path = synthetic.write(tmp_path / name)
+    program = result.solver.program(result.bound)
     with open_cube(path) as cube:
-        return fit_region(cube, plan, batch_size=16, progress=False)
+        out = map_pixels(cube, program, Execution(batch_size=16, progress=False))
+    return {k: np.asarray(v) for k, v in out.values.fit._asdict().items()}
 
 
 def test_invalid_spectra_get_status_1_and_nan_maps(bad_fit):
@@ -68,13 +72,13 @@ def test_bad_pixels_do_not_change_their_neighbours(tmp_path, bad_fit):
     """The same cube without bad pixels, fitted with the same compiled batch: every good
     pixel gets bit-identical results (pixels of a batch are independent)."""
     _, clean, result, bad = bad_fit
-    raw_clean = _fit_with_plan(tmp_path, clean, result.plan, "clean.hdf5")
-    good_xy = _good_mask(result.maps["STATUS"].shape, bad).T  # raw arrays are [x, y]
+    clean_fields = _fit_like(tmp_path, clean, result, "clean.hdf5")
+    good_xy = _good_mask(result.maps["STATUS"].shape, bad).T  # per-pixel fields are [x, y]
     for key in ("velocity_kms", "velocity_err_kms", "broadening_kms", "flux_cm1", "flux_err_cm1", "noise", "chi2_reduced", "status"):
-        np.testing.assert_array_equal(raw_clean[key][good_xy], result.raw[key][good_xy], err_msg=key)
+        np.testing.assert_array_equal(clean_fields[key][good_xy], result.fields[key][good_xy], err_msg=key)
     # and the clean cube's former bad pixels are fitted normally
     for x, y in bad.values():
-        assert raw_clean["status"][x, y] in (Status.CONVERGED, Status.UNRESOLVED)
+        assert clean_fields["status"][x, y] in (Status.CONVERGED, Status.UNRESOLVED)
 
 
 def test_single_nonfinite_channel_is_masked_not_invalid(tmp_path, bad_fit):
@@ -82,14 +86,14 @@ def test_single_nonfinite_channel_is_masked_not_invalid(tmp_path, bad_fit):
     edges): that spectrum is still fitted, close to its truth."""
     _, clean, result, _ = bad_fit
     data = clean.data.copy()
-    mid = result.plan.window[len(result.plan.window) // 2]
+    mid = result.bound.window[len(result.bound.window) // 2]
     (xi, yi), (xn, yn) = (2, 2), (1, 1)
     data[xi, yi, mid] = np.inf
     data[xn, yn, mid + 7] = np.nan
-    raw = _fit_with_plan(tmp_path, dataclasses.replace(clean, data=data), result.plan, "one_channel.hdf5")
+    got = _fit_like(tmp_path, dataclasses.replace(clean, data=data), result, "one_channel.hdf5")
     for x, y in ((xi, yi), (xn, yn)):
-        assert raw["status"][x, y] in (Status.CONVERGED, Status.UNRESOLVED)
-        v, e = raw["velocity_kms"][x, y, 0], raw["velocity_err_kms"][x, y, 0]
+        assert got["status"][x, y] in (Status.CONVERGED, Status.UNRESOLVED)
+        v, e = got["velocity_kms"][x, y, 0], got["velocity_err_kms"][x, y, 0]
         assert np.isfinite(v) and np.isfinite(e) and e > 0
         assert abs(v - clean.truth["VELOCITY"][y, x]) < 5 * e
 
@@ -97,13 +101,13 @@ def test_single_nonfinite_channel_is_masked_not_invalid(tmp_path, bad_fit):
 def test_unknown_line_names_the_line(bad_pixel_cube):
     path = bad_pixel_cube[1]
     with pytest.raises(UnknownLineError, match="NotALine6000"):
-        lucijax.fit_cube(path, ["Halpha", "NotALine6000"], progress=False)
+        lucijax.fit(path, lucijax.Model(["Halpha", "NotALine6000"]), execution=Execution(progress=False))
 
 
 def test_line_outside_band_names_the_line(bad_pixel_cube):
     path = bad_pixel_cube[1]
     with pytest.raises(LineOutsideWindowError, match="Hbeta") as info:
-        lucijax.fit_cube(path, ["Halpha", "Hbeta"], progress=False)
+        lucijax.fit(path, lucijax.Model(["Halpha", "Hbeta"]), execution=Execution(progress=False))
     assert "Halpha" not in str(info.value)  # it blames Hbeta alone
 
 
@@ -114,6 +118,6 @@ def test_missing_step_attribute_is_reported(tmp_path, bad_pixel_cube):
         assert "step" in f.attrs
         del f.attrs["step"]
     with pytest.raises(MissingHeaderError) as info:
-        lucijax.fit_cube(path, list(DEFAULT_LINES), progress=False)
+        lucijax.fit(path, lucijax.Model(list(DEFAULT_LINES)), execution=Execution(progress=False))
     assert "'step'" in str(info.value)
     assert "no_step.hdf5" in str(info.value)

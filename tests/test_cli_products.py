@@ -69,11 +69,11 @@ def test_redshifted_cube_velocity_and_observed_flux(tmp_path):
     z = 0.01
     cube = simulate.make_cube(8, 8, seed=7, redshift=z, snr_range=(20, 60))
     path = cube.write(tmp_path / "z.hdf5")
-    res = lucijax.fit_cube(path, LINES, redshift=z, progress=False)
+    res = lucijax.fit(path, lucijax.Model(LINES, redshift=z), execution=lucijax.Execution(progress=False))
     dv = res.maps["HALPHA_VELOCITY"] - cube.truth["VELOCITY"]
     assert abs(np.median(dv)) < 1.0
     # fluxes are reported in the observed frame
-    flux_cm1_obs = res.raw["flux_cm1"][..., 0].T / (1 + z)
+    flux_cm1_obs = res.fields["flux_cm1"][..., 0].T / (1 + z)
     assert np.median(flux_cm1_obs / cube.truth["HALPHA_FLUX_CM1"]) == pytest.approx(1.0, abs=0.01)
 
 
@@ -82,7 +82,7 @@ def test_single_spectrum_json(tmp_path):
     cube = simulate.make_cube(1, 1, seed=3, snr_range=(40, 41))
     path = cube.write(tmp_path / "one.hdf5")
     out = tmp_path / "one"
-    res = lucijax.fit_cube(path, LINES, progress=False)
+    res = lucijax.fit(path, lucijax.Model(LINES), execution=lucijax.Execution(progress=False))
     res.is_single_spectrum = True  # a 1x1 cube behaves as an extracted spectrum
     res.write(out)
     summary = json.loads((out / "fit.json").read_text())

@@ -17,18 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lucijax.fit.components import (
-    ComponentSettings,
-    component_line_set,
-    ordered_bounds,
-    plan_components,
-    simulate_components,
-)
-from lucijax.fit.cube import plan_fit
-from lucijax.fit.map import FitSettings, Status
+import lucijax
+from lucijax.engine import map_rows
 from lucijax.io.header import header_from_attrs
-from lucijax.physics.lines import LineSet, make_line_set
 from lucijax.model import LineModel, ModelSpec, SpectralGrid
+from lucijax.physics.lines import LineSet, make_line_set
+from lucijax.simulate import simulate_components
+from lucijax.solvers.components import component_line_set, ordered_bounds
+from lucijax.solvers.fitting import FitSettings
+from lucijax.status import Status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,27 +80,46 @@ def test_ordered_model_equals_unordered_at_physical_velocities():
 
 
 def test_ordered_bounds_are_boxes():
-    lo, hi = ordered_bounds(3, 1, True, FitSettings(velocity_range_kms=(-500.0, 400.0)), ComponentSettings(3, 35.0))
+    lo, hi = ordered_bounds(3, 1, True, FitSettings(velocity_range_kms=(-500.0, 400.0)), lucijax.Components(3, 35.0))
     np.testing.assert_allclose(lo, [-500, 35, 35, 0, 0, 0])
     np.testing.assert_allclose(hi, [400, 900, 900, 300, 300, 300])
     with pytest.raises(ValueError, match="min_separation"):
-        ComponentSettings(2, 0.0)
+        lucijax.Components(2, 0.0)
+
+
+BATCH = 64
+
+
+def _fit_rows(program, sim):
+    """The component fit of the simulated spectra (arrays in memory) through the engine, in
+    batches of ``BATCH``: fewer spectra are padded with NaN spectra (invalid input, which
+    stop at once) so that every call runs the one compiled batch program."""
+    y = np.asarray(sim["spectra"], np.float32)
+    fwhm = np.asarray(sim["fwhm_cm1"], np.float32)
+    n = len(y)
+    if n < BATCH:
+        y = np.concatenate([y, np.full((BATCH - n,) + y.shape[1:], np.nan, np.float32)])
+        fwhm = np.concatenate([fwhm, np.full(BATCH - n, fwhm[0], np.float32)])
+    out = map_rows(program, {"y": y, "fwhm": fwhm}, lucijax.Execution(batch_size=BATCH, progress=False))
+    return jax.tree.map(lambda a: np.asarray(a)[:n], out.fit)
 
 
 @pytest.fixture(scope="module")
 def two_component_fit():
     sim = simulate_components(N_PIXELS, separation_kms=SEPARATION_KMS, snr_range=(20.0, 60.0), seed=11)
     hdr = header_from_attrs(sim["header"], sim["header"]["step_nb"], "sim", flux_unit="erg/cm2/s/A")
-    plan = plan_fit(hdr, ["Halpha", "NII6583", "NII6548"], model="sincgauss")
-    np.testing.assert_array_equal(plan.window, sim["window"])
-    cplan = plan_components(plan, ComponentSettings(n_components=2, min_separation_kms=40.0))
-    fit = cplan.fitter(sim["spectra"], sim["fwhm_cm1"])
-    return sim, cplan, jax.tree.map(np.asarray, fit)
+    bound = lucijax.Model(["Halpha", "NII6583", "NII6548"], profile="sincgauss").bind(hdr)
+    np.testing.assert_array_equal(bound.window, sim["window"])
+    solver = lucijax.Components(n_components=2, min_separation_kms=40.0)
+    program = solver.program(bound)
+    fit = _fit_rows(program, sim)
+    return sim, (solver, bound, program), fit
 
 
 def test_two_components_recovered(two_component_fit):
-    sim, cplan, fit = two_component_fit
-    assert cplan.line_set.names == ("Halpha_C1", "NII6583_C1", "NII6548_C1", "Halpha_C2", "NII6583_C2", "NII6548_C2")
+    sim, (solver, bound, _), fit = two_component_fit
+    names = solver.result_model(bound).line_set.names
+    assert names == ("Halpha_C1", "NII6583_C1", "NII6548_C1", "Halpha_C2", "NII6583_C2", "NII6548_C2")
     v, ve = fit.velocity_kms, fit.velocity_err_kms
     truth = sim["velocity_kms"]
     pull = (v - truth) / ve
@@ -129,9 +145,9 @@ def test_two_components_recovered(two_component_fit):
 def test_single_component_pixel_does_not_swap_or_overlap(two_component_fit):
     """A pixel with ONE component: the second one stays at least min_separation away
     (ordering holds by construction) and carries (almost) no flux."""
-    sim, cplan, _ = two_component_fit
+    _, (_, _, program), _ = two_component_fit
     one = simulate_components(8, n_components=1, snr_range=(40.0, 60.0), seed=5)
-    fit = jax.tree.map(np.asarray, cplan.fitter(one["spectra"], one["fwhm_cm1"]))
+    fit = _fit_rows(program, one)
     sep = fit.velocity_kms[:, 1] - fit.velocity_kms[:, 0]
     assert np.all(sep >= 40.0 - 1e-3)
     weak = np.min(fit.amplitude[:, [0, 3]], axis=1)
@@ -142,15 +158,16 @@ def test_single_component_pixel_does_not_swap_or_overlap(two_component_fit):
     assert np.all(np.abs(bright_v - one["velocity_kms"][:, 0]) < 10.0)
 
 
-def test_fit_cube_components_api(tmp_path):
-    """``lucijax.fit_cube(..., components=2)`` on a cube file: maps per component, ordered,
+def test_fit_components_api(tmp_path):
+    """``lucijax.fit(..., lucijax.Components(2))`` on a cube file: maps per component, ordered,
     written to FITS, and the model spectrum of a pixel is the sum of both components."""
-    import lucijax
     from lucijax.simulate import make_cube
 
     cube = make_cube(3, 3, lines=["Halpha", "NII6583", "NII6548"], snr_range=(30.0, 40.0), seed=2)
     path = cube.write(tmp_path / "c.hdf5")
-    res = lucijax.fit_cube(path, ["Halpha", "NII6583", "NII6548"], components=2, min_separation_kms=50.0, progress=False)
+    res = lucijax.fit(path, lucijax.Model(["Halpha", "NII6583", "NII6548"]),
+                      lucijax.Components(n_components=2, min_separation_kms=50.0),
+                      execution=lucijax.Execution(progress=False))
     for k in (1, 2):
         for q in ("VELOCITY", "VELOCITY_ERR", "BROADENING", "FLUX", "FLUX_ERR"):
             assert f"HALPHA_C{k}_{q}" in res.maps
@@ -161,7 +178,7 @@ def test_fit_cube_components_api(tmp_path):
     assert np.all(np.abs(bright - cube.truth["VELOCITY"]) < 15.0)
     axis, model = res.model_spectrum(1, 1)
     with lucijax.open_cube(path) as c:
-        spec = c.read_spectra(1, 2, 1, 2)[0, 0, res.plan.window]
+        spec = c.read_spectra(1, 2, 1, 2)[0, 0, res.bound.window]
     assert np.std(spec - model) < 1.3 * float(res.maps["NOISE"][1, 1])
     res.write(tmp_path / "out")
     assert (tmp_path / "out" / "maps.fits").exists()

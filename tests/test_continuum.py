@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from scipy.interpolate import BSpline
 
-from lucijax.fit.cube import plan_fit
-from lucijax.fit.map import PixelFit, Status
+import lucijax
+from lucijax.engine import map_rows
 from lucijax.io.header import header_from_attrs
-from lucijax.physics.lines import make_line_set
 from lucijax.model import MAX_SPLINE_INTERVALS, ModelSpec, continuum_basis
+from lucijax.physics.lines import make_line_set
 from lucijax.simulate import filter_header, render_spectra
+from lucijax.status import Status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,17 +53,17 @@ def test_polynomial_basis_and_spec_validation():
         ModelSpec(ls, "sinc", continuum_spline=MAX_SPLINE_INTERVALS + 1)
 
 
-def _structured_spectra(plan, n, seed):
-    """Spectra of the plan's lines (SNR ~ 30 in Halpha) on a continuum of 10 (noise units)
+def _structured_spectra(bound, n, seed):
+    """Spectra of the bound model's lines (SNR ~ 30 in Halpha) on a continuum of 10 (noise units)
     with a 250 cm-1 ripple of +-4, noise 1. Returns (y, fwhm, amplitudes, continuum)."""
     rng = np.random.default_rng(seed)
-    axis = plan.grid.axis_rel_cm1 + plan.grid.ref_cm1
+    axis = bound.grid.axis_rel_cm1 + bound.grid.ref_cm1
     fwhm = np.full(n, 3.165)
     vel = rng.uniform(-100, 100, (n, 1))
     amp = np.tile([30.0, 12.0, 8.0], (n, 1))  # Halpha, [NII]6583 (6548 tied), [SII] 6716, 6731
     amp = np.concatenate([amp, amp[:, 2:3] * 0.7], 1)
     continuum = 10.0 + 4.0 * np.sin(2 * np.pi * (axis - axis[0]) / 250.0 + rng.uniform(0, 2 * np.pi, (n, 1)))
-    clean = render_spectra(plan.line_set, "sinc", axis, fwhm, vel, np.zeros((n, 1)), amp, np.zeros(n))
+    clean = render_spectra(bound.line_set, "sinc", axis, fwhm, vel, np.zeros((n, 1)), amp, np.zeros(n))
     y = clean + continuum + rng.normal(0.0, 1.0, clean.shape)
     return y.astype(np.float32), fwhm.astype(np.float32), amp, continuum
 
@@ -70,12 +71,14 @@ def _structured_spectra(plan, n, seed):
 def test_spline_continuum_takes_structure_that_a_constant_leaves_in_the_noise():
     attrs = filter_header("SN3")
     hdr = header_from_attrs(attrs, attrs["step_nb"], "synthetic", flux_unit="erg/cm2/s/A")
-    constant = plan_fit(hdr, LINES, model="sinc")
-    spline = plan_fit(hdr, LINES, model="sinc", continuum_spline=16)
+    constant = lucijax.Model(LINES, profile="sinc").bind(hdr)
+    spline = lucijax.Model(LINES, profile="sinc", continuum_spline=16).bind(hdr)
     y, fwhm, amp, continuum = _structured_spectra(spline, 32, seed=5)
     fits = {}
-    for name, plan in (("constant", constant), ("spline", spline)):
-        fits[name] = {k: np.asarray(v) for k, v in zip(PixelFit._fields, plan.fitter(y, fwhm))}
+    for name, bound in (("constant", constant), ("spline", spline)):
+        program = lucijax.MAP(start="matched").program(bound)
+        out = map_rows(program, {"y": y, "fwhm": fwhm})
+        fits[name] = {k: np.asarray(v) for k, v in out.fit._asdict().items()}
     c, s = fits["constant"], fits["spline"]
     # the constant continuum leaves the ripple (rms 2.8 noise) in the line-free residuals
     assert np.median(c["noise"]) > 1.5

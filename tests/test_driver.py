@@ -1,4 +1,5 @@
-"""The cube driver: chunking, resume after a crash, several devices."""
+"""The engine (lucijax.engine.map_pixels): chunking, resume after a crash, several devices,
+and a command-line fit killed with SIGKILL then run again."""
 
 import os
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 import lucijax
 from lucijax import simulate
-from lucijax.fit.cube import fit_region, plan_fit
+from lucijax.engine import Execution, map_pixels
 
 LINES = list(simulate.DEFAULT_LINES)
 
@@ -21,15 +22,31 @@ def cube_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def plan(cube_path):
+def program(cube_path):
+    """The MAP program of the cube, from the matched-filter start."""
     with lucijax.open_cube(cube_path) as c:
-        return plan_fit(c.header, LINES)
+        bound = lucijax.Model(LINES).bind(c.header)
+    return lucijax.MAP(start="matched").program(bound)
+
+
+def _fields(values) -> dict:
+    """Every per-pixel output of a MAP program's run, ``[x, y, ...]`` numpy arrays by name."""
+    out = {k: np.asarray(v) for k, v in values.fit._asdict().items()}
+    for k, v in values._asdict().items():
+        if k != "fit" and v is not None:
+            out[k] = np.asarray(v)
+    return out
+
+
+def _run(cube, program, batch_size, block, checkpoint=None) -> dict:
+    ex = Execution(batch_size=batch_size, block_size=block, progress=False, checkpoint=checkpoint)
+    return _fields(map_pixels(cube, program, ex).values)
 
 
 @pytest.fixture(scope="module")
-def reference(cube_path, plan):
+def reference(cube_path, program):
     with lucijax.open_cube(cube_path) as c:
-        return fit_region(c, plan, batch_size=64, block=8, progress=False)
+        return _run(c, program, 64, 8)
 
 
 def _assert_same(a, b):
@@ -49,16 +66,16 @@ def _assert_rounding_level(reference, other):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("batch_size, block", [(64, 5), (32, 8), (240, 20)])
-def test_chunking_changes_results_only_at_rounding_level(cube_path, plan, reference, batch_size, block):
+def test_chunking_changes_results_only_at_rounding_level(cube_path, program, reference, batch_size, block):
     with lucijax.open_cube(cube_path) as c:
-        other = fit_region(c, plan, batch_size=batch_size, block=block, progress=False)
+        other = _run(c, program, batch_size, block)
     _assert_rounding_level(reference, other)
 
 
 @pytest.mark.timeout(300)
-def test_same_layout_is_bit_identical(cube_path, plan, reference):
+def test_same_layout_is_bit_identical(cube_path, program, reference):
     with lucijax.open_cube(cube_path) as c:
-        again = fit_region(c, plan, batch_size=64, block=8, progress=False)
+        again = _run(c, program, 64, 8)
     _assert_same(reference, again)
 
 
@@ -83,11 +100,11 @@ class _CrashingCube:
 
 
 @pytest.mark.timeout(300)
-def test_resume_after_crash_is_bit_identical(cube_path, plan, reference, tmp_path):
+def test_resume_after_crash_is_bit_identical(cube_path, program, reference, tmp_path):
     ckpt = tmp_path / "ckpt"
     with lucijax.open_cube(cube_path) as c:
         with pytest.raises(_Crash):
-            fit_region(_CrashingCube(c, 3), plan, batch_size=64, block=8, progress=False, checkpoint_dir=ckpt)
+            _run(_CrashingCube(c, 3), program, 64, 8, checkpoint=ckpt)
         done = sorted(ckpt.glob("block_*.npz"))
         assert 0 < len(done) < 6  # 6 blocks in a 20x12 cube with 8x8 blocks
         # the rerun reads only the missing blocks
@@ -99,7 +116,7 @@ def test_resume_after_crash_is_bit_identical(cube_path, plan, reference, tmp_pat
             return orig(*box)
 
         c.read_spectra = counting
-        resumed = fit_region(c, plan, batch_size=64, block=8, progress=False, checkpoint_dir=ckpt)
+        resumed = _run(c, program, 64, 8, checkpoint=ckpt)
         c.read_spectra = orig
     assert len(reads) == 6 - len(done)
     _assert_same(reference, resumed)
@@ -108,10 +125,15 @@ def test_resume_after_crash_is_bit_identical(cube_path, plan, reference, tmp_pat
 _FIT_ON_N_DEVICES = """
 import sys, numpy as np, jax, lucijax
 from lucijax import simulate
+lucijax.enable_compilation_cache()
 n = int(sys.argv[3])
 assert len(jax.local_devices()) == n, jax.local_devices()
-res = lucijax.fit_cube(sys.argv[1], list(simulate.DEFAULT_LINES), progress=False, batch_size=64)
-np.savez(sys.argv[2], **res.raw)
+res = lucijax.fit(sys.argv[1], lucijax.Model(list(simulate.DEFAULT_LINES)), lucijax.MAP(),
+                  execution=lucijax.Execution(batch_size=64, progress=False))
+extra = {"fwhm_cm1": res.fwhm_cm1}
+if res.network is not None:  # the posterior of the network that started the fits
+    extra.update(network_mean=res.network[0], network_sigma=res.network[1])
+np.savez(sys.argv[2], **res.fields, **extra)
 """
 
 
@@ -153,7 +175,7 @@ def test_kill_9_then_rerun_computes_only_missing_blocks(tmp_path):
     subprocess.run(_cli_fit(cube, tmp_path / "whole", "--no-checkpoint"), env=env, check=True, timeout=280)
 
     out = tmp_path / "killed"
-    ckpt = out / "checkpoint"
+    ckpt = out / "checkpoint" / "fit"  # the MAP fit's blocks (a sampler's go to checkpoint/sample)
     proc = subprocess.Popen(_cli_fit(cube, out, "--keep-checkpoint"), env=env)
     t0 = time.time()
     while len(list(ckpt.glob("block_*.npz"))) < 6 and proc.poll() is None and time.time() - t0 < 250:

@@ -4,7 +4,7 @@ bar calibration (pulls), no bias, few catastrophic failures, chi2 ~ 1; vmapped r
 per-spectrum results and the batch size does not change the results.
 
 The cube (tests/conftest.py: 40 x 40 pixels, seed fixed) is fitted once, end to end through
-``lucijax.fit_cube`` on its ORB HDF5 file; the compiled plan is reused by the other checks.
+``lucijax.fit`` on its ORB HDF5 file; its compiled MAP program is reused by the other checks.
 Measured numbers are printed with the prefix ``ACCEPTANCE`` (run ``pytest -s`` to see them).
 """
 
@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 import lucijax
+from lucijax import views
 from lucijax.constants import C_KMS
-from lucijax.fit.cube import fit_region, pixel_fwhm_cm1
-from lucijax.fit.map import PixelFit, Status
+from lucijax.description import pixel_fwhm_cm1
+from lucijax.engine import Execution, map_pixels, map_rows
 from lucijax.io import open_cube
-
 from lucijax.simulate import DEFAULT_LINES
+from lucijax.status import Status
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -48,8 +49,9 @@ def report(name, value, **extra):
 
 @pytest.fixture(scope="module")
 def stat_fit(stat_cube):
-    cube, path = stat_cube
-    return lucijax.fit_cube(path, list(DEFAULT_LINES), model="sincgauss", progress=False)
+    _, path = stat_cube
+    model = lucijax.Model(list(DEFAULT_LINES), profile="sincgauss")
+    return lucijax.fit(path, model, lucijax.MAP(), execution=Execution(progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,9 @@ def truth(stat_cube, stat_fit):
     Halpha flux with g = d flux / d params (delta method).
     """
     cube, _ = stat_cube
-    plan = stat_fit.plan
-    lm = plan.model
-    spec = plan.spec
+    bound = stat_fit.bound
+    lm = bound.line_model
+    spec = bound.spec
     assert spec.n_nonlinear == 2 and spec.continuum_order == 0
     ls = spec.line_set
     names = [n.upper() for n in ls.names]
@@ -231,31 +233,34 @@ def _compare_fits(label, got: dict, ref: dict):
 def test_vectorised_equals_per_spectrum(stat_cube, stat_fit):
     """8 pixels fitted one at a time (a batch of 1) equal their results in the full batch."""
     cube, path = stat_cube
-    plan = stat_fit.plan
+    bound = stat_fit.bound
+    program = stat_fit.solver.program(bound)  # the fit's own program (by default the network starts it)
     rng = np.random.default_rng(0)
     nx, ny = cube.data.shape[:2]
     pix = [(int(x), int(y)) for x, y in zip(rng.choice(nx, 8, replace=False), rng.choice(ny, 8, replace=False))]
     with open_cube(path) as c:
         singles = []
         for x, y in pix:
-            spectrum = c.read_spectra(x, x + 1, y, y + 1)[0, 0, plan.window]
+            spectrum = c.read_spectra(x, x + 1, y, y + 1)[0, 0, bound.window]
             fwhm = np.atleast_1d(pixel_fwhm_cm1(c.header, c.read_calib_map(x, x + 1, y, y + 1))).reshape(-1)
-            if plan.network_fitter is not None:  # fit_cube's default: the network starts the fit
-                res = plan.network_fitter(spectrum[None, :], fwhm[:1])[0]
-            else:
-                res = plan.fitter(spectrum[None, :], fwhm[:1])
-            singles.append({k: np.asarray(v)[0] for k, v in zip(PixelFit._fields, res)})
+            fwhm = fwhm[:1] * (1.0 + bound.redshift)  # de-redshifted frame, as the engine hands it
+            inputs = {"y": spectrum[None, :].astype(np.float32), "fwhm": fwhm.astype(np.float32)}
+            res = map_rows(program, inputs, Execution(batch_size=1, progress=False)).fit
+            singles.append({k: np.asarray(v)[0] for k, v in res._asdict().items()})
     got = {k: np.stack([s[k] for s in singles]) for k in singles[0]}
-    ref = {k: np.stack([stat_fit.raw[k][x, y] for x, y in pix]) for k in got}
-    _compare_fits("batch of 1 vs batch of 256", got, ref)
+    ref = {k: np.stack([stat_fit.fields[k][x, y] for x, y in pix]) for k in got}
+    _compare_fits("batch of 1 vs the whole-cube batches", got, ref)
 
 
 def test_chunking_does_not_change_results(stat_cube, stat_fit):
     """A 10 x 10 region fitted in batches of 64 (one full batch, one padded with NaN
-    spectra) against the same pixels of the whole-cube fit in batches of 256."""
+    spectra) against the same pixels of the whole-cube fit (one 40 x 40 block cut into the
+    default batches: every pixel in another batch and lane)."""
     _, path = stat_cube
     x0, x1, y0, y1 = 3, 13, 5, 15
+    program = stat_fit.solver.program(stat_fit.bound)
     with open_cube(path) as c:
-        raw = fit_region(c, stat_fit.plan, (x0, x1, y0, y1), batch_size=64, progress=False)
-    ref = {k: v[x0:x1, y0:y1] for k, v in stat_fit.raw.items()}
-    _compare_fits("batch of 64 vs batch of 256", raw, ref)
+        out = map_pixels(views.region(c, (x0, x1, y0, y1)), program, Execution(batch_size=64, progress=False))
+    got = {k: np.asarray(v) for k, v in out.values.fit._asdict().items()}
+    ref = {k: v[x0:x1, y0:y1] for k, v in stat_fit.fields.items()}
+    _compare_fits("region in batches of 64 vs the whole cube", got, ref)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import lucijax
-from lucijax.fit.cube import plan_fit, pixel_fwhm_cm1
-from lucijax.fit.freeze import fit_region_frozen, kinematic_maps, make_frozen_fitter
+from lucijax.description import pixel_fwhm_cm1
 from lucijax.io import open_cube
 from lucijax.simulate import DEFAULT_LINES, make_cube
+from lucijax.solvers.frozen import fit_frozen_spectrum, kinematic_maps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,23 +29,24 @@ def frozen_cube(tmp_path_factory):
     return cube, path
 
 
+def _model():
+    return lucijax.Model(list(DEFAULT_LINES), profile="sincgauss")
+
+
 @pytest.fixture(scope="module")
 def truth_frozen(frozen_cube):
+    """The whole cube fitted by ``lucijax.Frozen`` at the true kinematics ([y, x] maps)."""
     cube, path = frozen_cube
-    with open_cube(path) as c:
-        plan = plan_fit(c.header, list(DEFAULT_LINES), model="sincgauss")
-        nx, ny, _ = c.shape
-        region = (0, nx, 0, ny)
-        theta, err = kinematic_maps({"VELOCITY": cube.truth["VELOCITY"], "BROADENING": cube.truth["BROADENING"]},
-                                    plan.line_set, region, (nx, ny))
-        raw = fit_region_frozen(c, plan, theta, err, region, batch_size=64, progress=False)
-    return plan, raw
+    kinematics = {"VELOCITY": cube.truth["VELOCITY"], "BROADENING": cube.truth["BROADENING"]}
+    res = lucijax.fit(path, _model(), lucijax.Frozen(kinematics),
+                      execution=lucijax.Execution(batch_size=64, progress=False))
+    return res.bound, res.fields
 
 
 def test_frozen_at_truth_reproduces_amplitudes(frozen_cube, truth_frozen):
     cube, _ = frozen_cube
-    plan, raw = truth_frozen
-    ls = plan.line_set
+    bound, raw = truth_frozen
+    ls = bound.line_set
     assert np.all(raw["status"] == 0)
     # the given kinematics come back unchanged, with no uncertainty of their own
     np.testing.assert_allclose(raw["velocity_kms"][..., 0], cube.truth["VELOCITY"].T, atol=1e-3)
@@ -73,41 +74,44 @@ def test_frozen_at_truth_reproduces_amplitudes(frozen_cube, truth_frozen):
 def test_linear_solve_matches_float64_lstsq(frozen_cube):
     """One pixel: amplitudes and their errors against numpy's float64 least squares on the
     same design matrix (all amplitudes positive, so the A >= 0 bound is inactive)."""
+    import jax
     import jax.numpy as jnp
 
     cube, path = frozen_cube
     with open_cube(path) as c:
-        plan = plan_fit(c.header, list(DEFAULT_LINES), model="sincgauss")
+        bound = _model().bind(c.header)
         x, y = 3, 5
-        spec = c.read_spectra(x, x + 1, y, y + 1)[0, 0, plan.window].astype(np.float64)
+        spec = c.read_spectra(x, x + 1, y, y + 1)[0, 0, bound.window].astype(np.float64)
         fwhm = float(np.asarray(pixel_fwhm_cm1(c.header, c.read_calib_map(x, x + 1, y, y + 1))).ravel()[0])
     theta = np.array([cube.truth["VELOCITY"][y, x], cube.truth["BROADENING"][y, x]])
-    fit = make_frozen_fitter(plan.model, plan.settings)(spec[None], np.array([fwhm]), theta[None])
-    m = np.asarray(plan.model.design_matrix(jnp.asarray(theta, jnp.float32), jnp.float32(fwhm)), np.float64)
+    settings = lucijax.MAP().settings(bound.model)
+    fit = jax.jit(lambda yy, ff, th: fit_frozen_spectrum(bound.line_model, settings, yy, ff, th))(
+        jnp.asarray(spec, jnp.float32), jnp.float32(fwhm), jnp.asarray(theta, jnp.float32))
+    m = np.asarray(bound.line_model.design_matrix(jnp.asarray(theta, jnp.float32), jnp.float32(fwhm)), np.float64)
     alpha, *_ = np.linalg.lstsq(m, spec, rcond=None)
-    assert np.all(alpha[: plan.spec.n_amplitudes] > 0)
-    np.testing.assert_allclose(np.asarray(fit.linear[0]), alpha, rtol=2e-3, atol=1e-3 * np.abs(alpha).max())
-    noise = float(fit.noise[0])
+    assert np.all(alpha[: bound.spec.n_amplitudes] > 0)
+    np.testing.assert_allclose(np.asarray(fit.linear), alpha, rtol=2e-3, atol=1e-3 * np.abs(alpha).max())
+    noise = float(fit.noise)
     cov = np.linalg.inv(m.T @ m) * noise**2
     # Halpha (column 0, peak amplitude = alpha_0)
-    np.testing.assert_allclose(float(fit.amplitude_err[0, 0]), np.sqrt(cov[0, 0]), rtol=2e-3)
-    np.testing.assert_allclose(float(fit.amplitude[0, 0]), alpha[0], rtol=2e-3)
+    np.testing.assert_allclose(float(fit.amplitude_err[0]), np.sqrt(cov[0, 0]), rtol=2e-3)
+    np.testing.assert_allclose(float(fit.amplitude[0]), alpha[0], rtol=2e-3)
 
 
 def test_frozen_at_free_fit_equals_free_fit(frozen_cube, tmp_path):
     """Kinematics read back from a free fit's maps.fits: the frozen amplitudes are the free
     fit's (same theta, same linear problem)."""
     _, path = frozen_cube
-    free = lucijax.fit_cube(path, list(DEFAULT_LINES), model="sincgauss", region=(2, 12, 1, 13), progress=False)
+    free = lucijax.fit(path, _model(), region=(2, 12, 1, 13), execution=lucijax.Execution(progress=False))
     free.write(tmp_path)
-    with open_cube(path) as c:
-        plan = free.plan
-        # maps of the region; the fit below is over the same region
-        theta, err = kinematic_maps(tmp_path / "maps.fits", plan.line_set, free.region, c.shape[:2])
-        raw = fit_region_frozen(c, plan, theta, err, free.region, batch_size=64, progress=False)
+    # maps of the region; the frozen fit is over the same region
+    frozen = lucijax.fit(path, _model(), lucijax.Frozen(tmp_path / "maps.fits"), region=free.region,
+                         execution=lucijax.Execution(batch_size=64, progress=False))
+    assert frozen.region == free.region
+    raw = frozen.fields
     ok = free.maps["STATUS"].T == 0
     assert ok.mean() > 0.8
-    for i, name in enumerate(plan.line_set.names):
+    for i, name in enumerate(free.bound.line_set.names):
         a_free = free.maps[f"{name.upper()}_AMPLITUDE"].T
         np.testing.assert_allclose(raw["amplitude"][..., i][ok], a_free[ok], rtol=2e-3, atol=1e-3 * np.nanmax(a_free))
     np.testing.assert_array_equal(raw["velocity_err_kms"][..., 0], free.maps["HALPHA_VELOCITY_ERR"].T.astype(np.float32))
@@ -128,14 +132,16 @@ def test_missing_or_misshaped_maps_are_reported(frozen_cube):
     np.testing.assert_array_equal(theta[..., 0], v[3:9, 2:5].T)
 
 
-def test_fit_cube_freeze_api(frozen_cube, tmp_path):
-    """``lucijax.fit_cube(..., freeze=maps.fits)``: a free fit of the whole cube, then a
+def test_fit_freeze_api(frozen_cube, tmp_path):
+    """``lucijax.fit(..., lucijax.Frozen(maps.fits))``: a free fit of the whole cube, then a
     frozen fit of a sub-region with the cube-sized maps; same amplitudes, same velocities."""
     _, path = frozen_cube
-    free = lucijax.fit_cube(path, list(DEFAULT_LINES), progress=False)
+    description = lucijax.Model(list(DEFAULT_LINES))
+    free = lucijax.fit(path, description, execution=lucijax.Execution(progress=False))
     free.write(tmp_path)
     region = (3, 11, 2, 9)
-    frozen = lucijax.fit_cube(path, list(DEFAULT_LINES), region=region, freeze=tmp_path / "maps.fits", progress=False)
+    frozen = lucijax.fit(path, description, lucijax.Frozen(tmp_path / "maps.fits"), region=region,
+                         execution=lucijax.Execution(progress=False))
     x0, x1, y0, y1 = region
     sub = {k: v[y0:y1, x0:x1] for k, v in free.maps.items()}
     ok = sub["STATUS"] == 0
@@ -147,8 +153,8 @@ def test_fit_cube_freeze_api(frozen_cube, tmp_path):
     axis, model = frozen.model_spectrum(2, 3)
     assert axis.shape == model.shape and np.nanmax(model) > 0
     with pytest.raises(ValueError, match="broadening"):
-        lucijax.fit_cube(path, list(DEFAULT_LINES), region=region, freeze={"VELOCITY": free.maps["HALPHA_VELOCITY"]},
-                         progress=False)
+        lucijax.fit(path, description, lucijax.Frozen({"VELOCITY": free.maps["HALPHA_VELOCITY"]}), region=region,
+                    execution=lucijax.Execution(progress=False))
 
 
 def test_cli_freeze(frozen_cube, tmp_path):

@@ -8,8 +8,13 @@ noise of calibrated spectra follows ``flambda``.
   weighted fit gives the noise of a median channel, a reduced chi2 of ~1 and amplitude
   pulls of unit width; weighting every channel alike gives pulls ~1.35x too wide for a
   line where the noise is high (Halpha, near the blue edge).
-* Bayesian posteriors use the same weights: their amplitude agrees with the weighted
-  MAP fit.
+* Bayesian posteriors (the :class:`~lucijax.bayes.MH` posterior program of
+  :mod:`lucijax.bayes.posterior`) use the same weights: their amplitude agrees with the
+  weighted MAP fit.
+
+The fits run on spectra in memory through :func:`lucijax.engine.map_rows` (a bound
+:class:`~lucijax.description.Model` and the per-spectrum program of
+``MAP(start='matched')``).
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lucijax.fit.bayes import BayesSettings, bayes_fit_spectra
-from lucijax.fit.cube import plan_fit
-from lucijax.fit.map import PixelFit, Status
+import lucijax
+from lucijax.bayes.posterior import MAP_FIELDS, posterior_program
+from lucijax.engine import Execution, map_rows
 from lucijax.io.header import header_from_attrs
 from lucijax.simulate import filter_header, render_spectra
+from lucijax.status import Status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,15 +58,16 @@ def test_noise_shape_follows_a_per_channel_flambda_only():
     assert _header(flambda, flux_unit="counts").noise_shape() is None  # counts: flat noise
 
 
-def _spectra(plan, n, seed):
-    """Noise-free spectra of the plan's lines on its window (Halpha amplitude 20, broadening
-    25 km/s, continuum 5), their FWHM, the true amplitudes and the random generator."""
+def _spectra(bound, n, seed):
+    """Noise-free spectra of the bound model's lines on its window (Halpha amplitude 20,
+    broadening 25 km/s, continuum 5), their FWHM, the true amplitudes and the random
+    generator."""
     rng = np.random.default_rng(seed)
-    axis = plan.grid.axis_rel_cm1 + plan.grid.ref_cm1
+    axis = bound.grid.axis_rel_cm1 + bound.grid.ref_cm1
     fwhm = np.full(n, 3.165)
     amp = np.tile([20.0, 8.0, 5.0, 3.5], (n, 1))
     vel = rng.uniform(-100, 100, (n, 1))
-    clean = render_spectra(plan.line_set, "sincgauss", axis, fwhm, vel, np.full((n, 1), 25.0), amp, np.full(n, 5.0))
+    clean = render_spectra(bound.line_set, "sincgauss", axis, fwhm, vel, np.full((n, 1), 25.0), amp, np.full(n, 5.0))
     return clean, fwhm.astype(np.float32), amp, rng
 
 
@@ -68,14 +75,15 @@ def _spectra(plan, n, seed):
 def steep_fits():
     """192 spectra whose noise follows a steep flambda, fitted with and without weights."""
     n_ch = filter_header("SN3")["step_nb"]
-    weighted = plan_fit(_header(_steep_flambda(n_ch)), LINES, model="sincgauss")
-    uniform = plan_fit(_header(_steep_flambda(n_ch)), LINES, model="sincgauss", flambda_weights=False)
+    weighted = lucijax.Model(LINES, profile="sincgauss").bind(_header(_steep_flambda(n_ch)))
+    uniform = lucijax.Model(LINES, profile="sincgauss", flambda_weights=False).bind(_header(_steep_flambda(n_ch)))
     assert weighted.grid.noise_shape is not None and uniform.grid.noise_shape is None
     clean, fwhm, amp, rng = _spectra(weighted, 192, seed=11)
     y = (clean + rng.normal(0.0, 1.0, clean.shape) * weighted.grid.noise_shape).astype(np.float32)
     out = {}
-    for name, plan in (("weighted", weighted), ("uniform", uniform)):
-        out[name] = {k: np.asarray(v) for k, v in zip(PixelFit._fields, plan.fitter(y, fwhm))}
+    for name, bound in (("weighted", weighted), ("uniform", uniform)):
+        fit = map_rows(lucijax.MAP(start="matched").program(bound), {"y": y, "fwhm": fwhm}).fit
+        out[name] = {k: np.asarray(v) for k, v in fit._asdict().items()}
     return weighted, y, fwhm, amp, out
 
 
@@ -96,8 +104,15 @@ def test_posteriors_use_the_channel_weights(steep_fits):
     weighted, y, fwhm, _, out = steep_fits
     w = out["weighted"]
     k = slice(0, 4)
-    settings = BayesSettings(sampler="mh", num_warmup=200, num_samples=400, num_chains=2)
-    post = bayes_fit_spectra(weighted, y[k], fwhm[k], {f: v[k] for f, v in w.items()}, settings, progress=False)
+    sampler = lucijax.MH(num_warmup=200, num_samples=400, num_chains=2)
+    mf = {f: v[k] for f, v in w.items()}
+    # no network: the prior and proposal come from the MAP fit and its errors
+    program = posterior_program(sampler, weighted, mf, network=None)
+    n = len(y[k])
+    inputs = {"y": y[k], "fwhm": fwhm[k], "xy": np.stack([np.arange(n), np.zeros(n, int)], 1).astype(np.int32)}
+    inputs.update({f"map_{f}": np.asarray(mf[f]) for f in MAP_FIELDS})
+    post = map_rows(program, inputs, Execution(progress=False))
+    post = {f: np.asarray(v) for f, v in post._asdict().items() if v is not None}
     # posterior median and width of Halpha agree with the weighted MAP fit and its errors
     d = (post["amplitude"][:, 0] - w["amplitude"][k, 0]) / w["amplitude_err"][k, 0]
     assert np.all(np.abs(d) < 0.5)

@@ -1,15 +1,17 @@
-"""Noise from a window that the user names (``noise_window``, ``--noise-window``).
+"""Noise from a window that the user names (``Model(noise_window=...)``, ``--noise-window``).
 
-* ``window_noise`` equals scipy's normal-scaled median absolute deviation, skips NaN and
-  exact-zero channels (ORB's fill outside a spectrum's axis), gives NaN with too few
-  channels, and divides each channel by its relative noise first.
-* ``adopt_noise`` rescales errors, reduced chi2 and S/N, and leaves pixels without a
-  window noise as they were.
+* ``window_noise`` (:mod:`lucijax.description`) equals scipy's normal-scaled median
+  absolute deviation, skips NaN and exact-zero channels (ORB's fill outside a spectrum's
+  axis), gives NaN with too few channels, and divides each channel by its relative noise
+  first.
+* ``adopt_noise`` (:mod:`lucijax.solvers.noise`) rescales errors, reduced chi2 and S/N,
+  and leaves pixels without a window noise as they were.
 * A synthetic cube whose noise covers the whole axis (as an FTS spreads it), fitted with
   a window outside the SN3 band: the same best fit as without it, NOISE near the true
   sigma, errors x (window noise / fit noise) exactly, NOISEWIN in the FITS header, the
   same maps in any batch size, and the frozen fit uses the window too.
-* Posteriors (MH) of a cube whose out-of-band noise is 2x: their widths follow the window.
+* Posteriors (``lucijax.sample(..., MH())``) of a cube whose out-of-band noise is 2x:
+  their widths follow the window.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from astropy.io import fits
 from scipy import stats
 
 import lucijax
-from lucijax.fit.cube import parse_window, plan_fit
-from lucijax.fit.noise import MIN_NOISE_CHANNELS, adopt_noise, window_noise
+from lucijax.description import MIN_NOISE_CHANNELS, parse_range, window_noise
+from lucijax.solvers.noise import adopt_noise
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,8 +71,11 @@ def test_adopt_noise_rescales_errors_chi2_and_snr():
         "chi2_reduced": np.array([1.0, 3.0, np.nan], np.float32),
         "snr": np.array([10.0, 5.0, np.nan], np.float32),
     }
-    kept = adopt_noise(fields, np.array([4.0, np.nan, 1.0]))
-    assert kept == 1  # pixel 1: fitted, no window noise; pixel 2: not fitted
+    own_noise = fields["noise"].copy()
+    used = adopt_noise(fields, np.array([4.0, np.nan, 1.0]))
+    # pixel 0 rescaled; pixel 1: fitted, no window noise (keeps its own); pixel 2: not fitted
+    np.testing.assert_array_equal(used, [True, False, False])
+    assert np.sum(~used & np.isfinite(own_noise)) == 1  # the pixels that kept the fit's own noise
     np.testing.assert_allclose(fields["velocity_err_kms"], [[2.0, 4.0], [3.0, 4.0], [5.0, 6.0]])
     np.testing.assert_allclose(fields["amplitude_err"][0], [4.0, 8.0])
     np.testing.assert_allclose(fields["flux_err_cm1"][0], [6.0, 12.0])
@@ -84,14 +89,16 @@ def test_adopt_noise_rescales_errors_chi2_and_snr():
 
 def test_bad_noise_windows_name_themselves():
     with pytest.raises(ValueError, match="cannot read noise window"):
-        parse_window("14100-14500", "noise window")
+        parse_range("14100-14500", "noise window")
+    with pytest.raises(ValueError, match="cannot read noise window"):
+        lucijax.Model(LINES, noise_window="14100-14500")
     from lucijax.io.header import header_from_attrs
     from lucijax.simulate import filter_header
 
     attrs = filter_header("SN3")
     header = header_from_attrs(attrs, attrs["step_nb"], "synthetic")
     with pytest.raises(ValueError, match="noise window 16500.0-16600.0 cm-1 holds 0 channels"):
-        plan_fit(header, LINES, model="sinc", noise_window_cm1=(16500.0, 16600.0))
+        lucijax.Model(LINES, profile="sinc", noise_window=(16500.0, 16600.0)).bind(header)
 
 
 def test_a_noise_window_inside_the_fit_window_is_flagged(caplog):
@@ -100,13 +107,13 @@ def test_a_noise_window_inside_the_fit_window_is_flagged(caplog):
 
     attrs = filter_header("SN3")
     header = header_from_attrs(attrs, attrs["step_nb"], "synthetic")
-    with caplog.at_level("WARNING", logger="lucijax.fit.cube"):
-        plan_fit(header, LINES, model="sinc", noise_window_cm1=(14150.0, 14550.0))
+    with caplog.at_level("WARNING", logger="lucijax.description"):
+        lucijax.Model(LINES, profile="sinc", noise_window=(14150.0, 14550.0)).bind(header)
     assert "overlaps" not in caplog.text
-    with caplog.at_level("WARNING", logger="lucijax.fit.cube"):
-        plan = plan_fit(header, LINES, model="sinc", noise_window_cm1=(14700.0, 14900.0))
+    with caplog.at_level("WARNING", logger="lucijax.description"):
+        bound = lucijax.Model(LINES, profile="sinc", noise_window=(14700.0, 14900.0)).bind(header)
     assert "noise window 14700.0-14900.0 cm-1 overlaps the fit window" in caplog.text
-    assert plan.noise_channels.size > 10
+    assert bound.noise_channels.size > 10
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +124,12 @@ def window_fits(tmp_path_factory):
     cube = make_cube(10, 10, seed=21, snr_range=(5.0, 40.0))
     path = tmp_path_factory.mktemp("noise_window") / "c.hdf5"
     cube.write(path)
-    common = dict(model="sincgauss", mdn=False, progress=False)
-    own = lucijax.fit_cube(path, LINES, batch_size=64, **common)
-    win = lucijax.fit_cube(path, LINES, batch_size=64, noise_window=OUT_OF_BAND, **common)
-    win7 = lucijax.fit_cube(path, LINES, batch_size=7, noise_window=OUT_OF_BAND, **common)
+    start = lucijax.MAP(start="matched")
+    ex64, ex7 = lucijax.Execution(batch_size=64, progress=False), lucijax.Execution(batch_size=7, progress=False)
+    own = lucijax.fit(path, lucijax.Model(LINES, profile="sincgauss"), start, execution=ex64)
+    model = lucijax.Model(LINES, profile="sincgauss", noise_window=OUT_OF_BAND)
+    win = lucijax.fit(path, model, start, execution=ex64)
+    win7 = lucijax.fit(path, model, start, execution=ex7)
     return cube, path, own, win, win7
 
 
@@ -163,14 +172,15 @@ def test_noise_window_is_recorded_in_the_fits_header(window_fits, tmp_path):
 
 def test_frozen_fit_uses_the_noise_window(window_fits):
     _, path, _, win, _ = window_fits
-    frozen = lucijax.fit_cube(path, LINES, model="sincgauss", mdn=False, progress=False, batch_size=64,
-                              freeze=win.maps, noise_window=OUT_OF_BAND)
+    frozen = lucijax.fit(path, lucijax.Model(LINES, profile="sincgauss", noise_window=OUT_OF_BAND),
+                         lucijax.Frozen(win.maps), execution=lucijax.Execution(batch_size=64, progress=False))
     np.testing.assert_allclose(frozen.maps["NOISE"], win.maps["NOISE"], rtol=1e-6)
 
 
 def test_posteriors_use_the_window_noise(tmp_path):
     """Out-of-band noise made 2x the in-band noise: the MAP errors and the posterior widths
-    (``bayes='mh'``) both follow the window's noise."""
+    (``lucijax.sample(..., MH())`` after a matched-filter MAP fit) both follow the window's
+    noise."""
     import dataclasses
 
     from lucijax.simulate import make_cube
@@ -182,9 +192,14 @@ def test_posteriors_use_the_window_noise(tmp_path):
     data[..., oob] += rng.normal(0.0, np.sqrt(3.0) * cube.truth["NOISE"][0, 0], data[..., oob].shape)  # sigma x 2
     path = tmp_path / "c.hdf5"
     dataclasses.replace(cube, data=data).write(path)
-    common = dict(model="sincgauss", mdn=False, progress=False, bayes="mh")
-    own = lucijax.fit_cube(path, LINES, **common)
-    win = lucijax.fit_cube(path, LINES, noise_window=OUT_OF_BAND, **common)
+    ex = lucijax.Execution(progress=False)
+
+    def posterior(model):
+        fit = lucijax.fit(path, model, lucijax.MAP(start="matched"), execution=ex)
+        return lucijax.sample(path, fit, lucijax.MH(), execution=ex)
+
+    own = posterior(lucijax.Model(LINES, profile="sincgauss"))
+    win = posterior(lucijax.Model(LINES, profile="sincgauss", noise_window=OUT_OF_BAND))
     noise_ratio = win.maps["NOISE"] / own.maps["NOISE"]
     assert 1.6 < np.median(noise_ratio) < 2.4
     err_ratio = win.maps["HALPHA_VELOCITY_ERR"] / own.maps["HALPHA_VELOCITY_ERR"]  # posterior half widths

@@ -1,5 +1,5 @@
-"""The quickstart notebook runs end to end (issue 6, acceptance 3) and its figures are saved
-and look right; plot_corner on known samples.
+"""The quickstart notebook runs end to end (fit -> sample -> write with the public objects)
+and its figures are saved and look right; plot_corner on known samples.
 
 The notebook is executed with nbclient in a fresh kernel, writing into a temporary folder
 (``LUCIJAX_QUICKSTART_OUT``); the test checks that no cell failed, that every figure exists
@@ -10,7 +10,6 @@ the synthetic truth, posterior against the MAP fit).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
         assert img.shape[0] > 300 and img.shape[1] > 300, name
         assert float(np.std(img[..., :3])) > 0.05, f"{name} looks blank"
     assert (out / "fit" / "maps.fits").exists()
+    assert (out / "posterior" / "maps.fits").exists() and (out / "draws.h5").exists()
     summary = json.loads((out / "summary.json").read_text())
     print(f"\nACCEPTANCE notebook: {json.dumps(summary)}")
     # the region fit is right (SNR 5-60) and its errors are calibrated
@@ -56,6 +56,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert dv < 0.5 * summary["map_velocity_err"] + 0.5
     assert 0.6 < summary["posterior_velocity_std"] / summary["map_velocity_err"] < 1.6
     assert abs(summary["posterior_velocity_median"] - summary["true_velocity"]) < 4 * summary["posterior_velocity_std"]
+    # the posterior maps hold the same pixel's median, and the chains mixed almost everywhere
+    assert summary["posterior_map_velocity_median"] == pytest.approx(summary["posterior_velocity_median"], abs=0.05)
+    assert summary["posterior_rhat_ok_fraction"] > 0.9
 
 
 @pytest.mark.timeout(60)

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 import lucijax
-from lucijax.fit.cube import fit_region
-from lucijax.fit.map import Status, make_batch_fitter, start_templates
+from lucijax.engine import map_pixels
 from lucijax.io import open_cube
 from lucijax.physics.lines import LineSet
-from lucijax.model import LineModel, ModelSpec
+from lucijax.status import Status
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -40,12 +39,22 @@ M57_FLUXES = {
     "SII6731": (9.7e-18, 2.7e-18),
 }
 SKY_IDS = (0, 15, 23, 24)
+#: Spectra per compiled batch (a single spectrum: small batches compile fastest).
+EXECUTION = lucijax.Execution(batch_size=8, progress=False)
+
+
+def sky_fit(path, sky_lines, **model):
+    """The sinc fit of a sky spectrum (one velocity for every OH line in the band; the
+    networks know no sky spectrum, so the default MAP start falls back to the matched filter)."""
+    return lucijax.fit(path, lucijax.Model(sky_lines=sky_lines, profile="sinc", **model), lucijax.MAP(),
+                       execution=EXECUTION)
 
 
 @pytest.fixture(scope="module")
 def m57(shared_data):
     path = shared_data / "orb-examples" / "m57_spectrum0.hdf5"
-    result = lucijax.fit_cube(path, M57_LINES, model="sinc", tie_nii=False, batch_size=8, progress=False)
+    result = lucijax.fit(path, lucijax.Model(M57_LINES, profile="sinc", tie_nii=False), lucijax.MAP(),
+                         execution=EXECUTION)
     return result.summary()
 
 
@@ -80,7 +89,7 @@ def sky_fits(shared_data, sky_lines):
     out = {}
     for i in SKY_IDS:
         path = shared_data / "orcs-m31-sky" / f"sky_spectrum_{i}.hdf5"
-        out[i] = (path, lucijax.fit_cube(path, sky_lines=sky_lines, model="sinc", batch_size=8, progress=False))
+        out[i] = (path, sky_fit(path, sky_lines))
     return out
 
 
@@ -88,8 +97,8 @@ def sky_fits(shared_data, sky_lines):
 def test_sky_fit_converges(sky_fits, sky_lines, sky_id):
     path, result = sky_fits[sky_id]
     s = result.summary()
-    co3 = lucijax.fit_cube(path, sky_lines=sky_lines, model="sinc", continuum_order=3, batch_size=8, progress=False).summary()
-    n_lines = result.plan.line_set.n_lines
+    co3 = sky_fit(path, sky_lines, continuum_order=3).summary()
+    n_lines = result.bound.line_set.n_lines
     print(f"\nREALDATA sky {sky_id} ({n_lines} lines): default v {s['velocity']:.2f} +- {s['velocity_err']:.2f} km/s "
           f"chi2 {s['chi2']:.3f} status {s['status']} | continuum_order=3: v {co3['velocity']:.2f} +- "
           f"{co3['velocity_err']:.2f} chi2 {co3['chi2']:.3f} status {co3['status']}")
@@ -107,10 +116,9 @@ def test_sky_spline_continuum_takes_structure_out_of_the_noise(sky_fits, sky_lin
     noise estimate. A cubic B-spline of 16 intervals (~53 cm-1, ~17 FWHM) takes them: the
     noise estimate falls (measured 0.40-0.81x) while the sky velocity stays (< 1 km/s)."""
     path, result = sky_fits[sky_id]
-    spline = lucijax.fit_cube(path, sky_lines=sky_lines, model="sinc", continuum_spline=16, batch_size=8,
-                              progress=False)
+    spline = sky_fit(path, sky_lines, continuum_spline=16)
     s, sp = result.summary(), spline.summary()
-    ratio = float(spline.raw["noise"][0, 0] / result.raw["noise"][0, 0])
+    ratio = float(spline.fields["noise"][0, 0] / result.fields["noise"][0, 0])
     print(f"\nREALDATA sky {sky_id} spline continuum: v {sp['velocity']:.2f} +- {sp['velocity_err']:.2f} km/s "
           f"(constant: {s['velocity']:.2f}), noise x {ratio:.2f}, chi2 {sp['chi2']:.2f} status {sp['status']}")
     assert sp["status"] == Status.CONVERGED
@@ -128,27 +136,27 @@ def test_sky_noise_window_below_the_band(sky_fits, sky_lines, sky_id):
     from scipy import stats
 
     path, result = sky_fits[sky_id]
-    win = lucijax.fit_cube(path, sky_lines=sky_lines, model="sinc", noise_window="14250:14510", batch_size=8,
-                           progress=False)
+    win = sky_fit(path, sky_lines, noise_window="14250:14510")
     with h5py.File(path) as f:
         data = np.real(f["data"][()])
         flambda = np.asarray(f.attrs["flambda"], np.float64)
-    axis = result.plan.grid.axis_rel_cm1 + result.plan.grid.ref_cm1  # de-redshifted = observed here
+    bound = result.bound
+    axis = bound.grid.axis_rel_cm1 + bound.grid.ref_cm1  # de-redshifted = observed here
     with open_cube(path) as cube:
         full_axis = cube.header.axis_cm1
-    assert np.allclose(full_axis[result.plan.window], axis)
+    assert np.allclose(full_axis[bound.window], axis)
     sel = (full_axis >= 14250) & (full_axis <= 14510) & (data != 0)
-    expected = stats.median_abs_deviation(data[sel] / (flambda[sel] / np.nanmedian(flambda[result.plan.window])),
+    expected = stats.median_abs_deviation(data[sel] / (flambda[sel] / np.nanmedian(flambda[bound.window])),
                                           scale="normal")
     s, w = result.summary(), win.summary()
-    got = float(win.raw["noise"][0, 0])
+    got = float(win.fields["noise"][0, 0])
     print(f"\nREALDATA sky {sky_id} noise window 14250:14510 ({sel.sum()} channels): noise {got:.3g} "
-          f"(fit's own {float(result.raw['noise'][0, 0]):.3g}), chi2 {w['chi2']:.2f} (own noise {s['chi2']:.2f})")
+          f"(fit's own {float(result.fields['noise'][0, 0]):.3g}), chi2 {w['chi2']:.2f} (own noise {s['chi2']:.2f})")
     assert sel.sum() >= 50
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert w["velocity"] == s["velocity"] and w["status"] == s["status"]
     assert w["noise_window"] == [14250.0, 14510.0] and s["noise_window"] is None  # fit.json records it
-    np.testing.assert_allclose(w["velocity_err"] / s["velocity_err"], got / float(result.raw["noise"][0, 0]), rtol=1e-5)
+    np.testing.assert_allclose(w["velocity_err"] / s["velocity_err"], got / float(result.fields["noise"][0, 0]), rtol=1e-5)
 
 
 def test_sky_velocities_agree_between_spectra(sky_fits):
@@ -170,17 +178,17 @@ def _two_group_fit(path, result, window_kms=150.0):
     +-``window_kms`` around the all-lines velocity (the OH forest has aliases hundreds of
     km/s away). Returns (velocities, errors, status).
     """
-    plan = result.plan
-    ls = plan.line_set
+    bound = result.bound
+    ls = bound.line_set
     n_amp = len(ls.primary_lines)
-    amp = result.raw["linear"][0, 0][:n_amp]
+    amp = result.fields["linear"][0, 0][:n_amp]
     # features: lines closer than one FWHM overlap, and two groups sharing one profile are
     # degenerate (each could shift its half of the feature), so a feature stays in one group
     column = np.asarray(ls.amplitude_column())
     sigma = 1e7 / np.asarray(ls.rest_nm)
     order = np.argsort(sigma)
     feature = np.zeros(ls.n_lines, int)
-    fwhm = float(result.raw["fwhm_cm1"][0, 0])
+    fwhm = float(result.fwhm_cm1[0, 0])
     for a, b in zip(order[:-1], order[1:]):
         feature[b] = feature[a] + (sigma[b] - sigma[a] >= fwhm)
     for c in range(n_amp):  # members of one blend (one amplitude) share a feature
@@ -189,16 +197,13 @@ def _two_group_fit(path, result, window_kms=150.0):
     group_of_feature = np.empty(feature_amp.size, int)
     group_of_feature[np.argsort(-feature_amp)] = np.arange(feature_amp.size) % 2
     groups = tuple(int(g) for g in group_of_feature[feature])
-    spec = ModelSpec(LineSet(ls.names, ls.rest_nm, groups, ls.ties), plan.spec.shape, plan.spec.continuum_order)
-    v_all = float(result.raw["velocity_kms"][0, 0, 0])
-    settings = dataclasses.replace(plan.settings, velocity_range_kms=(v_all - window_kms, v_all + window_kms))
-    model = LineModel(spec, plan.grid)
-    templates, velocities = start_templates(model, float(result.raw["fwhm_cm1"][0, 0]), settings)
-    plan2 = dataclasses.replace(plan, spec=spec, settings=settings, model=model,
-                                fitter=make_batch_fitter(model, settings, templates, velocities))
+    v_all = float(result.fields["velocity_kms"][0, 0, 0])
+    # the same sky model searching +-window_kms around v_all, its lines split into the two groups
+    model = dataclasses.replace(bound.model, velocity_range=(v_all - window_kms, v_all + window_kms))
     with open_cube(path) as cube:
-        raw = fit_region(cube, plan2, batch_size=8, progress=False)
-    return raw["velocity_kms"][0, 0], raw["velocity_err_kms"][0, 0], int(raw["status"][0, 0])
+        bound2 = model.bind(cube.header).with_line_set(LineSet(ls.names, ls.rest_nm, groups, ls.ties))
+        raw = map_pixels(cube, lucijax.MAP(start="matched").program(bound2), EXECUTION).values.fit
+    return raw.velocity_kms[0, 0], raw.velocity_err_kms[0, 0], int(raw.status[0, 0])
 
 
 @pytest.mark.parametrize("sky_id", SKY_IDS)

@@ -1,5 +1,6 @@
-"""Regions, masks, binning, Voronoi bins, background subtraction and integrated spectra,
-against astropy / regions / vorbin and synthetic truth.
+"""Regions, masks, binning, Voronoi bins, background subtraction and integrated spectra
+(lucijax.io.masks, lucijax.io.wcs, lucijax.io.views, lucijax.views), against astropy /
+regions / vorbin and synthetic truth.
 
 Fits use the default lines, the sincgauss model and batches of 64 (every fitted set here
 has >= 64 spectra except the Voronoi bins and the integrated spectrum), so they share one
@@ -14,11 +15,22 @@ import numpy as np
 import pytest
 
 import lucijax
-from lucijax import regions, simulate, snr
+from lucijax import simulate, views
+from lucijax.io import masks
 from lucijax.io.memory import MemoryCube
+from lucijax.io.wcs import bin_wcs, cutout_wcs
+from lucijax.status import Status
+from lucijax.tools import snr
 
 LINES = list(simulate.DEFAULT_LINES)
 NOISE = 1e-18
+
+
+def _fit(cube, **kwargs):
+    """``lucijax.fit`` of the default lines (sincgauss, MAP with the network start), no
+    progress bar; ``batch_size`` goes to the :class:`lucijax.Execution`."""
+    execution = lucijax.Execution(batch_size=kwargs.pop("batch_size", None), progress=False)
+    return lucijax.fit(cube, lucijax.Model(LINES), execution=execution, **kwargs)
 
 
 def _sip_cd_header():
@@ -63,11 +75,11 @@ def bkg_setup(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- masks
 def test_box_mask_and_bounding_box():
-    m = regions.box_mask((10, 12), "2:7,3:9")
+    m = masks.box_mask((10, 12), "2:7,3:9")
     assert m.shape == (10, 12) and m.sum() == 5 * 6 and m[3, 2] and not m[2, 2] and not m[3, 7]
-    assert regions.mask_bounding_box(m) == (2, 7, 3, 9)
+    assert masks.mask_bounding_box(m) == (2, 7, 3, 9)
     with pytest.raises(ValueError, match="outside"):
-        regions.box_mask((10, 12), (0, 13, 0, 5))
+        masks.box_mask((10, 12), (0, 13, 0, 5))
 
 
 def test_ds9_pixel_regions_match_geometry_and_regions_to_mask():
@@ -75,7 +87,7 @@ def test_ds9_pixel_regions_match_geometry_and_regions_to_mask():
 
     shape = (20, 24)
     text = "# Region file format: DS9\nimage\ncircle(8.5,9.5,4)\nbox(18,12,5,7,0)\n-circle(8.5,9.5,1.5)\n"
-    m = regions.ds9_mask(text, shape)
+    m = masks.ds9_mask(text, shape)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
     # ds9 image coordinates are 1-based: circle centre (7.5, 8.5), box centre (17, 11) 0-based
     circle = (xx - 7.5) ** 2 + (yy - 8.5) ** 2 < 16
@@ -101,11 +113,11 @@ def test_ds9_sky_region_matches_angular_separation(tmp_path):
     shape = (30, 30)
     ra, dec = wcs.all_pix2world(1200.3, 1010.7, 0)  # near the synthetic field's reference pixel
     # a 30 x 30 cut-out around it
-    sub = regions.cutout_wcs(wcs, (1190, 1220, 995, 1025))
+    sub = cutout_wcs(wcs, (1190, 1220, 995, 1025))
     radius_arcsec = 8 * 0.32
     path = tmp_path / "sky.reg"
     path.write_text(f'# Region file format: DS9\nfk5\ncircle({float(ra):.8f},{float(dec):.8f},{radius_arcsec}")\n')
-    m = regions.read_mask(path, shape, sub)
+    m = masks.read_mask(path, shape, sub)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
     pra, pdec = sub.all_pix2world(xx.ravel(), yy.ravel(), 0)
     sep = SkyCoord(pra * u.deg, pdec * u.deg, frame="fk5").separation(SkyCoord(ra * u.deg, dec * u.deg, frame="fk5"))
@@ -113,7 +125,7 @@ def test_ds9_sky_region_matches_angular_separation(tmp_path):
     assert truth.sum() > 150
     assert np.sum(m != truth) <= 2, np.sum(m != truth)  # at most boundary pixels differ
     with pytest.raises(ValueError, match="sky coordinates"):
-        regions.read_mask(path, shape, None)
+        masks.read_mask(path, shape, None)
 
 
 def test_mask_from_fits_and_errors(tmp_path):
@@ -122,10 +134,10 @@ def test_mask_from_fits_and_errors(tmp_path):
     img = np.zeros((6, 8))
     img[1:3, 2:5] = 1
     fits.writeto(tmp_path / "m.fits", img)
-    m = regions.read_mask(tmp_path / "m.fits", (6, 8))
+    m = masks.read_mask(tmp_path / "m.fits", (6, 8))
     np.testing.assert_array_equal(m, img > 0)
     with pytest.raises(ValueError, match="does not match"):
-        regions.read_mask(tmp_path / "m.fits", (8, 6))
+        masks.read_mask(tmp_path / "m.fits", (8, 6))
 
 
 # ----------------------------------------------------------------------------- WCS and cut-outs
@@ -140,11 +152,11 @@ def test_cutout_matches_astropy_cutout2d(small):
     cut = Cutout2D(image, position=(9, 6), size=(7, 5), wcs=wcs, mode="strict")
     (ymin, ymax), (xmin, xmax) = cut.bbox_original
     region = (xmin, xmax + 1, ymin, ymax + 1)
-    ours = regions.cutout_wcs(wcs, region)
+    ours = cutout_wcs(wcs, region)
     yy, xx = np.mgrid[0:7, 0:5]
     np.testing.assert_allclose(np.array(ours.all_pix2world(xx, yy, 0)), np.array(cut.wcs.all_pix2world(xx, yy, 0)),
                                rtol=0, atol=1e-10)
-    view = regions.BinnedCube(cube, 1, region=region)
+    view = views.BinnedCube(cube, 1, region=region)
     np.testing.assert_allclose(view.read_spectra(0, 5, 0, 7).sum(-1, dtype=np.float64).T, cut.data, rtol=1e-5)
 
 
@@ -155,14 +167,14 @@ def test_binned_wcs_centres_and_astropy_slicing(factor):
     region = (1000, 1030, 1010, 1031)
     # distorted WCS (CD matrix + SIP): a binned pixel centre is the centre of its pixels
     wcs = celestial_wcs_from_mapping(_sip_cd_header())
-    binned = regions.bin_wcs(regions.cutout_wcs(wcs, region), factor)
+    binned = bin_wcs(cutout_wcs(wcs, region), factor)
     i, j = np.meshgrid(np.arange(-50, 60, 7), np.arange(-40, 50, 9))
     exact = wcs.all_pix2world(region[0] + factor * i + (factor - 1) / 2, region[2] + factor * j + (factor - 1) / 2, 0)
     got = binned.all_pix2world(i, j, 0)
     assert np.max(np.abs(np.array(got) - np.array(exact))) * 3600 < 1e-6  # arcsec
     # plain CDELT WCS: identical to astropy's own slicing wcs[y0:y1:N, x0:x1:N]
     plain = celestial_wcs_from_mapping(simulate.filter_header())
-    ours = regions.bin_wcs(regions.cutout_wcs(plain, region), factor)
+    ours = bin_wcs(cutout_wcs(plain, region), factor)
     theirs = plain[region[2]:region[3]:factor, region[0]:region[1]:factor]
     np.testing.assert_allclose(np.array(ours.all_pix2world(i, j, 0)), np.array(theirs.all_pix2world(i, j, 0)),
                                rtol=0, atol=1e-11)
@@ -175,7 +187,7 @@ def test_binning_conserves_flux_like_block_reduce(small, combine):
 
     syn, cube = small
     region = (1, 16, 2, 15)  # trimmed to 12 x 12 by bins of 4
-    b = regions.BinnedCube(cube, 4, region=region, combine=combine)
+    b = views.bin(cube, 4, region=region, combine=combine)
     assert b.shape == (3, 3, cube.shape[2]) and b.box == (1, 13, 2, 14)
     got = b.read_spectra(0, 3, 0, 3).astype(np.float64)
     sub = syn.data[1:13, 2:14].astype(np.float64)
@@ -189,9 +201,9 @@ def test_binning_conserves_flux_like_block_reduce(small, combine):
 
 def test_binning_with_mask(small):
     syn, cube = small
-    mask = regions.ds9_mask("image\ncircle(8.5,8.5,5)", (16, 16))
-    b = regions.BinnedCube(cube, 2, mask=mask, min_fraction=0.5)
-    np.testing.assert_array_equal(b.mask, regions.bin_mask(mask, 2, 0.5))
+    mask = masks.ds9_mask("image\ncircle(8.5,8.5,5)", (16, 16))
+    b = views.bin(cube, 2, mask=mask, min_fraction=0.5)
+    np.testing.assert_array_equal(b.mask, masks.bin_mask(mask, 2, 0.5))
     np.testing.assert_array_equal(b.n_pixels.T, mask.reshape(8, 2, 8, 2).sum(axis=(1, 3)))
     got = b.read_spectra(0, 8, 0, 8)
     masked = syn.data * mask.T[..., None]
@@ -206,8 +218,8 @@ def test_binning_with_mask(small):
 def test_background_spectrum_median_and_mean(bkg_setup):
     _, cube, path, bkg, _, ring = bkg_setup
     with lucijax.open_cube(path) as c:
-        med = regions.background_spectrum(c, ring, "median")
-        mean = regions.background_spectrum(c, ring, "mean")
+        med = views.background_spectrum(c, ring, "median")
+        mean = views.background_spectrum(c, ring, "mean")
     n = ring.sum()
     # per-channel error of a mean of n noise values: NOISE / sqrt(n); median ~1.25x that
     assert np.std(mean - bkg) == pytest.approx(NOISE / np.sqrt(n), rel=0.15)
@@ -219,9 +231,9 @@ def test_background_spectrum_median_and_mean(bkg_setup):
 def test_background_subtraction_recovers_injected_lines(bkg_setup):
     obj, _, path, _, inside, ring = bkg_setup
     with lucijax.open_cube(path) as c:
-        bkg = regions.background_spectrum(c, ring, "median")
-        sub = lucijax.fit_cube(c, LINES, mask=inside, background=bkg, batch_size=64, progress=False)
-        raw = lucijax.fit_cube(c, LINES, mask=inside, batch_size=64, progress=False)
+        bkg = views.background_spectrum(c, ring, "median")
+        sub = _fit(views.subtract_background(c, bkg), mask=inside, batch_size=64)
+        raw = _fit(c, mask=inside, batch_size=64)
     sel = inside[sub.region[2]:sub.region[3], sub.region[0]:sub.region[1]]
     assert sub.region == (2, 18, 2, 18) and sel.all()
     truth_v = obj.truth["VELOCITY"][2:18, 2:18]
@@ -242,10 +254,10 @@ def test_background_subtraction_recovers_injected_lines(bkg_setup):
 def test_binned_background_is_scaled_by_pixel_count(bkg_setup):
     obj, _, path, _, inside, ring = bkg_setup
     with lucijax.open_cube(path) as c:
-        bkg = regions.background_spectrum(c, ring, "median")
-        b = regions.BinnedCube(c, 2, region=(2, 18, 2, 18), background=bkg)
+        bkg = views.background_spectrum(c, ring, "median")
+        b = views.bin(c, 2, region=(2, 18, 2, 18), background=bkg)
         assert b.shape[:2] == (8, 8)
-        res = lucijax.fit_cube(b, LINES, batch_size=64, progress=False)
+        res = _fit(b, batch_size=64)
     assert res.maps["HALPHA_FLUX"].shape == (8, 8)
     flux_cm1 = obj.truth["HALPHA_FLUX_CM1"][2:18, 2:18].reshape(8, 2, 8, 2).sum(axis=(1, 3))
     v = res.maps["HALPHA_VELOCITY"]
@@ -264,51 +276,54 @@ def test_masked_pixels_are_not_fitted(bkg_setup, tmp_path):
     _, _, path, _, _, _ = bkg_setup
     reg = tmp_path / "r.reg"
     reg.write_text("image\ncircle(10.5,10.5,6)\n")
-    full_mask = regions.read_mask(reg, (20, 20))
-    res = lucijax.fit_cube(path, LINES, mask=reg, batch_size=64, progress=False)
+    full_mask = masks.read_mask(reg, (20, 20))
+    res = _fit(path, mask=reg, batch_size=64)
     x0, x1, y0, y1 = res.region
-    assert (x0, x1, y0, y1) == regions.mask_bounding_box(full_mask)
+    assert (x0, x1, y0, y1) == masks.mask_bounding_box(full_mask)
     sel = full_mask[y0:y1, x0:x1]
     st = res.maps["STATUS"]
-    assert np.all(st[~sel] == regions.MASKED_STATUS) and np.all(st[sel] >= 0)
+    assert np.all(st[~sel] == Status.MASKED) and np.all(st[sel] >= 0)
     assert np.isnan(res.maps["HALPHA_FLUX"][~sel]).all() and np.isfinite(res.maps["HALPHA_FLUX"][sel]).all()
     # the fitted pixels equal an unmasked fit of the same box
-    ref = lucijax.fit_cube(path, LINES, region=res.region, batch_size=64, progress=False)
+    ref = _fit(path, region=res.region, batch_size=64)
     np.testing.assert_allclose(res.maps["HALPHA_VELOCITY"][sel], ref.maps["HALPHA_VELOCITY"][sel], atol=0.02)  # batch composition: rounding only
-    # masked-out pixels never reach the fitter (only NaN padding does)
-    from lucijax.fit.cube import fit_region
+    # masked-out pixels never reach the program (the engine reads and prepares only the
+    # pixels the view's mask keeps; batches are padded afterwards)
+    from lucijax.engine import map_pixels
 
     seen = []
-    plan_mf = dataclasses.replace(res.plan, network_fitter=None, network=None)  # the spy sees plan.fitter
+    program = lucijax.MAP(start="matched").program(res.bound)  # matched-filter start: no network
 
-    def spy(y, f):
-        seen.append(int(np.isfinite(np.asarray(y)).all(axis=1).sum()))
-        return plan_mf.fitter(y, f)
+    def spy(block):
+        inputs = program.prepare(block)
+        seen.append(int(np.isfinite(np.asarray(inputs["y"])).all(axis=1).sum()))
+        return inputs
 
+    execution = lucijax.Execution(batch_size=64, block_size=8, progress=False)
     with lucijax.open_cube(path) as c:
-        raw = fit_region(c, dataclasses.replace(plan_mf, fitter=spy), res.region, batch_size=64, block=8,
-                         progress=False, pixel_mask=sel.T)
-    assert sum(seen) == sel.sum() and np.all(raw["status"][~sel.T] == regions.MASKED_STATUS)
+        view = views.Masked(views.region(c, res.region), sel)
+        raw = map_pixels(view, dataclasses.replace(program, prepare=spy), execution).values.fit
+    assert sum(seen) == sel.sum() and np.all(raw.status[~sel.T] == Status.MASKED)
     # with per-block checkpoints the masked result is the same
     with lucijax.open_cube(path) as c:
-        again = fit_region(c, plan_mf, res.region, batch_size=64, block=8, progress=False, pixel_mask=sel.T,
-                           checkpoint_dir=tmp_path / "ckpt")
-    np.testing.assert_array_equal(again["status"], raw["status"])
-    np.testing.assert_allclose(again["velocity_kms"], raw["velocity_kms"], atol=0.02)
+        view = views.Masked(views.region(c, res.region), sel)
+        again = map_pixels(view, program, dataclasses.replace(execution, checkpoint=tmp_path / "ckpt")).values.fit
+    np.testing.assert_array_equal(again.status, raw.status)
+    np.testing.assert_allclose(again.velocity_kms, raw.velocity_kms, atol=0.02)
 
 
 # ----------------------------------------------------------------------------- integrated
 @pytest.mark.timeout(300)
 def test_integrated_spectrum_of_a_region(bkg_setup):
     obj, _, path, _, inside, ring = bkg_setup
-    region_mask = regions.ds9_mask("image\nbox(10.5,10.5,8,8,0)", (20, 20))
+    region_mask = masks.ds9_mask("image\nbox(10.5,10.5,8,8,0)", (20, 20))
     with lucijax.open_cube(path) as c:
-        bkg = regions.background_spectrum(c, ring, "median")
-        integ = regions.integrated_spectrum(c, region_mask, background=bkg)
-        mean = regions.integrated_spectrum(c, region_mask, combine="mean", background=bkg)
+        bkg = views.background_spectrum(c, ring, "median")
+        integ = views.integrate(c, region_mask, background=bkg)
+        mean = views.integrate(c, region_mask, combine="mean", background=bkg)
     assert integ.shape == (1, 1, obj.data.shape[2]) and integ.n_pixels == region_mask.sum() == 64
     np.testing.assert_allclose(mean.read_spectrum(0, 0), integ.read_spectrum(0, 0) / 64, rtol=1e-5, atol=1e-25)
-    res = lucijax.fit_cube(integ, LINES, progress=False)
+    res = _fit(integ)
     s = res.summary()
     truth_cm1 = obj.truth["HALPHA_FLUX_CM1"].T[region_mask.T].sum()
     x0 = 1e7 / 656.2819 * np.sqrt((1 - 60 / 299792.458) / (1 + 60 / 299792.458))
@@ -328,14 +343,14 @@ def voronoi_setup():
     cube = MemoryCube.from_synthetic(syn)
     sn = snr.signal_noise_maps(cube)
     target = 8.0
-    vb = regions.voronoi_binning(sn.maps["INTEGRATED"], sn.maps["INTEGRATED_NOISE"], target, wcs=cube.header.wcs)
+    vb = views.voronoi_binning(sn.maps["INTEGRATED"], sn.maps["INTEGRATED_NOISE"], target, wcs=cube.header.wcs)
     return syn, cube, sn, vb, target
 
 
 def test_voronoi_bins_reach_target_snr(voronoi_setup):
     syn, cube, sn, vb, target = voronoi_setup
     assert 3 <= vb.n_bins < 256 and vb.n_pixels.sum() == 256
-    vc = regions.voronoi_cube(cube, vb)
+    vc = views.voronoi_cube(cube, vb)
     axis = cube.header.axis_cm1
     li = np.flatnonzero((axis >= sn.line_window_cm1[0]) & (axis <= sn.line_window_cm1[1]))
     ni = np.flatnonzero((axis >= sn.noise_window_cm1[0]) & (axis <= sn.noise_window_cm1[1]))
@@ -354,9 +369,9 @@ def test_voronoi_bins_reach_target_snr(voronoi_setup):
 @pytest.mark.timeout(300)
 def test_voronoi_fit_mapped_back_to_pixels(voronoi_setup):
     syn, cube, _, vb, _ = voronoi_setup
-    vc = regions.voronoi_cube(cube, vb)
-    res = lucijax.fit_cube(vc, LINES, batch_size=64, progress=False)
-    pix = regions.unbin_result(res, vb)
+    vc = views.voronoi_cube(cube, vb)
+    res = _fit(vc, batch_size=64)
+    pix = views.unbin(res, vb)
     assert pix.maps["HALPHA_FLUX"].shape == (16, 16) and pix.wcs.pixel_shape == (16, 16)
     np.testing.assert_array_equal(pix.maps["BIN"], vb.bin_number)
     for k in range(vb.n_bins):

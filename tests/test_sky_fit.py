@@ -13,12 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lucijax.physics import instrument
-from lucijax.fit.cube import plan_fit
-from lucijax.fit.map import Status
+import lucijax
+from lucijax.engine import map_rows
 from lucijax.io.header import header_from_attrs
+from lucijax.physics import instrument
 from lucijax.physics.lines import join_line_sets, make_line_set, sky_line_set
 from lucijax.simulate import AXIS_CORR, filter_header, render_spectra
+from lucijax.status import Status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,10 +43,16 @@ def _setup(tmp_path, n_lines: int):
     return hdr, path, axis, fwhm
 
 
-def _observe(plan, clean, seed):
+def _observe(bound, clean, seed):
     rng = np.random.default_rng(seed)
     y = clean + rng.normal(0.0, NOISE, clean.shape)
-    return y[:, plan.window].astype(np.float32)
+    return y[:, bound.window].astype(np.float32)
+
+
+def _fit(bound, y, fwhm):
+    """The MAP fit (matched-filter start) of spectra on the window: a PixelFit of rows."""
+    program = lucijax.MAP(start="matched").program(bound)
+    return map_rows(program, {"y": y, "fwhm": fwhm}).fit
 
 
 def test_noise_without_line_free_channels_is_unbiased(tmp_path):
@@ -55,20 +62,20 @@ def test_noise_without_line_free_channels_is_unbiased(tmp_path):
     the median reduced chi2 is ~1 (the raw residuals' robust std is ~12 % low, and ~4 % low
     scaled by sqrt(n / (n - p)))."""
     hdr, sky_file, axis, fwhm = _setup(tmp_path, 60)
-    plan = plan_fit(hdr, sky_lines=sky_file, model="sinc")
-    ls = plan.line_set
+    bound = lucijax.Model(sky_lines=sky_file, profile="sinc").bind(hdr)
+    ls = bound.line_set
     n_free = len(ls.primary_lines) + 1 + 1  # amplitudes, continuum, velocity
-    n_chan = int(np.asarray(plan.grid.axis_rel_cm1).size)
+    n_chan = int(np.asarray(bound.grid.axis_rel_cm1).size)
     assert n_free > 50 and n_chan < 8 * n_free  # the shrinkage is ~12 %: the test can fail
     # every channel lies within line_free_fwhm FWHM of a line: no line-free window at all
     spacing = np.diff(np.sort(1e7 / np.asarray(ls.rest_nm)))
-    assert spacing.max() < 2 * plan.settings.line_free_fwhm * fwhm
+    assert spacing.max() < 2 * lucijax.MAP(start="matched").settings(bound.model).line_free_fwhm * fwhm
     rng = np.random.default_rng(7)
     n = N_SPECTRA
     amp = rng.uniform(5.0, 40.0, (n, len(ls.primary_lines)))
     clean = render_spectra(ls, "sinc", axis, np.full(n, fwhm), np.full((n, 1), 12.0), np.zeros((n, 1)), amp,
                            np.full(n, 3.0))
-    fit = plan.fitter(_observe(plan, clean, 8), np.full(n, fwhm, np.float32))
+    fit = _fit(bound, _observe(bound, clean, 8), np.full(n, fwhm, np.float32))
     noise = np.asarray(fit.noise)
     chi2 = np.asarray(fit.chi2_reduced)
     status = np.asarray(fit.status)
@@ -83,8 +90,8 @@ def test_emission_lines_in_front_of_the_sky(tmp_path):
     """12 OH lines at +8 km/s and Halpha + [NII] at -310 km/s (a galaxy's gas in the sky
     region): one fit gives both velocities within 4 sigma, the sky first."""
     hdr, sky_file, axis, fwhm = _setup(tmp_path, 12)
-    plan = plan_fit(hdr, ["Halpha", "NII6583", "NII6548"], sky_lines=sky_file, model="sinc")
-    ls = plan.line_set
+    bound = lucijax.Model(["Halpha", "NII6583", "NII6548"], sky_lines=sky_file, profile="sinc").bind(hdr)
+    ls = bound.line_set
     sky = sky_line_set(sky_file, (axis[0], axis[-1]), fwhm)
     gas = make_line_set(["Halpha", "NII6583", "NII6548"])
     assert ls == join_line_sets(sky, gas)
@@ -96,7 +103,7 @@ def test_emission_lines_in_front_of_the_sky(tmp_path):
     v_true = np.array([8.0, -310.0])
     clean = render_spectra(ls, "sinc", axis, np.full(n, fwhm), np.tile(v_true, (n, 1)), np.zeros((n, 2)), amp,
                            np.full(n, 2.0))
-    fit = plan.fitter(_observe(plan, clean, 4), np.full(n, fwhm, np.float32))
+    fit = _fit(bound, _observe(bound, clean, 4), np.full(n, fwhm, np.float32))
     v = np.asarray(fit.velocity_kms)
     ve = np.asarray(fit.velocity_err_kms)
     pulls = (v - v_true) / ve

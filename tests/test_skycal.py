@@ -6,7 +6,6 @@ the correction subtracted from science velocity maps must remove it.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from lucijax.physics import instrument
 from lucijax.physics.lines import make_line_set, read_sky_lines, sky_line_set
 from lucijax.simulate import AXIS_CORR, NM_LASER, SyntheticCube, filter_header, render_spectra
-from lucijax.skycal import (
+from lucijax.tools.skycal import (
     apply_velocity_correction,
     calibrate_sky,
     fit_velocity_correction,

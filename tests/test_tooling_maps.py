@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import lucijax
-from lucijax import regions, simulate, snr
+from lucijax import simulate, views
+from lucijax.tools import snr
 from lucijax.io.memory import MemoryCube
 
 LINES = list(simulate.DEFAULT_LINES)
@@ -20,7 +21,7 @@ def fitted(tmp_path_factory):
     syn = simulate.make_cube(16, 16, seed=17)
     path = tmp_path_factory.mktemp("tooling") / "c.hdf5"
     syn.write(path)
-    res = lucijax.fit_cube(path, LINES, batch_size=64, progress=False)
+    res = lucijax.fit(path, lucijax.Model(LINES), execution=lucijax.Execution(batch_size=64, progress=False))
     return syn, path, res
 
 
@@ -77,7 +78,7 @@ def test_deep_image_sum_and_stored_frame(tmp_path):
         np.testing.assert_array_equal(snr.deep_image(c, region=(2, 7, 1, 5)), stored[2:7, 1:5].T)
         np.testing.assert_allclose(snr.deep_image(c, use_stored=False), deep, rtol=1e-5)
         # binned deep frame = sum of the stored frame over the bins
-        b = regions.BinnedCube(c, 2)
+        b = views.bin(c, 2)
         np.testing.assert_allclose(snr.deep_image(b), stored.reshape(5, 2, 4, 2).sum(axis=(1, 3)).T)
 
 
@@ -87,7 +88,7 @@ def test_heliocentric_correction_matches_astropy_and_earth_motion():
     from astropy.coordinates import EarthLocation, SkyCoord, get_body_barycentric_posvel
     from astropy.time import Time
 
-    from lucijax import heliocentric
+    from lucijax.tools import heliocentric
 
     attrs = {"obs_date": "2016-08-25", "obs_time": "10:32:12.298", "target_ra": 10.684821844386436,
              "target_dec": 41.26885314241632, "RADESYS": "FK5"}
@@ -118,7 +119,7 @@ def test_heliocentric_correction_matches_astropy_and_earth_motion():
 
 
 def test_heliocentric_from_real_header(shared_data):
-    from lucijax import heliocentric
+    from lucijax.tools import heliocentric
 
     with lucijax.open_cube(shared_data / "orcs-m31-sky" / "sky_spectrum_0.hdf5") as c:
         corr = heliocentric.heliocentric_correction_kms(c.header)
@@ -126,7 +127,7 @@ def test_heliocentric_from_real_header(shared_data):
 
 
 def test_heliocentric_applied_to_velocity_maps(fitted):
-    from lucijax import heliocentric
+    from lucijax.tools import heliocentric
 
     _, _, res = fitted
     out = heliocentric.apply_velocity_correction(res, -12.5)
@@ -142,14 +143,16 @@ def test_model_and_residual_cubes(fitted, tmp_path):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from lucijax.io.model_cube import write_model_cube
+    from lucijax.results.model_cube import write_model_cube
 
     syn, path, res = fitted
     mpath, rpath = tmp_path / "model.fits", tmp_path / "resid.fits"
-    write_model_cube(res, mpath, cube=path, residual_path=rpath, block=5, progress=False)
+    with lucijax.open_cube(path) as c:
+        write_model_cube(res, mpath, cube=c, residual_path=rpath,
+                         execution=lucijax.Execution(block_size=5, progress=False))
     with fits.open(mpath) as hm, fits.open(rpath) as hr:
         model, resid, hdr = hm[0].data.astype(np.float64), hr[0].data.astype(np.float64), hm[0].header
-    window = res.plan.window
+    window = res.bound.window
     assert model.shape == (window.size, 16, 16)
     assert hdr["BUNIT"] == "erg/(cm2 s Angstrom)" and hdr["CUNIT3"] == "cm-1"
     w = WCS(hdr)
@@ -197,7 +200,7 @@ def test_cli_tools(tmp_path, capsys):
     with fits.open(out / "snr.fits") as h:
         assert h["SNR"].data.shape == (16, 16)
     assert (out / "residual.fits").exists() and (out / "deep.fits").exists()
-    from lucijax.heliocentric import heliocentric_correction_kms
+    from lucijax.tools.heliocentric import heliocentric_correction_kms
 
     corr = heliocentric_correction_kms({"DATE-OBS": "2019-06-01T10:00:00", **syn.attrs})
     assert np.nanmedian(maps["HALPHA_VELOCITY"]) == pytest.approx(30.0 + corr, abs=2.0)

@@ -7,11 +7,8 @@ ship in ``lucijax/mdn/weights`` with the JSON config that made them
 (``scripts/train_mdn.py`` regenerates them).
 """
 
-from pathlib import Path
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-from lucijax.mdn.predictor import (  # noqa: E402
+from lucijax.mdn.predictor import (
+    WEIGHTS_DIR,
     MissingWeightsError,
     Predictor,
     available_filters,

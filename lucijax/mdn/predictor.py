@@ -26,9 +26,11 @@ class MissingWeightsError(ValueError):
     """No trained network ships for this filter (or kind)."""
 
 
-def _weights_dir() -> Path:
-    from lucijax.mdn import WEIGHTS_DIR
+#: Where the shipped networks live (weights + the JSON config that made them).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
+
+def _weights_dir() -> Path:
     return WEIGHTS_DIR
 
 
