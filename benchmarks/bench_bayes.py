@@ -10,19 +10,34 @@ Run from the repository root with the lucijax environment::
 Parts
 -----
 1. Synthetic SN3 region (``--size`` x ``--size`` >= 144 pixels, SNR 3-60, 5 lines,
-   sincgauss): NUTS with the informed prior (MDN if available, else MAP +- k x MAP error)
-   -> fraction of pixels with the true velocity inside VELOCITY +- VELOCITY_ERR (target
-   62-74 %), fraction with R-hat <= 1.05 (target >= 95 %).
-2. Effective samples per second per pixel, lucijax (each sampler, whole batch wall time /
-   pixels) against LUCI 2.0.1's emcee path (``luci_runner.py --bayes-emcee``: LUCI's own
-   ``fit_pixel(bayes_bool=True)``, 2000 walkers) on the same spectra, in the same run.
-   ESS is numpyro's ``effective_sample_size`` of the velocity parameter for both (LUCI's
-   walkers as chains, its 1/6 burn-in discarded).
+   sincgauss): NUTS with the informed prior (the MDN that started the MAP fit, else MAP +-
+   k x MAP error) -> fraction of pixels with the true velocity inside VELOCITY +-
+   VELOCITY_ERR (target 62-74 %), fraction with R-hat <= 1.05 (target >= 95 %).
+2. Effective samples per second per pixel, lucijax (each sampler, wall time of
+   ``lucijax.sample`` over the region / pixels) against LUCI 2.0.1's emcee path
+   (``luci_runner.py --bayes-emcee``: LUCI's own ``fit_pixel(bayes_bool=True)``, 2000
+   walkers) on the same spectra, in the same run. ESS is numpyro's
+   ``effective_sample_size`` of the velocity parameter for both (LUCI's walkers as chains,
+   its 1/6 burn-in discarded).
 3. Informed (option 1) vs broad priors (NUTS) vs option 2 (broad prior, MDN/MAP proposal,
    independence MH): time to 400 effective samples per pixel, velocity bias, coverage.
 4. Two-component SN3 spectra (R ~ 5000, SNR 10, broadening 100 km/s, second component
    275 km/s away at half the amplitude) and one-component spectra: nested sampling of one
    and two components, fraction choosing correctly.
+
+How: parts 1-3 fit the region's ORB file with ``lucijax.fit(cube, lucijax.Model(lines),
+lucijax.MAP())`` (network start: the MDN's posterior is the informed prior and the MH
+proposal), then sample it with ``lucijax.sample(cube, fit, sampler,
+execution=lucijax.Execution(batch_size=...), samples=FILE)`` for each variant
+(``lucijax.NUTS``, ``lucijax.MH``, ``lucijax.Ensemble`` with a ``lucijax.Prior``); the
+draws go to an HDF5 file, read back for the velocity's ESS. The first call of each variant
+(one batch per XLA device: compilation + those batches) is timed apart; the engine keeps
+the compiled program for the timed call over the whole region. Part 4 puts its spectra in
+an in-memory cube (``lucijax.io.MemoryCube``), fits it (``lucijax.MAP(start='matched')``
+and ``lucijax.Components(n_components=2)``) and runs ``lucijax.sample(cube, fit,
+lucijax.EvidenceSelection(nested=lucijax.Nested(...)))``. The process uses one XLA CPU
+device per core (``lucijax.set_cpu_devices()``) and the compilation cache
+(``lucijax.enable_compilation_cache()``).
 
 Everything measured goes to ``OUT/bench_bayes.json``.
 """
@@ -36,7 +51,6 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,46 +65,68 @@ def log(msg):
 
 
 def setup_region(out: Path, size: int, seed: int):
-    """Synthetic cube, its ORB file (with LUCI's attributes), the plan, MAP fit, spectra."""
+    """Synthetic cube, its ORB file (with LUCI's attributes) opened, the model, the MAP fit
+    (network start) and the truth; pixel (x, y) -> flat index x * size + y."""
     sys.path.insert(0, str(HERE))
     from bench_fit import add_luci_attrs
 
-    from lucijax.fit.cube import pixel_fwhm_cm1, plan_fit
-    from lucijax.fit.map import PixelFit
-    from lucijax.io import open_cube
+    import lucijax
     from lucijax.simulate import make_cube
 
     cube = make_cube(size, size, seed=seed)
     path = out / "bayes_cube.hdf5"
     cube.write(path)
     add_luci_attrs(str(path))
-    with open_cube(path) as c:
-        hdr = c.header
-        spectra = c.read_spectra(0, size, 0, size)
-        calib = c.read_calib_map(0, size, 0, size)
-    plan = plan_fit(hdr, LINES, model="sincgauss")
-    y = spectra[..., plan.window].reshape(size * size, -1)  # pixel (x, y) -> index x * size + y
-    fwhm = np.broadcast_to(pixel_fwhm_cm1(hdr, calib), (size, size)).reshape(-1)
+    c = lucijax.open_cube(path)
+    model = lucijax.Model(LINES, profile="sincgauss")
     t = time.perf_counter()
-    mf = plan.fitter(y, fwhm)
-    mf = {k: np.asarray(v) for k, v in zip(PixelFit._fields, mf)}
+    fit = lucijax.fit(c, model, lucijax.MAP(), execution=lucijax.Execution(progress=False))
     t_map = time.perf_counter() - t
     truth_v = cube.truth["VELOCITY"].T.reshape(-1)  # truth maps are [y, x]
     truth_snr = cube.truth["SNR"].T.reshape(-1)
-    return dict(cube=cube, path=path, plan=plan, y=y, fwhm=fwhm, map=mf, truth_v=truth_v, snr=truth_snr,
-                map_seconds=t_map, header=hdr)
+    return dict(cube=cube, path=path, open=c, model=model, fit=fit, size=size, n=size * size, out=out,
+                truth_v=truth_v, snr=truth_snr, map_seconds=t_map, header=c.header)
 
 
-def run_bayes(reg, settings, n=None, **kw):
-    """Bayesian fit of the first n pixels (default all); (summaries, wall seconds)."""
-    from lucijax.fit.bayes import bayes_fit_spectra
+def flatten(post, samples_path) -> dict:
+    """The posterior fields of a PosteriorResult as flat arrays (pixel (x, y) -> x * ny + y),
+    the draws ``samples`` (N, chains, draws, D) read back from ``samples_path``, and
+    ``prior_source``."""
+    from lucijax.results import read_samples
 
-    sl = slice(0, n)
-    mf = {k: v[sl] for k, v in reg["map"].items()}
+    nx, ny = post.computed.shape
+    out = {}
+    for k, v in post.posterior._asdict().items():
+        if v is None or k == "samples":
+            continue
+        v = np.asarray(v)
+        out[k] = v.reshape((nx * ny,) + v.shape[2:])
+    draws, _ = read_samples(samples_path)
+    out["samples"] = draws.reshape((nx * ny,) + draws.shape[2:])
+    out["prior_source"] = post.cards.get("PRIORSRC")
+    return out
+
+
+def run_bayes(reg, sampler, batch_size: int, n=None):
+    """Posteriors of the first n pixels (flat order; default all) with ``lucijax.sample``;
+    (flattened result, wall seconds)."""
+    import lucijax
+
+    view = reg["open"]
+    if n is not None and n < reg["n"]:
+        keep = np.zeros(reg["n"], bool)
+        keep[:n] = True
+        view = lucijax.views.mask(view, keep.reshape(reg["size"], reg["size"]).T, crop=False)  # mask is [y, x]
+    samples = reg["out"] / f".samples_{os.getpid()}.h5"
     t = time.perf_counter()
-    out = bayes_fit_spectra(reg["plan"], reg["y"][sl], reg["fwhm"][sl], mf, settings, keep_samples=True,
-                            progress=False, filter_name=reg["header"].filter_name, **kw)
-    return out, time.perf_counter() - t
+    post = lucijax.sample(view, reg["fit"], sampler, execution=lucijax.Execution(batch_size=batch_size, progress=False),
+                          samples=samples)
+    secs = time.perf_counter() - t
+    try:
+        out = flatten(post, samples)
+    finally:
+        samples.unlink(missing_ok=True)
+    return out, secs
 
 
 def ess_velocity(samples):
@@ -129,7 +165,7 @@ def stats(out, secs, reg, name):
 
 def part_luci(reg, out: Path, n_pixels: int, steps: int | None, walkers: int | None):
     """LUCI 2.0.1's emcee on the first n_pixels of the region; ESS/s per pixel."""
-    size = int(round(np.sqrt(reg["y"].shape[0])))
+    size = reg["size"]
     cmd = [LUCI_PYTHON, str(HERE / "luci_runner.py"), str(reg["path"]), "--region", f"0:1,0:{n_pixels}",
            "--bayes-emcee", "--out", str(out / "luci_emcee"), "--quiet"]
     if steps:
@@ -171,15 +207,15 @@ def part_luci(reg, out: Path, n_pixels: int, steps: int | None, walkers: int | N
                 ess_velocity_per_s_per_pixel_max=float(np.max(ess_rate)))
 
 
-def two_component_set(plan, n_two: int, n_one: int, snr: float, seed: int):
+def two_component_set(bound, n_two: int, n_one: int, snr: float, seed: int):
     """Spectra (window) with one or two components, their FWHM and truth."""
-    from lucijax.fit.bayes import two_component_line_set
+    from lucijax.bayes.evidence import two_component_line_set
     from lucijax.simulate import render_spectra
 
     rng = np.random.default_rng(seed)
-    ls2 = two_component_line_set(plan.line_set)
+    ls2 = two_component_line_set(bound.line_set)
     n = n_two + n_one
-    axis_obs = (plan.grid.axis_rel_cm1 + plan.grid.ref_cm1) / (1.0 + plan.redshift)
+    axis_obs = bound.axis_obs_cm1
     from lucijax.physics import instrument
     from lucijax.simulate import AXIS_CORR, SETUPS
 
@@ -191,7 +227,7 @@ def two_component_set(plan, n_two: int, n_one: int, snr: float, seed: int):
     noise = 1.0
     # primary amplitudes per component: Halpha = SNR x noise, [NII]6583 0.4, [SII] 0.15 each
     ratio = {"Halpha": 1.0, "NII6583": 0.4, "SII6716": 0.15, "SII6731": 0.15}
-    base = np.array([ratio[plan.line_set.names[i]] for i in plan.line_set.primary_lines]) * snr * noise
+    base = np.array([ratio[bound.line_set.names[i]] for i in bound.line_set.primary_lines]) * snr * noise
     n_prim = base.size
     amp = np.concatenate([base, 0.5 * base])[None, :].repeat(n, axis=0)
     amp[n_two:, n_prim:] = 0.0  # one-component spectra: no second component
@@ -201,10 +237,23 @@ def two_component_set(plan, n_two: int, n_one: int, snr: float, seed: int):
     return y, fwhm, truth_n
 
 
-def _default_settings():
-    from lucijax.fit.bayes import BayesSettings
+def spectra_cube(header, bound, y, fwhm):
+    """An in-memory cube of window spectra ``y`` (N, n): pixel (i, 0) holds spectrum i (zero
+    outside the window), with a calibration map that gives every pixel ``fwhm``."""
+    from lucijax.description import pixel_fwhm_cm1
+    from lucijax.io.memory import MemoryCube, replace_wcs
+    from lucijax.physics import instrument
 
-    return BayesSettings()
+    n = y.shape[0]
+    data = np.zeros((n, 1, header.n_channels), np.float32)
+    data[:, 0, bound.window] = y
+    ratio = float(fwhm[0]) / float(instrument.sinc_fwhm_cm1(header.step_nm, header.step_nb, header.zpd_index, 1.0))
+    calib = np.full((n, 1), ratio * header.nm_laser)  # the sinc FWHM is proportional to the calibration coefficient
+    cube = MemoryCube(data, replace_wcs(header, None), calib_map=calib, path="<two-component spectra>")
+    got = np.broadcast_to(pixel_fwhm_cm1(cube.header, calib), (n, 1))[:, 0] * (1.0 + bound.redshift)
+    if not np.allclose(got, fwhm, rtol=1e-6):
+        raise RuntimeError(f"the cube's FWHM {got[0]} differs from the spectra's {fwhm[0]}")
+    return cube
 
 
 def main(argv=None):
@@ -231,10 +280,11 @@ def main(argv=None):
     p.add_argument("--components-window", default=None, help="part 4: fit window SMIN:SMAX cm-1")
     p.add_argument("--components-batch", type=int, default=None, help="part 4: spectra per nested batch")
     p.add_argument("--nested-slices", type=float, default=1.0, help="part 4: jaxns slice steps per new point per dimension")
-    defaults = _default_settings()
-    p.add_argument("--amplitude-scale", type=float, default=defaults.amplitude_scale,
+    from lucijax.bayes import MH, NUTS, Ensemble, EvidenceSelection, Nested, Prior
+
+    p.add_argument("--amplitude-scale", type=float, default=Prior().amplitude_scale,
                    help="parts 1-3: amplitude prior upper bound = this x max(max MAP amplitude, 3 noise)")
-    p.add_argument("--evidence-amplitude-scale", type=float, default=defaults.evidence_amplitude_scale,
+    p.add_argument("--evidence-amplitude-scale", type=float, default=EvidenceSelection().amplitude_scale,
                    help="part 4: the same bound for the evidence of 1 vs 2 components")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*JAXopt.*")
@@ -242,45 +292,51 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     import jax
 
-    from lucijax.fit.bayes import BayesSettings, select_components
+    import lucijax
 
+    lucijax.set_cpu_devices()  # before any computation
+    lucijax.enable_compilation_cache()
     record = dict(argv=sys.argv, started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                   loadavg_start=os.getloadavg(), jax=jax.__version__, devices=[str(d) for d in jax.devices()])
     import numpyro
 
     record["numpyro"] = numpyro.__version__
-    base = BayesSettings(num_warmup=args.num_warmup, num_samples=args.num_samples, batch_size=args.batch_size,
-                         max_tree_depth=args.max_tree_depth, amplitude_scale=args.amplitude_scale,
-                         evidence_amplitude_scale=args.evidence_amplitude_scale)
     reg = None
     if {1, 2, 3} & set(args.parts):
         reg = setup_region(out, args.size, args.seed)
-        record["n_pixels"] = int(reg["y"].shape[0])
+        record["n_pixels"] = reg["n"]
         record["map_seconds"] = reg["map_seconds"]
         log(f"region {args.size}x{args.size}, MAP fit {reg['map_seconds']:.1f} s")
     results = {}
+
+    def prior(kind):
+        return Prior(kind=kind, amplitude_scale=args.amplitude_scale)
+
+    nuts = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, max_tree_depth=args.max_tree_depth)
+    mh = dict(num_chains=4, num_warmup=200, num_samples=args.mh_samples)
     variants = {
-        "nuts_informed": replace(base, sampler="nuts", prior="informed"),
-        "nuts_broad": replace(base, sampler="nuts", prior="broad"),
-        "mh_option2": replace(base, sampler="mh", num_chains=4, num_warmup=200, num_samples=args.mh_samples),
-        "mh_informed": replace(base, sampler="mh", prior="informed", num_chains=4, num_warmup=200,
-                               num_samples=args.mh_samples),
-        "ensemble_informed": replace(base, sampler="ensemble", prior="informed", num_warmup=args.ensemble_steps,
-                                     num_samples=args.ensemble_steps),
+        "nuts_informed": NUTS(**nuts, prior=prior("informed")),
+        "nuts_broad": NUTS(**nuts, prior=prior("broad")),
+        "mh_option2": MH(**mh, prior=prior("broad")),
+        "mh_informed": MH(**mh, prior=prior("informed")),
+        "ensemble_informed": Ensemble(num_warmup=args.ensemble_steps, num_samples=args.ensemble_steps,
+                                      prior=prior("informed")),
     }
     if 2 in args.parts:  # LUCI first (a subprocess on the same spectra), then lucijax
         record["luci"] = part_luci(reg, out, args.luci_pixels, args.luci_steps, args.luci_walkers)
         json.dump(record, open(out / "bench_bayes.json", "w"), indent=1, default=str)
     if {1, 2, 3} & set(args.parts):
+        # the first call runs one batch per device, so that every device the timed call uses has compiled
+        n_first = min(reg["n"], args.batch_size * len(jax.local_devices()))
         for name in args.variants:
             s = variants[name]
             t0 = time.perf_counter()
-            run_bayes(reg, s, n=s.batch_size)  # first batch alone: compilation + one batch
+            run_bayes(reg, s, args.batch_size, n=n_first)  # compilation + the first batches
             t_compile = time.perf_counter() - t0
-            o, secs = run_bayes(reg, s)
+            o, secs = run_bayes(reg, s, args.batch_size)
             results[name] = stats(o, secs, reg, name)
             results[name]["first_call_seconds"] = t_compile
-            results[name]["settings"] = repr(s)
+            results[name]["settings"] = f"{s!r}, batch_size={args.batch_size}"
             np.savez(out / f"{name}_maps.npz", **{k: v for k, v in o.items() if isinstance(v, np.ndarray) and k != "samples"})
             json.dump({**record, "results": results}, open(out / "bench_bayes.json", "w"), indent=1, default=str)
     record["results"] = results
@@ -292,46 +348,48 @@ def main(argv=None):
             log(f"{name}: ESS(v)/s/pixel {r['ess_velocity_per_s_per_pixel']:.3g} vs LUCI {luci['ess_velocity_per_s_per_pixel_max']:.3g}")
         json.dump(record, open(out / "bench_bayes.json", "w"), indent=1, default=str)
     if 4 in args.parts:
-        from lucijax.fit.cube import plan_fit
-        from lucijax.fit.map import PixelFit
+        from lucijax.io.memory import MemoryCube
 
         if reg is not None:
-            plan = reg["plan"]
+            model, header = reg["model"], reg["header"]
         else:
-            from lucijax.io import open_cube
             from lucijax.simulate import make_cube
 
-            c = make_cube(2, 2, seed=1)
-            c.write(out / "tiny.hdf5")
-            with open_cube(out / "tiny.hdf5") as cc:
-                plan = plan_fit(cc.header, args.components_lines, model="sincgauss",
-                                window_cm1=(tuple(float(v) for v in args.components_window.split(":"))
-                                            if args.components_window else None))
+            header = MemoryCube.from_synthetic(make_cube(2, 2, seed=1)).header
+            model = lucijax.Model(args.components_lines, profile="sincgauss",
+                                  window=(tuple(float(v) for v in args.components_window.split(":"))
+                                          if args.components_window else None))
+        bound = model.bind(header)
         n = args.n_components_pixels
-        y, fwhm, truth_n = two_component_set(plan, n, n, snr=10.0, seed=args.seed + 1)
-        mf = {k: np.asarray(v) for k, v in zip(PixelFit._fields, plan.fitter(y, fwhm))}
+        y, fwhm, truth_n = two_component_set(bound, n, n, snr=10.0, seed=args.seed + 1)
+        cube2 = spectra_cube(header, bound, y, fwhm)
+        quiet = lucijax.Execution(progress=False)
+        fit1 = lucijax.fit(cube2, model, lucijax.MAP(start="matched"), execution=quiet)
+        mf = {k: np.asarray(v)[:, 0] for k, v in fit1.fields.items()}  # spectrum i is pixel (i, 0)
         # best-fit log-likelihood gain of the second component (MAP fits, noise known = 1):
         # log Z2 - log Z1 = this - the Occam factor of the second component's parameters
-        from lucijax.fit.components import ComponentSettings, plan_components
-
-        f2 = plan_components(plan, ComponentSettings(n_components=2)).fitter(y, fwhm)
-        n_chan, n_lin = y.shape[1], len(plan.line_set.primary_lines) + 1
+        f2 = lucijax.fit(cube2, model, lucijax.Components(n_components=2), execution=quiet)
+        n_chan, n_lin = y.shape[1], len(bound.line_set.primary_lines) + 1
         chi2_1 = mf["chi2_reduced"] * (n_chan - 2 - n_lin) * mf["noise"] ** 2
-        chi2_2 = np.asarray(f2.chi2_reduced) * (n_chan - 4 - 2 * n_lin + 1) * np.asarray(f2.noise) ** 2
+        chi2_2 = f2.fields["chi2_reduced"][:, 0] * (n_chan - 4 - 2 * n_lin + 1) * f2.fields["noise"][:, 0] ** 2
         dlogl_max = 0.5 * (chi2_1 - chi2_2)
-        s = replace(base, sampler="nested", num_live_points=args.live_points, nested_slices_per_dim=args.nested_slices,
-                    batch_size=args.components_batch or 2 * n, num_samples=300)
+        nested = Nested(num_live_points=args.live_points or None, slices_per_dim=args.nested_slices, num_samples=300)
+        selection = EvidenceSelection(nested=nested, amplitude_scale=args.evidence_amplitude_scale)
+        batch = args.components_batch or 2 * n
         t0 = time.perf_counter()
-        sel = select_components(plan, y, fwhm, mf, s, progress=False)
+        sel = lucijax.sample(cube2, fit1, selection, execution=lucijax.Execution(batch_size=batch, progress=False))
         secs = time.perf_counter() - t0
-        chose = sel["n_components"]
-        dl = sel["logz2"] - sel["logz1"]
-        r4 = dict(n_two=n, n_one=n, seconds_incl_compile=secs, lines=list(plan.line_set.names),
-                  window_channels=int(y.shape[1]), batch=s.batch_size,
+        one, two = sel.selection.one, sel.selection.two
+        chose = np.asarray(sel.selection.n_components)[:, 0]
+        logz1, logz2 = (np.asarray(a.logz, np.float64)[:, 0] for a in (one, two))
+        dl = logz2 - logz1
+        logz_err = np.concatenate([np.asarray(one.logz_err)[:, 0], np.asarray(two.logz_err)[:, 0]])
+        r4 = dict(n_two=n, n_one=n, seconds_incl_compile=secs, lines=list(bound.line_set.names),
+                  window_channels=int(y.shape[1]), batch=batch,
                   frac_two_when_two=float(np.mean(chose[:n] == 2)), frac_one_when_one=float(np.mean(chose[n:] == 1)),
                   dlogz_two_median=float(np.median(dl[:n])), dlogz_two_min=float(np.min(dl[:n])),
                   dlogz_one_median=float(np.median(dl[n:])), dlogz_one_max=float(np.max(dl[n:])),
-                  logz_err_median=float(np.median(np.concatenate([sel["logz1_err"], sel["logz2_err"]]))),
+                  logz_err_median=float(np.median(logz_err)),
                   map_noise_median=float(np.median(mf["noise"])), live_points=args.live_points,
                   nested_slices_per_dim=args.nested_slices, evidence_amplitude_scale=args.evidence_amplitude_scale,
                   dlogz=[float(v) for v in dl],
@@ -339,6 +397,8 @@ def main(argv=None):
                   occam_median_two=float(np.median(dlogl_max[:n] - dl[:n])))
         log("part 4: " + json.dumps(r4))
         record["components"] = r4
+    if reg is not None:
+        reg["open"].close()
     record["loadavg_end"] = os.getloadavg()
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     json.dump(record, open(out / "bench_bayes.json", "w"), indent=1, default=str)

@@ -13,29 +13,33 @@ What it does
    attributes LUCI 2.0.1 insists on under their FITS names (``NAXIS``, ``STEPNB``,
    ``STEP``, plus ``NAXIS1..3``) are then added with h5py -- lucijax's writer uses ORB's
    lower-case names only (see ``benchmarks/luci_runner.py`` for the layout LUCI reads).
-2. lucijax, in this process (``lucijax.fit_cube(path, lines, model='sincgauss',
-   progress=False)``: MAP fit + Laplace uncertainties of every pixel):
+2. lucijax, in this process (``lucijax.fit(path, lucijax.Model(lines, profile='sincgauss'),
+   lucijax.MAP(), region=..., execution=lucijax.Execution(progress=False))``: network start,
+   MAP fit + Laplace uncertainties of every pixel). The process first calls
+   ``lucijax.set_cpu_devices()`` (one XLA CPU device per usable core, or ``--host-devices``)
+   and ``lucijax.enable_compilation_cache(OUT/jax_cache)`` (a fresh directory, so that the
+   cold call really compiles; ``--no-jax-cache`` leaves the cache off):
 
    * ``cold``: one call on a small region (``--compile-region-size``, default 16x16 = 256
      spectra) in a fresh process with an empty compilation cache = start-up (imports
      excluded, reported apart) + tracing + XLA compilation + one batch. Reported as
      "compile + startup". The region must hold at least ``batch_size`` (64 on CPU) spectra:
-     ``fit_cube`` fits a smaller region as one smaller batch, a different compiled shape
-     that the full cube would not reuse.
-   * ``half``: the region x 0:size, y 0:size/2, then ``full``: the whole cube. **Every
-     ``fit_cube`` call builds and jit-compiles a new fitter** (lucijax 0.1.0 keeps no
-     compiled program between calls), so to exclude compilation from these timings the
-     benchmark relies on JAX's persistent compilation cache, which lucijax turns on at
-     import (``$LUCIJAX_CACHE_DIR``); the benchmark points it at a fresh directory under
-     ``--out`` so that the cold call really compiles (``--no-jax-cache`` turns it off).
-     A warm call still pays tracing + lowering + loading the executable from disk (a few
-     seconds), which is included:
-     that is what a user calling ``fit_cube`` again with the cache on would see.
+     the engine fits a smaller region as one smaller batch, a different compiled shape
+     that the full cube would not reuse. The engine compiles the batch program for the
+     devices the call uses (at most one per batch): with more devices than the cold call
+     has batches, the others compile (or load from the cache) in the next call.
+   * ``half``: the region x 0:size, y 0:size/2, then ``full``: the whole cube. **The engine
+     keeps the compiled executables of the process** (``lucijax.engine``): a second
+     ``lucijax.fit`` of the same model, solver and batch shape neither traces nor compiles,
+     cache or not. The time includes opening the cube, binding the model, building the
+     program (the network's weights are loaded), reading the cube and building the maps:
+     what a user calling ``lucijax.fit`` again in a notebook would see.
    * ``marginal``: ``(N_full - N_half) / (t_full - t_half)``, the throughput with every
-     per-call constant (tracing, cache load, file open, planning) cancelled.
-   * ``steady``: ``lucijax.fit.cube.plan_fit`` once, then ``fit_region`` on the whole
-     cube with that plan already compiled (internal API; the throughput ``fit_cube``
-     would reach if it reused its compiled fitter). ``--no-steady`` skips it.
+     per-call constant (file open, binding, maps) cancelled.
+   * ``steady``: the model bound once (``Model.bind(cube.header)``), the program built once
+     (``lucijax.MAP().program(bound)``), then ``lucijax.engine.map_pixels(cube, program,
+     lucijax.Execution(progress=False))`` on the whole cube with that program (the engine
+     alone, no per-call set-up, no maps). ``--no-steady`` skips it.
 3. LUCI: ``/work/luci-venv/bin/python benchmarks/luci_runner.py CUBE --region ...`` as a
    subprocess on a centred ``--luci-region-size`` square (LUCI fits ~1-3 spectra/s on
    this class of machine), with ``--n-threads`` = ``--threads``; its timed
@@ -53,9 +57,9 @@ contention can be judged (cpu/wall close to the thread count = the engine had th
 
 ``--threads N`` sets LUCI's ``n_threads``; if N is below the number of CPUs, the whole
 benchmark (and so XLA's thread pool and LUCI's workers) is pinned to the first N CPUs.
-On CPU, JAX sees one device by default and XLA runs this program on about one core;
-``--host-devices N`` splits the CPU into N XLA devices, over which ``fit_cube`` shards its
-batches (lucijax's multi-device path).
+On CPU, one XLA device runs this program on about one core: ``lucijax.set_cpu_devices()``
+splits the CPU into one device per usable core (after the pinning above), and the engine
+sends its batches round robin to them; ``--host-devices N`` sets N devices instead.
 """
 
 from __future__ import annotations
@@ -84,8 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=64, help="cube side in pixels (size x size spectra); default 64")
     p.add_argument("--luci-region-size", type=int, default=8, help="side of LUCI's centred square region; default 8")
     p.add_argument("--compile-region-size", type=int, default=16,
-                   help="side of lucijax's cold (compile) call; default 16 (256 spectra >= fit_cube's default CPU batch of 64, "
-                   "so the full cube reuses that compiled batch shape)")
+                   help="side of lucijax's cold (compile) call; default 16 (256 spectra >= the engine's default CPU batch "
+                   "of 64, so the full cube reuses that compiled batch shape)")
     p.add_argument("--skip-luci", action="store_true", help="do not run LUCI")
     p.add_argument("--threads", type=int, default=2, help="LUCI n_threads; pins the run to N CPUs if N < nproc")
     p.add_argument("--out", default=None, help="output directory (cube, LUCI maps, bench_fit.json); default a temp dir")
@@ -94,10 +98,11 @@ def parse_args(argv=None):
     p.add_argument("--luci-axis", choices=["luci", "exact"], default="luci", help="runner --axis (default: as shipped)")
     p.add_argument("--luci-timeout", type=float, default=3600.0, help="seconds before the LUCI run is killed")
     p.add_argument("--host-devices", type=int, default=0,
-                   help="N > 0: XLA_FLAGS=--xla_force_host_platform_device_count=N, so that fit_cube shards its "
-                   "batches over N CPU devices (default 0: JAX's default, one CPU device)")
-    p.add_argument("--no-jax-cache", action="store_true", help="no persistent compilation cache (warm calls recompile)")
-    p.add_argument("--no-steady", action="store_true", help="skip the reused-plan fit_region measurement")
+                   help="N > 0: XLA_FLAGS=--xla_force_host_platform_device_count=N, so that the engine spreads its "
+                   "batches over N CPU devices (default 0: lucijax.set_cpu_devices(), one device per usable CPU)")
+    p.add_argument("--no-jax-cache", action="store_true",
+                   help="no persistent compilation cache (the engine still keeps the compiled programs of the process)")
+    p.add_argument("--no-steady", action="store_true", help="skip the reused-program map_pixels measurement")
     p.add_argument("--no-half", action="store_true", help="skip the half-cube call (no marginal throughput)")
     args = p.parse_args(argv)
     if args.size < 2:
@@ -258,6 +263,8 @@ def run_lucijax(args, cube_path: str, out_dir: Path, res: dict):
     """All lucijax timings, in this process. Returns the full-cube FitResult."""
     import lucijax
 
+    model = lucijax.Model(LINES, profile="sincgauss")
+    quiet = lucijax.Execution(progress=False)
     s, c = args.size, args.compile_region_size
     calls = [("cold", (0, c, 0, c))]
     if not args.no_half and s >= 2:
@@ -266,7 +273,7 @@ def run_lucijax(args, cube_path: str, out_dir: Path, res: dict):
     full = None
     for name, region in calls:
         with Phase() as ph:
-            r = lucijax.fit_cube(cube_path, LINES, model="sincgauss", region=region, progress=False)
+            r = lucijax.fit(cube_path, model, lucijax.MAP(), region=region, execution=quiet)
         n = (region[1] - region[0]) * (region[3] - region[2]) if region else s * s
         res["lucijax"][name] = ph.record(n_spectra=n, region=list(region) if region else [0, s, 0, s])
         print(f"  lucijax {name:5s}: {n:6d} spectra in {ph.seconds:8.2f} s", file=sys.stderr, flush=True)
@@ -280,14 +287,15 @@ def run_lucijax(args, cube_path: str, out_dir: Path, res: dict):
 
     if not args.no_steady:
         try:
-            from lucijax.fit.cube import fit_region, plan_fit
+            from lucijax.engine import map_pixels
 
             cube = lucijax.open_cube(cube_path)
             try:
-                plan = plan_fit(cube.header, LINES, model="sincgauss")
-                fit_region(cube, plan, (0, c, 0, c), progress=False)  # compile (or cache load) + warm-up
+                bound = model.bind(cube.header)
+                program = lucijax.MAP().program(bound)
+                map_pixels(lucijax.views.region(cube, (0, c, 0, c)), program, quiet)  # compiled program (or load) + warm-up
                 with Phase() as ph:
-                    fit_region(cube, plan, (0, s, 0, s), progress=False)
+                    map_pixels(cube, program, quiet)
                 lj["steady"] = ph.record(n_spectra=s * s, region=[0, s, 0, s])
             finally:
                 cube.close()
@@ -362,28 +370,29 @@ def main(argv=None) -> int:
     s = args.size
     print(f"bench_fit: {s}x{s} synthetic SN3 cube, {len(LINES)} lines, sincgauss; out={out_dir}", file=sys.stderr)
 
-    # lucijax turns on JAX's persistent compilation cache at import ($LUCIJAX_CACHE_DIR,
-    # default ~/.cache/lucijax/jax). Point it at a fresh directory so that the cold call
-    # really compiles, and set it again after the import (before any compilation: JAX
-    # initialises the cache once, at first use) in case the package's mechanism changes.
-    if args.host_devices > 0:  # before JAX is imported
+    # Importing lucijax changes nothing: the CPU devices and JAX's persistent compilation
+    # cache are set explicitly, after the import and before any computation. The cache
+    # goes to a fresh directory so that the cold call really compiles.
+    if args.host_devices > 0:  # before JAX starts its backend (lucijax.set_cpu_devices respects it)
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.host_devices}".strip()
     cache_dir = out_dir / "jax_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    if args.no_jax_cache:
-        os.environ["LUCIJAX_CACHE_DIR"] = "off"
-    else:
+    if not args.no_jax_cache:
         cache_dir.mkdir(parents=True)
-        os.environ["LUCIJAX_CACHE_DIR"] = str(cache_dir)
     with Phase() as ph:
         import jax
 
         import lucijax
-        from lucijax import api  # noqa: F401  (the lazy API import)
+        from lucijax import api  # noqa: F401  (the API and the engine: JAX, numpy, the readers)
     res["lucijax"]["import"] = ph.record()
-    jax.config.update("jax_compilation_cache_dir", None if args.no_jax_cache else str(cache_dir))
-    res["jax_cache"] = None if args.no_jax_cache else str(cache_dir)
+    lucijax.set_cpu_devices()
+    if args.no_jax_cache:
+        jax.config.update("jax_compilation_cache_dir", None)  # off even if $JAX_COMPILATION_CACHE_DIR is set
+        used_cache = None
+    else:
+        used_cache = lucijax.enable_compilation_cache(cache_dir)
+    res["jax_cache"] = None if used_cache is None else str(used_cache)
 
     # ---- cube
     with Phase() as ph:
@@ -476,12 +485,12 @@ def print_report(res):
 
     c = res["args"]["compile_region_size"]
     row("lucijax", "import jax + lucijax", lj.get("import"))
-    row("lucijax", f"fit_cube {c}x{c}, cold: compile + startup", lj.get("cold"))
-    how = "compile cached" if res["jax_cache"] else "recompiled: no cache"
-    row("lucijax", f"fit_cube {s}x{s // 2} ({how})", lj.get("half"))
-    row("lucijax", f"fit_cube {s}x{s} full cube ({how})  [headline]", lj.get("full"))
+    row("lucijax", f"lucijax.fit {c}x{c}, cold: compile + startup", lj.get("cold"))
+    how = "compiled program kept"
+    row("lucijax", f"lucijax.fit {s}x{s // 2} ({how})", lj.get("half"))
+    row("lucijax", f"lucijax.fit {s}x{s} full cube ({how})  [headline]", lj.get("full"))
     row("lucijax", "marginal (N_full - N_half)/(t_full - t_half)", lj.get("marginal"))
-    row("lucijax", "fit_region, compiled plan reused (steady state)", lj.get("steady"))
+    row("lucijax", "map_pixels, program built once (steady state)", lj.get("steady"))
     row("lucijax", "estimate of a first call: cold + full", lj.get("full_incl_compile_estimate"))
     if lj.get("steady", {}).get("error"):
         print(f"lucijax  steady state skipped: {lj['steady']['error']}")

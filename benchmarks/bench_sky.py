@@ -40,6 +40,7 @@ and the rest.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -58,15 +59,16 @@ def leverage(result, y) -> tuple[np.ndarray, np.ndarray]:
     import jax
     import jax.numpy as jnp
 
-    plan, raw = result.plan, result.raw
-    v = np.atleast_1d(raw["velocity_kms"][0, 0])
-    theta = np.concatenate([v, raw["broadening_kms"][0, 0]]) if plan.spec.has_broadening else v
+    bound, f = result.bound, result.fields
+    line_model = bound.line_model
+    v = np.atleast_1d(f["velocity_kms"][0, 0])
+    theta = np.concatenate([v, f["broadening_kms"][0, 0]]) if bound.spec.has_broadening else v
     theta = jnp.asarray(theta, jnp.float32)
-    alpha = jnp.asarray(raw["linear"][0, 0], jnp.float32)
-    fwhm = jnp.float32(raw["fwhm_cm1"][0, 0])
-    ok, weight = (np.asarray(a) for a in plan.model.channel_mask(jnp.asarray(y)))
-    jac = np.concatenate([np.asarray(jax.jacfwd(lambda t: plan.model.spectrum(t, alpha, fwhm))(theta)),
-                          np.asarray(plan.model.design_matrix(theta, fwhm))], axis=1) * weight[:, None]
+    alpha = jnp.asarray(f["linear"][0, 0], jnp.float32)
+    fwhm = jnp.float32(result.fwhm_cm1[0, 0])
+    ok, weight = (np.asarray(a) for a in line_model.channel_mask(jnp.asarray(y)))
+    jac = np.concatenate([np.asarray(jax.jacfwd(lambda t: line_model.spectrum(t, alpha, fwhm))(theta)),
+                          np.asarray(line_model.design_matrix(theta, fwhm))], axis=1) * weight[:, None]
     jac = jac[ok].astype(np.float64)
     jac /= np.maximum(np.linalg.norm(jac, axis=0), 1e-300)
     u, s, _ = np.linalg.svd(jac, full_matrices=False)
@@ -82,18 +84,20 @@ def main(argv=None) -> int:
     # these files store an 'axis' dataset that is not their data's axis: the reader warns each time
     warnings.filterwarnings("ignore", message=".*attribute axis is used.*")
     import lucijax
-    from lucijax.fit.map import FitSettings
-    from lucijax.fit.noise import window_noise
+    from lucijax.description import window_noise
     from lucijax.io import open_cube
     from lucijax.model import channel_weights
 
+    lucijax.set_cpu_devices()
+    lucijax.enable_compilation_cache()
     data = Path(args.data)
     sky_lines = data / "orb-lines" / "sky_lines.orb"
     spline = dict(continuum_spline=16)
-    more = dict(settings=FitSettings(n_iter=16))
+    more = dict(max_iter=16)  # MAP options; the rest are Model options
     fits = (("OH, uniform weights", None, dict(flambda_weights=False)), ("OH", None, {}),
             ("OH, spline 16", None, spline), ("OH + gas, spline 16", GAS, dict(spline, **more)),
-            ("OH + gas, spline 16, sincgauss", GAS, dict(spline, model="sincgauss", **more)))
+            ("OH + gas, spline 16, sincgauss", GAS, dict(spline, profile="sincgauss", **more)))
+    quiet = lucijax.Execution(batch_size=8, progress=False)
     print(f"noise window {NOISE_WINDOW} cm-1; local chi2 against the window noise\n")
     print("| spectrum | fit | STATUS | velocities (km/s) | chi2 (own noise) | chi2 (window noise) | rms(res) / window noise "
           "| lag-1 autocorr | bright OH | gas (M31; Halpha at 0 km/s) | rest |")
@@ -106,26 +110,27 @@ def main(argv=None) -> int:
             axis_full = c.header.axis_cm1
             shape_full = c.header.noise_shape()  # relative noise of every channel (flambda)
         for label, lines, options in fits:
-            options = {"model": "sinc", **options}
-            own = lucijax.fit_cube(path, lines, sky_lines=sky_lines, batch_size=8, progress=False, **options)
-            r = lucijax.fit_cube(path, lines, sky_lines=sky_lines, batch_size=8, progress=False,
-                                 noise_window=NOISE_WINDOW, **options)
+            options = {"profile": "sinc", **options}
+            solver = lucijax.MAP(max_iter=options.pop("max_iter", lucijax.MAP().max_iter))
+            model = lucijax.Model(lines, sky_lines=sky_lines, **options)
+            own = lucijax.fit(path, model, solver, execution=quiet)
+            r = lucijax.fit(path, dataclasses.replace(model, noise_window=NOISE_WINDOW), solver, execution=quiet)
             s = r.summary()
-            _, model = r.model_spectrum(0, 0)
-            y = full[r.plan.window]
+            _, model_y = r.model_spectrum(0, 0)
+            y = full[r.bound.window]
             ok, lev = leverage(r, y)
-            weight = np.asarray(r.plan.model.channel_mask(y)[1])
-            noise = float(r.raw["noise"][0, 0])
-            res = ((y - model) * weight)[ok] / noise  # in units of each channel's (window) noise
+            weight = np.asarray(r.bound.line_model.channel_mask(y)[1])
+            noise = float(r.fields["noise"][0, 0])
+            res = ((y - model_y) * weight)[ok] / noise  # in units of each channel's (window) noise
             ac1 = np.corrcoef(res[:-1], res[1:])[0, 1]
             # channel sets: bright OH lines, M31 gas, the rest
-            axis = (r.plan.grid.axis_rel_cm1 + r.plan.grid.ref_cm1)[ok] / (1.0 + r.plan.redshift)
-            fwhm = float(r.raw["fwhm_cm1"][0, 0])
-            ls = r.plan.line_set
-            v = np.atleast_1d(r.raw["velocity_kms"][0, 0])
+            axis = (r.bound.grid.axis_rel_cm1 + r.bound.grid.ref_cm1)[ok] / (1.0 + r.bound.redshift)
+            fwhm = float(r.fwhm_cm1[0, 0])
+            ls = r.bound.line_set
+            v = np.atleast_1d(r.fields["velocity_kms"][0, 0])
             groups = np.asarray(ls.groups)
             pos = 1e7 / np.asarray(ls.rest_nm) * (1.0 - v[groups] / C_KMS)
-            amp = np.asarray(r.raw["amplitude"][0, 0]) / noise
+            amp = np.asarray(r.fields["amplitude"][0, 0]) / noise
             v_gas = v[1] if v.size > 1 else -300.0
             near_gas = np.min(np.abs(axis[:, None] - 1e7 / GAS_NM[None, :] * (1.0 - v_gas / C_KMS)), axis=1) < 4 * fwhm
             # geocoronal and Galactic Halpha sit on the OH line at 6562.76 A (sky frame, ~0 km/s)
@@ -141,7 +146,7 @@ def main(argv=None) -> int:
         sub = []
         for lo, hi in SUB_WINDOWS:
             sel = np.flatnonzero((axis_full >= lo) & (axis_full <= hi))
-            w = channel_weights(shape_full[sel] / np.nanmedian(shape_full[r.plan.window]))
+            w = channel_weights(shape_full[sel] / np.nanmedian(shape_full[r.bound.window]))
             usable = np.sum((full[sel] != 0) & np.isfinite(full[sel]))
             sub.append(f"{window_noise(full[sel], w):.3g} ({usable})")
         sub_rows.append(f"| {i} | {noise:.3g} | " + " | ".join(sub) + " |")

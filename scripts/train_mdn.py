@@ -18,7 +18,8 @@ import os
 import sys
 import time
 
-# one CPU device using every core (lucijax otherwise splits the CPU into one device per core)
+# one CPU device using every core (lucijax.set_cpu_devices() reads it; its default is one
+# device per core)
 os.environ.setdefault("LUCIJAX_CPU_DEVICES", "1")
 
 #: Epochs of the shipped networks (filter, kind) where they differ from TrainConfig's default.
@@ -43,10 +44,13 @@ def main(argv=None):
 
     from flax import serialization
 
+    import lucijax
     from lucijax.mdn import WEIGHTS_DIR
     from lucijax.mdn.config import RECIPES, NetConfig, TrainConfig, save_config
     from lucijax.mdn.train import evaluation_set, format_table, predict_features, snr_rows, train
 
+    lucijax.set_cpu_devices()  # before any computation
+    lucijax.enable_compilation_cache()
     recipe = RECIPES[args.filter]
     net_cfg = NetConfig(mdn=not args.cnn)
     tc = TrainConfig(seed=args.seed)

@@ -6,8 +6,8 @@ For each block of the view (:mod:`lucijax.io.blocks`; the next block is read whi
 current one computes): the pixels the view's mask keeps are read, ``program.prepare`` turns
 them into per-pixel inputs, the inputs are cut into batches of one fixed size (the last one
 padded, so one compiled program serves every batch), the batches are sent round robin to
-the devices (every device runs the same executable, compiled for all of them at once
-before the first block), gathered, passed through ``program.finish`` and either saved to
+the devices (every device runs the same executable, compiled for each of them before the
+first block), gathered, passed through ``program.finish`` and either saved to
 the checkpoint folder or placed into the output maps. Pixels the mask leaves out are never
 computed: their float outputs are NaN, their integer outputs :attr:`Status.MASKED`.
 
@@ -176,11 +176,15 @@ class BatchRunner:
                 with program.running():
                     return dev, fn.lower(s).compile()
 
-            if len(missing) > 1:
+            if len(missing) > 1 and not jax.config.jax_compilation_cache_dir:
+                # every device compiles at once, on threads
                 with ThreadPoolExecutor(max_workers=len(missing)) as pool:
                     built = list(pool.map(build, missing))
             else:
-                built = [build(missing[0])]
+                # with a persistent cache, the first device fills it and the others load from
+                # it, one at a time (concurrent loads of one cache entry crashed jaxlib 0.10.2
+                # in native code)
+                built = [build(d) for d in missing]
             for dev, exe in built:
                 while len(_EXECUTABLES) >= _MAX_EXECUTABLES:
                     _EXECUTABLES.pop(next(iter(_EXECUTABLES)))

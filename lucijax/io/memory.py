@@ -2,11 +2,11 @@
 
 Anything built from a cube (binned spectra, Voronoi bins, the integrated spectrum of a
 region, a synthetic cube) can be wrapped in :class:`MemoryCube` and given to
-:func:`lucijax.fit_cube` like a file::
+:func:`lucijax.fit` like a file::
 
     from lucijax.io.memory import MemoryCube
     cube = MemoryCube.from_synthetic(lucijax.simulate.make_cube(16, 16))
-    result = lucijax.fit_cube(cube, ["Halpha", "NII6583", "NII6548"])
+    result = lucijax.fit(cube, lucijax.Model(["Halpha", "NII6583", "NII6548"]))
 """
 
 from __future__ import annotations

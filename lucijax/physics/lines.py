@@ -112,7 +112,7 @@ class LineSet:
     velocity_chain : tuple of (int, int)
         ``(group, base_group)``: the velocity parameter of ``group`` is its offset from the
         velocity of ``base_group`` (kinematic components ordered in velocity; see
-        :mod:`lucijax.fit.components`). Empty (default): every velocity parameter is the
+        :mod:`lucijax.solvers.components`). Empty (default): every velocity parameter is the
         group's velocity itself.
     """
 

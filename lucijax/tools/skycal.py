@@ -6,8 +6,9 @@ across the detector, so:
 
 1. :func:`measure_sky_velocities` averages the spectra of sky pixels in ``bin_size`` x
    ``bin_size`` boxes (a boolean sky mask excludes the targets) and fits every OH line of an
-   ORB line list in each binned spectrum with one shared velocity (the fit of
-   :func:`lucijax.fit.cube.plan_fit` with ``sky_lines=``);
+   ORB line list in each binned spectrum with one shared velocity (a
+   :class:`~lucijax.description.Model` with ``sky_lines=``, binned by
+   :class:`~lucijax.io.views.BinnedCube`, fitted by the engine);
 2. :func:`fit_velocity_correction` fits a low-order 2-D Legendre polynomial in the pixel
    coordinates to those velocities, weighted by their errors, rejecting outliers by
    iterative sigma clipping (a star, a target that leaked into a bin, a failed fit);
