@@ -61,10 +61,15 @@ def set_cpu_devices(n: int | None = None) -> int:
     return n
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+def enable_compilation_cache(path: str | os.PathLike | None = None, max_size_gb: float = 16.0) -> Path | None:
     """Keep compiled programs in ``path`` (default ``$LUCIJAX_CACHE_DIR``, else
-    :data:`DEFAULT_CACHE_DIR`; ``'off'`` disables it). Returns the folder, or None when off
-    or not writable."""
+    :data:`DEFAULT_CACHE_DIR`; ``'off'`` disables it), at most ``max_size_gb`` (least
+    recently used programs evicted). Returns the folder, or None when off or not writable.
+
+    The size bound also makes JAX read and write the cache under a file lock: several
+    processes (test workers, a cluster's workers, two runs) then share one cache safely.
+    Without it JAX writes entries in place, and a process reading an entry another one is
+    still writing crashed jaxlib 0.10.2 in native code."""
     import jax
 
     text = os.fspath(path) if path is not None else os.environ.get("LUCIJAX_CACHE_DIR", str(DEFAULT_CACHE_DIR))
@@ -76,6 +81,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
         jax.config.update("jax_compilation_cache_dir", str(folder))
         # every program, small ones too: a second run then compiles nothing
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_compilation_cache_max_size", int(max_size_gb * 2**30))
     except (OSError, AttributeError) as err:  # read-only home, old jax: run without the cache
         log.warning("no compilation cache (%s)", err)
         return None
