@@ -7,7 +7,7 @@ results through module- or session-scoped fixtures, and synthetic cubes stay sma
 from __future__ import annotations
 
 import os
-
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,17 @@ import pytest
 import lucijax
 
 # The suite runs as the command line does: one XLA CPU device per core (the engine spreads
-# batches over them) and a persistent compilation cache shared by the worker processes.
-# Importing lucijax sets neither: both are explicit calls.
+# batches over them) and a persistent compilation cache. Importing lucijax sets neither: both
+# are explicit calls. Each xdist worker keeps its own cache folder, which the child processes
+# it starts inherit through LUCIJAX_CACHE_DIR: no two processes ever write or read one cache
+# entry at the same time (jaxlib 0.10.2 crashed in native code in cache reads and writes
+# while two workers shared one folder).
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_cache = os.environ.get("LUCIJAX_TEST_CACHE_DIR") or os.path.join(
+    tempfile.gettempdir(), f"lucijax-test-cache-{os.getuid()}", _worker)
+os.environ["LUCIJAX_CACHE_DIR"] = _cache
 lucijax.set_cpu_devices()
-lucijax.enable_compilation_cache()
+lucijax.enable_compilation_cache(_cache)
 
 #: ``../shared/data`` relative to the project root (see its README); absent in a user's
 #: fresh clone, present in CI.

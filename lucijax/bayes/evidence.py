@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lucijax.bayes.posterior import MAP_FIELDS, Posterior, diagnose, fit_inputs, pixel_key, summarize
+from lucijax.bayes.posterior import MAP_FIELDS, Posterior, diagnose, fit_inputs, pixel_key, sampler_inputs, summarize
 from lucijax.bayes.problem import PixelData, PixelProblem, pixel_data
 from lucijax.bayes.samplers import Nested
 from lucijax.model import LineModel
@@ -127,12 +127,6 @@ class EvidenceSelection:
             nan = jnp.asarray(jnp.nan, jnp.float32)
             return Selection(s1, s2, jnp.asarray(1, jnp.int16), nan)
 
-        def prepare(block):
-            out = {k: v for k, v in bound.inputs(block).items() if not k.startswith("_")}
-            out.update(block.given)
-            out["xy"] = block.xy
-            return out
-
         def finish(out, inputs):
             s1 = diagnose(out.one, np.inf, False, True)
             s2 = diagnose(out.two, np.inf, False, True)
@@ -142,7 +136,7 @@ class EvidenceSelection:
 
         key = "\n".join([bound.key, repr(self)])
         out_bound = bound.with_line_set(two_component_line_set(bound.line_set))
-        return Program(name="evidence (1 vs 2 components)", key=key, prepare=prepare, one=one, finish=finish,
+        return Program(name="evidence (1 vs 2 components)", key=key, prepare=sampler_inputs(bound), one=one, finish=finish,
                        given=given, stored=False, context=nested.context, namedtuples=(Selection, Posterior),
                        meta={"bound": bound, "bound_two": out_bound, "sampler": self})
 

@@ -134,6 +134,18 @@ def pixel_key(seed: int, xy):
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), xy[0]), xy[1])
 
 
+def sampler_inputs(bound):
+    """``prepare`` of a sampler's program: a pixel's window spectrum and FWHM, its MAP
+    values (the program's per-pixel inputs) and its coordinates (its random key)."""
+    def prepare(block):
+        out = {k: v for k, v in bound.inputs(block).items() if not k.startswith("_")}
+        out.update(block.given)
+        out["xy"] = block.xy
+        return out
+
+    return prepare
+
+
 def fit_inputs(inp: dict) -> MapValues:
     return MapValues(*(inp[f"map_{k}"] for k in MapValues._fields))
 
@@ -179,17 +191,11 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
         run = sampler.run(problem, d, pixel_key(sampler.seed, inp["xy"]))
         return summarize(problem, d, run, inp["map_status"])
 
-    def prepare(block):
-        out = {k: v for k, v in bound.inputs(block).items() if not k.startswith("_")}
-        out.update(block.given)
-        out["xy"] = block.xy
-        return out
-
     def finish(out, inputs):
         return diagnose(out, sampler.rhat_threshold, keep_samples, nested)
 
     key = "\n".join([bound.key, repr(sampler), "network" if use_network else "map"])
-    return Program(name=sampler.name, key=key, prepare=prepare, one=one, finish=finish, given=given,
+    return Program(name=sampler.name, key=key, prepare=sampler_inputs(bound), one=one, finish=finish, given=given,
                    bulk=("samples",) if keep_samples else (), stored=False, context=sampler.context,
                    namedtuples=(Posterior,), meta={"bound": bound, "sampler": sampler, "problem": problem,
                                                    "prior_source": "network" if use_network else "map"})

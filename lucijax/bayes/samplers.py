@@ -241,6 +241,15 @@ def float64():
     return jax.enable_x64(True)
 
 
+def _default_device():
+    """The device programs are placed on now: the engine traces each device's copy of a
+    program with that device as the default (jaxns places its live points itself)."""
+    dev = jax.config.jax_default_device
+    if dev is None or isinstance(dev, str):
+        return jax.local_devices()[0]
+    return dev
+
+
 @dataclass(frozen=True, kw_only=True)
 class Nested(Sampler):
     """Nested sampling (jaxns 2.6): posterior draws and the log-evidence ``LOGZ``.
@@ -284,7 +293,7 @@ class Nested(Sampler):
 
         nlive = self.num_live_points or 25 * D
         ns = DefaultNestedSampler(model=Model(prior_model=prior_model, log_likelihood=loglik), num_live_points=nlive,
-                                  max_samples=self.max_samples, devices=jax.local_devices()[:1], s=self.slices_per_dim)
+                                  max_samples=self.max_samples, devices=[_default_device()], s=self.slices_per_dim)
         k_ns, k_res = jax.random.split(key)
         reason, state = ns(k_ns, term_cond=TerminationCondition(dlogZ=jnp.asarray(1e-2)))
         res = ns.to_results(termination_reason=reason, state=state, trim=False)

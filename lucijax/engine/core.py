@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -121,7 +120,7 @@ class PixelMap:
 #: Compiled executables of this process, by (program, input signature, device): a second
 #: map of the same program (another region, another call from a notebook) compiles nothing.
 _EXECUTABLES: dict = {}
-_MAX_EXECUTABLES = 32
+_MAX_EXECUTABLES = 12
 
 
 def device_inputs(inputs: dict) -> dict:
@@ -130,8 +129,8 @@ def device_inputs(inputs: dict) -> dict:
 
 
 class BatchRunner:
-    """Runs batches of a program on the devices: compiled once per device (all devices at
-    once, on threads; kept for the rest of the process), then called round robin."""
+    """Runs batches of a program on the devices: compiled once per device (one after
+    another; kept for the rest of the process), then called round robin."""
 
     def __init__(self, program: Program, batch_size: int, devices: list):
         self.program = program
@@ -163,33 +162,31 @@ class BatchRunner:
         structs = {k: jax.ShapeDtypeStruct((self.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype)
                    for k, v in device_inputs(example).items()}
         signature = (program.name, program.key, repr(sorted((k, v.shape, str(v.dtype)) for k, v in structs.items())))
-        missing = [d for d in self.devices if (signature, d) not in _EXECUTABLES]
+        compiled = {}
+        for d in self.devices:  # the ones compiled already: most recently used now
+            exe = _EXECUTABLES.pop((signature, d), None)
+            if exe is not None:
+                _EXECUTABLES[(signature, d)] = compiled[d] = exe
+        missing = [d for d in self.devices if d not in compiled]
         if missing:
             with program.running():
                 fn = jax.jit(jax.vmap(program.one))
                 if program.stored:
                     fn = traced(fn, f"{program.name}\n{program.key}", structs, program.namedtuples)
-
-            def build(dev):
+            # one device after another: compiling on threads at once doubled the peak memory
+            # of a run (and concurrent loads of one persistent-cache entry crashed jaxlib
+            # 0.10.2 in native code); with a persistent cache the others load the first's work
+            for dev in missing:
                 sharding = jax.sharding.SingleDeviceSharding(dev)
                 s = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in structs.items()}
-                with program.running():
-                    return dev, fn.lower(s).compile()
-
-            if len(missing) > 1 and not jax.config.jax_compilation_cache_dir:
-                # every device compiles at once, on threads
-                with ThreadPoolExecutor(max_workers=len(missing)) as pool:
-                    built = list(pool.map(build, missing))
-            else:
-                # with a persistent cache, the first device fills it and the others load from
-                # it, one at a time (concurrent loads of one cache entry crashed jaxlib 0.10.2
-                # in native code)
-                built = [build(d) for d in missing]
-            for dev, exe in built:
+                # the device is also the default one while tracing: a program that places
+                # arrays itself (jaxns' nested sampler) places them there
+                with program.running(), jax.default_device(dev):
+                    exe = fn.lower(s).compile()
                 while len(_EXECUTABLES) >= _MAX_EXECUTABLES:
-                    _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
-                _EXECUTABLES[(signature, dev)] = exe
-        self._compiled = {d: _EXECUTABLES[(signature, d)] for d in self.devices}
+                    _EXECUTABLES.pop(next(iter(_EXECUTABLES)))  # least recently used
+                _EXECUTABLES[(signature, dev)] = compiled[dev] = exe
+        self._compiled = compiled
 
     def dispatch(self, inputs: dict, n: int, k: int):
         """Start batch ``k`` (``n`` real rows) on its device; returns a handle for :meth:`gather`."""

@@ -144,19 +144,6 @@ def _allocate(path, hdr, shape):
     return fits.open(path, mode="update", memmap=True)
 
 
-def _allocate(path, hdr, shape):
-    """Write ``hdr`` and a zero data block of ``shape`` (float32) without building it in memory."""
-    from astropy.io import fits
-
-    nbytes = int(np.prod(shape)) * 4
-    with open(path, "wb") as fh:
-        fh.write(hdr.tostring().encode("ascii"))
-        data_len = ((nbytes + 2879) // 2880) * 2880
-        fh.seek(data_len - 1, os.SEEK_CUR)
-        fh.write(b"\0")
-    return fits.open(path, mode="update", memmap=True)
-
-
 def write_model_cube(result, path, *, cube=None, residual_path=None, execution: Execution | None = None):
     """Write the model cube of a fit (and the residual cube, data - model).
 
