@@ -61,6 +61,20 @@ def set_cpu_devices(n: int | None = None) -> int:
     return n
 
 
+def _give_entries_an_access_time(folder: Path) -> None:
+    """Entries written without a size bound (lucijax 0.1, or JAX used directly) have no
+    ``<key>-atime`` file; JAX's bounded cache then fails every write (its eviction reads the
+    access time of every entry) and a run recompiles everything each time. Give each such
+    entry the time of its last change."""
+    for entry in folder.glob("*-cache"):
+        atime = entry.with_name(entry.name[: -len("-cache")] + "-atime")
+        if not atime.exists():
+            try:
+                atime.write_bytes(int(entry.stat().st_mtime_ns).to_bytes(8, "little"))
+            except OSError:  # removed meanwhile, or a read-only folder: nothing to repair
+                pass
+
+
 def enable_compilation_cache(path: str | os.PathLike | None = None, max_size_gb: float = 16.0) -> Path | None:
     """Keep compiled programs in ``path`` (default ``$LUCIJAX_CACHE_DIR``, else
     :data:`DEFAULT_CACHE_DIR`; ``'off'`` disables it), at most ``max_size_gb`` (least
@@ -81,6 +95,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, max_size_gb:
         jax.config.update("jax_compilation_cache_dir", str(folder))
         # every program, small ones too: a second run then compiles nothing
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        _give_entries_an_access_time(folder)
         jax.config.update("jax_compilation_cache_max_size", int(max_size_gb * 2**30))
     except (OSError, AttributeError) as err:  # read-only home, old jax: run without the cache
         log.warning("no compilation cache (%s)", err)
