@@ -175,7 +175,9 @@ class BatchRunner:
                     fn = traced(fn, f"{program.name}\n{program.key}", structs, program.namedtuples)
             # one device after another: compiling on threads at once doubled the peak memory
             # of a run (and concurrent loads of one persistent-cache entry crashed jaxlib
-            # 0.10.2 in native code); with a persistent cache the others load the first's work
+            # 0.10.2 in native code). On CPU each device's copy is its own cache entry (the
+            # device assignment is part of JAX's cache key); compiling once for all devices
+            # (shard_map over a mesh) is the speed issue's next step.
             for dev in missing:
                 sharding = jax.sharding.SingleDeviceSharding(dev)
                 s = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in structs.items()}
