@@ -10,6 +10,7 @@ stderr and exit status 2 (``-v`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -181,20 +182,67 @@ def _print_summary(result, elapsed: float, what: str = "fitted"):
         print(f"posterior: R-hat <= 1.05 for {share:.1%} of the pixels; median ESS {np.nanmedian(maps['ESS_MIN']):.0f}")
 
 
+def writable_folder(path, option: str) -> Path:
+    """``path`` as a folder this process can write to (created if missing), checked before
+    any work starts: a fit is never computed and then lost for want of a place to write it."""
+    import tempfile
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {folder} is not writable ({err.strerror or err})") from None
+    return folder
+
+
+#: API argument -> command-line option, for the messages of option checks.
+_FLAGS = {"max_iter": "--iterations", "batch_size": "--batch-size", "block_size": "--block-size",
+          "num_samples": "--bayes-num-samples", "num_warmup": "--bayes-num-warmup", "num_chains": "--bayes-chains",
+          "walkers": "--bayes-chains", "redshift": "--redshift", "continuum_order": "--continuum-order",
+          "continuum_spline": "--continuum-spline", "n_components": "--components",
+          "min_separation_kms": "--min-separation", "velocity_range": "--velocity-range",
+          "broadening_range": "--broadening-range", "noise_window": "--noise-window", "groups": "--groups"}
+
+
+def flag_names(message: str) -> str:
+    """``message`` with the API argument names it mentions replaced by their options."""
+    return re.sub(r"\b(" + "|".join(_FLAGS) + r")\b", lambda m: _FLAGS[m.group(1)], message)
+
+
 def cmd_fit(args) -> int:
+    t0 = time.time()
+    try:  # every option is checked before the cube is read, and named as on the command line
+        model = build_model(args)
+        solver = build_solver(args)
+        sampler = build_sampler(args)
+        build_execution(args, None)
+    except ValueError as err:
+        raise ValueError(flag_names(str(err))) from None
+    created = not Path(args.out).exists()
+    out = writable_folder(args.out, "--out")
+    if args.bayes_samples:
+        writable_folder(Path(args.bayes_samples).resolve().parent, "--bayes-samples")
+    try:
+        return _fit_into(args, out, model, solver, sampler, t0)
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {".lucijax.lock"}:
+            shutil.rmtree(out, ignore_errors=True)  # nothing of this run to keep
+        raise
+
+
+def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
     import lucijax
+    from lucijax.engine.checkpoint import folder_lock
     from lucijax.io import open_cube
 
-    t0 = time.time()
-    model = build_model(args)  # every option is checked before the cube is read
-    solver = build_solver(args)
-    sampler = build_sampler(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
     ckpt = None if args.no_checkpoint else out / "checkpoint"
     execution = build_execution(args, None if ckpt is None else str(ckpt / "fit"))
-    with open_cube(args.input) as cube:
+    # one run at a time per output folder (released even after kill -9)
+    with folder_lock(out, ".lucijax.lock") or contextlib.nullcontext(), open_cube(args.input) as cube:
         prep = build_view(args, cube)
         result = lucijax.fit(prep.view, model, solver, execution=execution)
         if sampler is not None:
@@ -380,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from a matched filter over the velocity range (default: the filter's mixture density "
                          "network: its mean starts the fit, mean +- 3 sigma bound it)")
     so.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
-    so.add_argument("--iterations", type=int, help=f"most Levenberg-Marquardt iterations (default {s.max_iter})")
+    so.add_argument("--iterations", type=int,
+                    help=f"most Levenberg-Marquardt iterations (default {s.max_iter}; 0: the start only, STATUS 2)")
     so.add_argument("--components", type=int,
                     help="kinematic components per line (ordered in velocity; maps {LINE}_C1_..., {LINE}_C2_...)")
     so.add_argument("--min-separation", type=float,
@@ -474,14 +523,22 @@ def main(argv=None) -> int:
 
     set_cpu_devices()
     enable_compilation_cache()
-    try:
-        return args.func(args)
-    except (UnknownLineError, MissingHeaderError, FileNotFoundError, ValueError, CheckpointBusyError, OSError) as err:
-        if args.verbose:
-            raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"lucijax: error: {message}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        if not args.verbose:  # one line per warning, without the source line that raised it
+            warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except (UnknownLineError, MissingHeaderError, FileNotFoundError, ValueError, CheckpointBusyError,
+                OSError) as err:
+            if args.verbose:
+                raise
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"lucijax: error: {message}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"lucijax: warning: {message}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ class Status(enum.IntEnum):
     #: A sampler's chains did not mix (split R-hat above the sampler's threshold, or
     #: divergent transitions): the posterior summaries of this pixel are not to be trusted.
     NOT_MIXED = 6
+    #: No line detected: the line amplitudes are consistent with zero (their joint
+    #: significance is below the solver's ``detection_chi2``), e.g. a spectrum of noise
+    #: only. Fluxes and their errors are valid (an upper limit); velocity and broadening
+    #: are not measured.
+    NO_LINE = 7
 
 
 #: One line per code, as printed in summaries and the CLI's help.
@@ -46,6 +51,7 @@ MESSAGES: dict[Status, str] = {
     Status.UNRESOLVED: "broadening went to zero (line unresolved); the other quantities are valid",
     Status.SINGULAR: "singular Fisher matrix: uncertainties are NaN",
     Status.NOT_MIXED: "posterior chains did not mix (R-hat above threshold or divergences)",
+    Status.NO_LINE: "no line detected (amplitudes consistent with zero): fluxes are upper limits, velocity unmeasured",
 }
 
 #: Statuses whose values are usable (the others are NaN, or flagged as suspect).

@@ -5,7 +5,10 @@ One ``.npz`` per block, written to a temporary name and renamed (atomic on POSIX
 the block's output leaves and the pytree structure they form. The folder is stamped with
 the run's fingerprint; blocks of another run (another cube, model, solver, mask, block
 size...) are removed, never mixed in. An exclusive lock on the folder makes a second run
-into the same folder fail at once instead of sharing it.
+into the same folder fail at once instead of sharing it. Each block also keeps a checksum
+of the spectra it was computed from; on resume a finished block whose data changed (a cube
+replaced at the same path, even with its size, header and modification time kept) is
+computed again.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class BlockCheckpoint:
     def __init__(self, folder, fingerprint: str):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.folder)
+        self._lock = folder_lock(self.folder)
         stamp = self.folder / "fingerprint.txt"
         if stamp.exists() and stamp.read_text().strip() != fingerprint:
             stale = list(self.folder.glob("block_*.npz"))
@@ -72,13 +75,28 @@ class BlockCheckpoint:
     def has(self, box) -> bool:
         return self._path(box).exists()
 
-    def save(self, box, leaves: list, treedef) -> None:
+    def save(self, box, leaves: list, treedef, data_digest: int | None = None) -> None:
+        """Store a finished block; ``data_digest`` identifies the data it was computed from
+        (:func:`data_digest`)."""
         final = self._path(box)
         tmp = final.with_name(f".{final.stem}.tmp.npz")  # not matched by block_*.npz
         arrays = {f"leaf{i:03d}": np.asarray(v) for i, v in enumerate(leaves)}
         arrays["treedef"] = np.frombuffer(pickle.dumps(treedef), np.uint8)
+        if data_digest is not None:
+            arrays["data_digest"] = np.asarray([data_digest], np.int64)
         np.savez(tmp, **arrays)
         os.replace(tmp, final)
+
+    def data_digest(self, box) -> int | None:
+        """The digest of the data a finished block was computed from (None: not stored)."""
+        try:
+            with np.load(self._path(box)) as z:
+                return int(z["data_digest"][0]) if "data_digest" in z.files else None
+        except (OSError, ValueError, KeyError):  # unreadable: compute the block again
+            return None
+
+    def discard(self, box) -> None:
+        self._path(box).unlink(missing_ok=True)
 
     def load(self, box) -> tuple[list, object]:
         with np.load(self._path(box)) as z:
@@ -92,14 +110,29 @@ class BlockCheckpoint:
             self._lock = None
 
 
-def _lock(folder: Path):
-    """An exclusive, non-blocking lock on ``folder/lock`` held until :meth:`close` or the
-    process ends (the kernel releases it even after ``kill -9``)."""
+def data_digest(*arrays) -> int:
+    """A fast checksum (Adler-32, ~3 GB/s) of the arrays a block is computed from: a
+    finished block is reused only while the file still holds the same data."""
+    import zlib
+
+    value = 1
+    for a in arrays:
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            value = zlib.adler32(f"{a.dtype.str}{a.shape}".encode(), value)
+            value = zlib.adler32(a.view(np.uint8).reshape(-1), value)
+    return value
+
+
+def folder_lock(folder, name: str = "lock"):
+    """An exclusive, non-blocking lock on ``folder/name``, held until the returned file is
+    closed or the process ends (the kernel releases it even after ``kill -9``); raises
+    :class:`CheckpointBusyError` at once when another process holds it."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    fh = open(folder / "lock", "w")
+    fh = open(Path(folder) / name, "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -108,4 +141,4 @@ def _lock(folder: Path):
     return fh
 
 
-__all__ = ["BlockCheckpoint", "CheckpointBusyError", "digest"]
+__all__ = ["BlockCheckpoint", "CheckpointBusyError", "digest", "data_digest", "folder_lock"]

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from lucijax.engine.checkpoint import BlockCheckpoint, digest
+from lucijax.engine.checkpoint import BlockCheckpoint, data_digest, digest
 from lucijax.engine.stored import traced
 from lucijax.io.blocks import DEFAULT_BLOCK, read_ahead, selected, tile
 from lucijax.program import Block, Program
@@ -326,15 +326,8 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
     batch_size = max(1, min(int(ex.batch_size or program.batch_size or default_batch_size()), n_pix))
     ckpt = BlockCheckpoint(ex.checkpoint, fingerprint(cube, program, ex.block_size, mask)) if ex.checkpoint else None
     try:
-        todo = [b for b in boxes if ckpt is None or not ckpt.has(b)]
-        n_batches = sum(-(-selected(mask, b).size // batch_size) for b in todo)
-        devices = local_devices(ex.devices)[: max(1, n_batches)]
-        runner = BatchRunner(program, batch_size, devices)
-        maps = _Maps((nx, ny))
-        n_resumed = n_pix - sum(selected(mask, b).size for b in todo)
-        bar = tqdm(total=n_pix, initial=n_resumed, unit="spectra", desc=program.name, smoothing=0.1,
-                   disable=not ex.progress or n_pix < 2 * batch_size)
         header = cube.header
+        digests: dict = {}
 
         def read(b):
             idx = selected(mask, b)
@@ -344,19 +337,31 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
                 spectra = spectra.reshape(-1, spectra.shape[-1])[idx]
             calib = cube.read_calib_map(*b)
             calib = None if calib is None else np.asarray(calib, np.float64).reshape(-1)[idx]
+            if ckpt is not None:
+                digests[b] = data_digest(spectra, calib)
             gx, gy = np.meshgrid(np.arange(b[0], b[1]), np.arange(b[2], b[3]), indexing="ij")
             xy = np.stack([gx.reshape(-1)[idx], gy.reshape(-1)[idx]], axis=1).astype(np.int32)
             given = {k: np.asarray(v[b[0]:b[1], b[2]:b[3]]).reshape((-1,) + np.shape(v)[2:])[idx]
                      for k, v in program.given.items()}
             return Block(b, idx, xy, spectra, calib, given, header)
 
+        todo = [b for b in boxes if ckpt is None or not ckpt.has(b)]
+        if ckpt is not None and len(todo) < len(boxes):
+            todo = _check_finished(ckpt, boxes, todo, read, digests)
+        n_batches = sum(-(-selected(mask, b).size // batch_size) for b in todo)
+        devices = local_devices(ex.devices)[: max(1, n_batches)]
+        runner = BatchRunner(program, batch_size, devices)
+        maps = _Maps((nx, ny))
+        n_resumed = n_pix - sum(selected(mask, b).size for b in todo)
+        bar = tqdm(total=n_pix, initial=n_resumed, unit="spectra", desc=program.name, smoothing=0.1,
+                   disable=not ex.progress or n_pix < 2 * batch_size)
         import jax
 
         for b, block in read_ahead(todo, read):
             out, bulk = run_block(program, runner, block)
             leaves, treedef = jax.tree_util.tree_flatten((out, bulk))
             if ckpt is not None:
-                ckpt.save(b, leaves, treedef)
+                ckpt.save(b, leaves, treedef, digests.pop(b, None))
             else:
                 out_leaves, out_def = jax.tree_util.tree_flatten(out)
                 maps.place(b, block.index, out_leaves, out_def)
@@ -377,6 +382,25 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
             ckpt.close()
     computed = np.ones((nx, ny), bool) if mask is None else mask.copy()
     return PixelMap(maps.values(), computed, n_resumed, time.perf_counter() - t0, batch_size, len(devices))
+
+
+def _check_finished(ckpt, boxes, todo, read, digests) -> list:
+    """The blocks to compute: ``todo`` and the finished blocks whose data are no longer
+    what they were computed from (each finished block is read again and checksummed)."""
+    todo = set(todo)
+    n_changed = 0
+    for b in boxes:
+        if b in todo:
+            continue
+        read(b)
+        if ckpt.data_digest(b) != digests.pop(b):
+            ckpt.discard(b)
+            todo.add(b)
+            n_changed += 1
+    if n_changed:
+        log.warning("%d finished block(s) in %s were computed from other data than the cube holds now: "
+                    "computed again", n_changed, ckpt.folder)
+    return [b for b in boxes if b in todo]
 
 
 def map_rows(program: Program, inputs: dict, execution: Execution | None = None):

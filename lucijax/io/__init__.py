@@ -107,7 +107,11 @@ def open_cube(path: str | os.PathLike) -> SpectralCube:
     if p.lower().endswith(FITS_SUFFIXES):
         return FitsCube(p)
     if h5py.is_hdf5(p):
-        with h5py.File(p, "r") as f:
+        try:
+            f = h5py.File(p, "r")
+        except OSError as err:  # e.g. a truncated copy
+            raise ValueError(f"{p}: not a readable HDF5 file (truncated or damaged? {err})") from None
+        with f:
             data = f.get("data", getlink=False) if "data" in f else None
             is_ds = isinstance(data, h5py.Dataset)
             ndim = data.ndim if is_ds else None

@@ -255,9 +255,16 @@ def _as_float(value: Any, key: str, source: str) -> float:
 
 def _as_int(value: Any, key: str, source: str) -> int:
     f = _as_float(value, key, source)
-    if not np.isfinite(f) or abs(f - round(f)) > 1e-6:
+    if not np.isfinite(f) or abs(f) > 2**31 or abs(f - round(f)) > 1e-6:
         raise ValueError(f"{source}: header attribute '{key}' = {value!r} is not an integer")
     return int(round(f))
+
+
+def _check_range(source: str, key: str, value, ok, what: str) -> None:
+    """A header value that gives wrong results silently (a NaN step, a negative
+    zpd_index) stops the run with one line that names it."""
+    if not (np.isfinite(float(value)) and ok):
+        raise ValueError(f"{source}: header attribute '{key}' = {value!r} is out of range: expected {what}")
 
 
 def _required(attrs, field_name, source, conv):
@@ -546,10 +553,14 @@ def header_from_attrs(
     zpd_index = _required(raw, "zpd_index", source, _as_int)
     nm_laser = _required(raw, "nm_laser", source, _as_float)
     axis_corr = _required(raw, "axis_corr", source, _as_float)
-    if step_nm <= 0:
-        raise ValueError(f"{source}: header attribute 'step' must be > 0 (got {step_nm})")
-    if step_nb <= 0:
-        raise ValueError(f"{source}: header attribute 'step_nb' must be > 0 (got {step_nb})")
+    _check_range(source, "step", step_nm, step_nm > 0, "> 0 (the OPD step in nm)")
+    _check_range(source, "step_nb", step_nb, step_nb > 0, "> 0")
+    _check_range(source, "order", order, order >= 0, ">= 0")
+    _check_range(source, "zpd_index", zpd_index, 0 <= zpd_index < step_nb,
+                 f"between 0 and step_nb - 1 = {step_nb - 1} (the frame of zero path difference)")
+    _check_range(source, "nm_laser", nm_laser, 100.0 < nm_laser < 2000.0,
+                 "the calibration laser wavelength in nm (SITELLE: 543.5)")
+    _check_range(source, "axis_corr", axis_corr, 0.5 < axis_corr < 2.0, "near 1 (the wavenumber correction)")
 
     kmin, vmin = _lookup(raw, _NAMES["axis_min"])
     kstep, vstep = _lookup(raw, _NAMES["axis_step"])
@@ -573,6 +584,8 @@ def header_from_attrs(
     apodization = 1.0
     if kapo is not None and not (isinstance(vapo, str) and vapo.strip().lower() == "none"):
         apodization = _as_float(vapo, kapo, source)
+        _check_range(source, kapo, apodization, 1.0 <= apodization < 10.0,
+                     ">= 1 (ORB's apodization coefficient: 1 for none)")
 
     kcc, vcc = _lookup(raw, _NAMES["calib_coeff_orig"])
     calib_coeff_orig = _as_float(vcc, kcc, source) if kcc is not None else None

@@ -8,12 +8,12 @@ the cube (SIP distortion included), shifted to the fitted region.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from typing import Any, Mapping
 
 import numpy as np
 
+from lucijax.io.files import atomic_write
 from lucijax.io.wcs import region_wcs
 
 __all__ = [
@@ -40,8 +40,15 @@ def _card_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, (list, tuple, np.ndarray)):
-        return ",".join(str(v) for v in np.ravel(np.asarray(value, dtype=object)))
-    return str(value)
+        value = ",".join(str(v) for v in np.ravel(np.asarray(value, dtype=object)))
+    return fits_text(str(value))
+
+
+def fits_text(text: str) -> str:
+    """``text`` as a FITS card may hold it (printable ASCII): other characters (a file
+    name such as 'ñgc.hdf5') written as Python escapes ('\\xf1gc.hdf5')."""
+    out = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" else repr(c)[1:-1] for c in out)
 
 
 def write_maps_fits(
@@ -142,17 +149,8 @@ def write_maps_fits(
             hdus.append(hdu)
         hdul = fits.HDUList(hdus)
 
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".fits", dir=directory)
-        os.close(fd)
-        try:
+        with atomic_write(path, ".fits") as tmp:
             hdul.writeto(tmp, overwrite=True)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
 
 
 def read_maps_fits(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -166,7 +164,13 @@ def read_maps_fits(path: str | os.PathLike) -> dict[str, np.ndarray]:
     from astropy.io import fits
 
     out: dict[str, np.ndarray] = {}
-    with fits.open(os.fspath(path), memmap=False) as hdul:
+    try:
+        hdul = fits.open(os.fspath(path), memmap=False)
+    except OSError as err:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist") from err
+        raise ValueError(f"{path} is not a FITS file (a maps.fits written by lucijax fit): {err}") from err
+    with hdul:
         for hdu in hdul[1:]:
             if not hdu.is_image or hdu.data is None:
                 continue

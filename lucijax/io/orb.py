@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from typing import Any, Mapping
 
 import h5py
 import numpy as np
 
+from lucijax.io.files import atomic_write
 from lucijax.io.header import (
     COUNTS_UNIT,
     FLUX_UNIT,
@@ -342,6 +342,10 @@ class OrbHDF5Cube(SpectralCube):
         else:
             flux_unit = FLUX_UNIT
         self.header = header_from_attrs(attrs, nz, self.path, flux_unit=flux_unit)
+        if (nx, ny) != (1, 1) and "calib_map" not in f and self.header.calib_coeff_orig is None:
+            warnings.warn(f"{self.path}: no 'calib_map' dataset: every pixel gets the instrumental line width "
+                          f"of axis_corr = {self.header.axis_corr:.6f} (the line width varies by a few per cent over "
+                          "SITELLE's field)")
 
         self._mask = None
         if "mask" in f and isinstance(f["mask"], h5py.Dataset) and f["mask"].shape == (nx, ny):
@@ -401,8 +405,17 @@ class OrbHDF5Cube(SpectralCube):
                 f"{self.path}: 'flambda' has shape {flambda.shape}; expected a scalar or a vector of "
                 f"{nz} values (one per channel)"
             )
-        if not exposure_time > 0:
-            raise ValueError(f"{self.path}: 'exposure_time' must be > 0 (got {exposure_time})")
+        if not (np.isfinite(exposure_time) and exposure_time > 0):
+            raise ValueError(f"{self.path}: header attribute 'exposure_time' = {exposure_time!r} is out of range: "
+                             "expected > 0 (seconds per frame)")
+        fl = np.atleast_1d(np.asarray(flambda, dtype=np.float64))
+        good = np.isfinite(fl) & (fl > 0)
+        if np.any(np.isfinite(fl) & (fl < 0)) or not good.any():
+            bad = "negative" if np.any(fl < 0) else ("NaN or infinite" if not np.isfinite(fl).any() else "zero")
+            raise ValueError(f"{self.path}: header attribute 'flambda' is out of range ({bad} values): expected "
+                             "the flux calibration, > 0 in every channel")
+        if not good.all():  # channels without a calibration: no data there (masked in every fit)
+            flambda = np.where(good, fl, np.nan) if fl.size > 1 else np.nan
         return flambda / nz / exposure_time
 
     # -- reading ---------------------------------------------------------------
@@ -597,11 +610,7 @@ def write_orb_cube(
     all_attrs: dict[str, Any] = {k: v for k, v in attrs.items() if v is not None}
     all_attrs.update({k: v for k, v in _wcs_cards(wcs).items() if k not in all_attrs})
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".hdf5", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_write(path, ".hdf5") as tmp:
         with h5py.File(tmp, "w") as f:
             if level in (2, 3):
                 cx = max(1, min(int(chunk_xy[0]), nx))
@@ -616,11 +625,6 @@ def write_orb_cube(
                 f.create_dataset("calib_map", data=np.asarray(calib_map, dtype=np.float64))
             if deep_frame is not None:
                 f.create_dataset("deep_frame", data=np.asarray(deep_frame, dtype=np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_level1(f: h5py.File, data: np.ndarray, attrs: Mapping[str, Any], quad_nb: int) -> None:

@@ -88,7 +88,11 @@ def parse_line(spec: str) -> tuple[str, float]:
             raise UnknownLineError(f"cannot read the wavelength in line '{spec}' (NAME=NM)") from err
         if not 100.0 < wavelength_nm < 2000.0:
             raise UnknownLineError(f"line '{spec}': wavelength must be an air wavelength in nm")
-        return name.strip(), wavelength_nm
+        name = name.strip()
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\[\]]*", name):
+            raise UnknownLineError(f"line '{spec}': give the line a name that starts with a letter and has only "
+                                   "letters, digits, _ and [] (it names the maps), e.g. 'ArIII7136=713.579'")
+        return name, wavelength_nm
     name = canonical_line_name(spec)
     return name, LINE_CATALOGUE_NM[name]
 
@@ -239,6 +243,7 @@ def make_line_set(
         More flux ties.
     """
     parsed = [parse_line(s) for s in lines]
+    _check_distinct(list(lines), parsed)
     names = tuple(n for n, _ in parsed)
     rest = tuple(w for _, w in parsed)
     if groups is None:
@@ -253,6 +258,20 @@ def make_line_set(
         if dep in index and prim in index and groups[index[dep]] == groups[index[prim]]:
             ties.append((index[dep], index[prim], float(ratio)))
     return LineSet(names, rest, groups, tuple(ties))
+
+
+def _check_distinct(specs: list, parsed: list) -> None:
+    """Two lines with one name (in any case: the map names are upper case) or one
+    wavelength (closer than 0.01 nm, ~5 km/s, far below SITELLE's resolution) would write
+    their maps over each other and split one line's flux between them."""
+    for i in range(len(parsed)):
+        for j in range(i):
+            (ni, wi), (nj, wj) = parsed[i], parsed[j]
+            if ni.upper() == nj.upper():
+                raise ValueError(f"line {ni} is listed twice ('{specs[j]}' and '{specs[i]}'): give each line once")
+            if abs(wi - wj) < 0.01:
+                raise ValueError(f"'{specs[j]}' and '{specs[i]}' are one line ({wi:.3f} nm) listed twice: "
+                                 "give each line once")
 
 
 def read_sky_lines(path) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,9 @@ class FitSettings:
         A pixel stops iterating (before ``n_iter``) once a further Gauss-Newton step would
         lower chi2 by less than this, in units of its residual variance (a tenth of
         ``convergence_chi2``).
+    detection_chi2 : float
+        STATUS is NO_LINE when the line amplitudes' joint significance (their chi2 against
+        zero, :func:`detection_statistic`) is below this.
     """
 
     n_iter: int = 8
@@ -73,7 +76,22 @@ class FitSettings:
     line_free_fwhm: float = 3.0
     convergence_chi2: float = 1e-2
     stop_chi2: float = 1e-3
+    detection_chi2: float = 9.0
 
+
+
+def noise_floor(ys):
+    """The smallest noise a float32 spectrum can have: its largest value's rounding. A
+    noise-free spectrum gets errors at that floor, never zero."""
+    return jnp.max(jnp.abs(ys)) * 2.0**-24
+
+
+def detection_statistic(amplitudes, cov):
+    """Joint significance of the line amplitudes: ``a^T C^-1 a`` (their chi2 against all
+    zero; ~ chi2 with as many degrees of freedom for noise at fixed kinematics)."""
+    d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 1e-30))
+    z = amplitudes * d
+    return z @ spd_solve(cov * d[:, None] * d[None, :], z, 1e-7)
 
 
 class PixelFit(NamedTuple):
@@ -276,6 +294,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     # -- noise from line-free channels
     noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, leverage)
     noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
+    noise_s = jnp.maximum(noise_s, noise_floor(ys * mask))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
     cov = cov_unit * noise_s**2
     perr = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
@@ -293,11 +312,14 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     # -- status
     converged = predicted_decrease / noise_s**2 < settings.convergence_chi2
     cov_ok = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.isfinite(perr) | frozen)
+    na = spec.n_amplitudes
+    detected = detection_statistic(alpha[:na], cov[P : P + na, P : P + na]) >= settings.detection_chi2
     status = jnp.where(~valid, Status.INVALID_INPUT,
+             jnp.where(~detected, Status.NO_LINE,
              jnp.where(~cov_ok, Status.SINGULAR,
              jnp.where(jnp.any(vel_at_bound) | jnp.any(b_at_high), Status.AT_BOUND,
              jnp.where(~converged, Status.NOT_CONVERGED,
-             jnp.where(jnp.any(b_at_low), Status.UNRESOLVED, Status.CONVERGED)))))
+             jnp.where(jnp.any(b_at_low), Status.UNRESOLVED, Status.CONVERGED))))))
     status = status.astype(jnp.int32)
 
     nan = jnp.asarray(jnp.nan, dtype)

@@ -22,7 +22,7 @@ import numpy as np
 from lucijax.io.maps import read_maps_fits
 from lucijax.model import LineModel
 from lucijax.program import Program
-from lucijax.solvers.fitting import FitSettings, PixelFit, line_free_noise, linear_solve
+from lucijax.solvers.fitting import FitSettings, PixelFit, detection_statistic, line_free_noise, linear_solve, noise_floor
 from lucijax.solvers.linalg import spd_inverse
 from lucijax.solvers.map import MapFit, finish_map
 from lucijax.status import Status
@@ -87,6 +87,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     noise_s = line_free_noise(model, settings, theta, fwhm, resid, finite, leverage)
     dof = jnp.maximum(n_valid - K, 1.0)
     noise_s = jnp.where(noise_s > 0, noise_s, jnp.sqrt(jnp.sum(resid**2) / dof))
+    noise_s = jnp.maximum(noise_s, noise_floor(ys))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
     cov = cov_unit * noise_s**2
     cov_ok = jnp.all(jnp.isfinite(cov))
@@ -99,7 +100,11 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     amp_err = jnp.sqrt(jnp.maximum(jnp.einsum("ik,kl,il->i", c_amp, cov, c_amp), 0.0))
     flux_err = jnp.sqrt(jnp.maximum(jnp.einsum("ik,kl,il->i", c_flux, cov, c_flux), 0.0))
 
-    status = jnp.where(~valid, Status.INVALID_INPUT, jnp.where(~cov_ok, Status.SINGULAR, Status.CONVERGED)).astype(jnp.int32)
+    na = model.spec.n_amplitudes
+    detected = detection_statistic(alpha[:na], cov[:na, :na]) >= settings.detection_chi2
+    status = jnp.where(~valid, Status.INVALID_INPUT,
+             jnp.where(~detected, Status.NO_LINE,
+             jnp.where(~cov_ok, Status.SINGULAR, Status.CONVERGED))).astype(jnp.int32)
     nan = jnp.asarray(jnp.nan, dtype)
 
     def out(x, scale_by=1.0):
