@@ -205,7 +205,7 @@ _FLAGS = {"max_iter": "--iterations", "batch_size": "--batch-size", "block_size"
           "walkers": "--bayes-chains", "redshift": "--redshift", "continuum_order": "--continuum-order",
           "continuum_spline": "--continuum-spline", "n_components": "--components",
           "min_separation_kms": "--min-separation", "velocity_range": "--velocity-range",
-          "broadening_range": "--broadening-range", "noise_window": "--noise-window", "groups": "--groups"}
+          "broadening_range": "--broadening-range", "noise_window": "--noise-window"}
 
 
 def flag_names(message: str) -> str:

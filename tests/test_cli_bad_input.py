@@ -304,3 +304,17 @@ def test_a_second_run_into_the_same_folder_fails_at_once(cube, tmp_path, capsys)
         rc, err = _fit(capsys, cube[1], "--lines", *LINES, "--out", out, "--no-checkpoint", "-q")
     assert rc == 2 and "another run is using" in err
     assert not (out / "maps.fits").exists()
+
+
+@pytest.mark.timeout(300)
+def test_detection_threshold_is_the_solvers_option(cube, tmp_path):
+    import lucijax
+
+    syn = cube[0]
+    sigma = float(syn.truth["NOISE"][0, 0])
+    path = _cube_of(syn, np.random.default_rng(4).normal(0.0, sigma, syn.data.shape), tmp_path / "noise.hdf5")
+    ex = lucijax.Execution(progress=False)
+    flagged = lucijax.fit(path, lucijax.Model(LINES), lucijax.MAP(), execution=ex).maps["STATUS"]
+    never = lucijax.fit(path, lucijax.Model(LINES), lucijax.MAP(detection_chi2=0.0), execution=ex).maps["STATUS"]
+    assert np.mean(flagged == Status.NO_LINE) >= 0.6
+    assert not np.any(never == Status.NO_LINE)

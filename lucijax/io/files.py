@@ -9,6 +9,15 @@ from collections.abc import Iterator
 
 
 def _umask() -> int:
+    """The process's umask: read from /proc where Linux shows it (setting it to read it
+    would briefly change it for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

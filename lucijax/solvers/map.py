@@ -77,6 +77,9 @@ class MAP:
     covariance : bool
         Also return each pixel's covariance matrix of all parameters (velocities,
         broadenings, amplitudes and continuum coefficients; ``FitResult.covariance``).
+    detection_chi2 : float
+        STATUS is 7 (NO_LINE) where the line amplitudes' joint significance ``a^T C^-1 a``
+        (their chi2 against zero) is below this (9: 3 sigma for one line).
     network_sigmas : float
         Bounds of a network start: mean +- this many sigma.
     guard_chi2 : float
@@ -95,6 +98,7 @@ class MAP:
     nonneg_amplitudes: bool = True
     line_free_fwhm: float = 3.0
     covariance: bool = False
+    detection_chi2: float = 9.0
     network_sigmas: float = 3.0
     guard_chi2: float = 9.0
     max_network_sigma_kms: float = 20.0
@@ -113,7 +117,8 @@ class MAP:
                            broadening_range_kms=tuple(model.broadening_range),
                            broadening_start_kms=float(self.broadening_start_kms), grid_step_kms=float(self.grid_step_kms),
                            nonneg_amplitudes=bool(self.nonneg_amplitudes), line_free_fwhm=float(self.line_free_fwhm),
-                           convergence_chi2=float(self.convergence_chi2), stop_chi2=float(self.stop_chi2))
+                           convergence_chi2=float(self.convergence_chi2), stop_chi2=float(self.stop_chi2),
+                           detection_chi2=float(self.detection_chi2))
 
     def resolve_start(self, bound):
         """(start actually used, network predictor or None): the network when one ships
