@@ -313,9 +313,10 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     converged = predicted_decrease / noise_s**2 < settings.convergence_chi2
     cov_ok = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.isfinite(perr) | frozen)
     na = spec.n_amplitudes
-    detected = detection_statistic(alpha[:na], cov[P : P + na, P : P + na]) >= settings.detection_chi2
+    # NaN (a singular covariance) is not "no line": it stays SINGULAR below
+    no_line = detection_statistic(alpha[:na], cov[P : P + na, P : P + na]) < settings.detection_chi2
     status = jnp.where(~valid, Status.INVALID_INPUT,
-             jnp.where(~detected, Status.NO_LINE,
+             jnp.where(no_line, Status.NO_LINE,
              jnp.where(~cov_ok, Status.SINGULAR,
              jnp.where(jnp.any(vel_at_bound) | jnp.any(b_at_high), Status.AT_BOUND,
              jnp.where(~converged, Status.NOT_CONVERGED,

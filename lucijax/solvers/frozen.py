@@ -101,9 +101,10 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     flux_err = jnp.sqrt(jnp.maximum(jnp.einsum("ik,kl,il->i", c_flux, cov, c_flux), 0.0))
 
     na = model.spec.n_amplitudes
-    detected = detection_statistic(alpha[:na], cov[:na, :na]) >= settings.detection_chi2
+    # NaN (a singular covariance) is not "no line": it stays SINGULAR below
+    no_line = detection_statistic(alpha[:na], cov[:na, :na]) < settings.detection_chi2
     status = jnp.where(~valid, Status.INVALID_INPUT,
-             jnp.where(~detected, Status.NO_LINE,
+             jnp.where(no_line, Status.NO_LINE,
              jnp.where(~cov_ok, Status.SINGULAR, Status.CONVERGED))).astype(jnp.int32)
     nan = jnp.asarray(jnp.nan, dtype)
 
