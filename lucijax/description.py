@@ -206,22 +206,19 @@ def window_channels(header, window_cm1=None, what: str = "fit window") -> np.nda
     axis = header.axis_cm1
     if window_cm1 is None:
         if header.filter_name is None:
-            attrs = header.attrs or {}
-            raw = next((attrs[k] for k in ("filter_name", "FILTER", "FILTER_NAME", "FILTERNAME") if attrs.get(k)), None)
-            said = f"names no SITELLE filter (filter_name = {raw!r})" if raw else "names no filter"
+            raw = header.filter_label
+            said = f"names no SITELLE filter (filter_name = {raw!r})" if raw is not None else "names no filter"
             log.warning("the header %s: fitting the whole spectral axis (give the window to fit less)", said)
             lo, hi = axis[0], axis[-1]
         else:
             lo, hi = instrument.get_filter(header.filter_name).band_cm1
-            idx = np.nonzero((axis >= lo) & (axis <= hi))[0]
-            if idx.size < 10:
-                raise ValueError(f"the band of filter {header.filter_name} ({lo:.1f}-{hi:.1f} cm-1), named in the "
-                                 f"header, misses the cube's axis ({min(axis[0], axis[-1]):.1f}-"
-                                 f"{max(axis[0], axis[-1]):.1f} cm-1): the header's filter_name is wrong; "
-                                 "give the fit window")
     else:
         lo, hi = window_cm1
     idx = np.nonzero((axis >= lo) & (axis <= hi))[0]
+    if idx.size < 10 and window_cm1 is None and header.filter_name is not None:
+        raise ValueError(f"the band of filter {header.filter_name} ({lo:.1f}-{hi:.1f} cm-1), named in the header, "
+                         f"misses the cube's axis ({min(axis[0], axis[-1]):.1f}-{max(axis[0], axis[-1]):.1f} cm-1): "
+                         "the header's filter_name is wrong; give the fit window")
     if idx.size < 10:
         raise ValueError(f"the {what} {lo:.1f}-{hi:.1f} cm-1 holds {idx.size} channels of the cube's axis "
                          f"({axis[0]:.1f}-{axis[-1]:.1f} cm-1): widen it")

@@ -260,7 +260,7 @@ def _as_int(value: Any, key: str, source: str) -> int:
     return int(round(f))
 
 
-def _check_range(source: str, key: str, value, ok, what: str) -> None:
+def check_range(source: str, key: str, value, ok, what: str) -> None:
     """A header value that gives wrong results silently (a NaN step, a negative
     zpd_index) stops the run with one line that names it."""
     if not (np.isfinite(float(value)) and ok):
@@ -465,6 +465,12 @@ class CubeHeader:
     attrs: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def filter_label(self) -> Any:
+        """The filter attribute as the file writes it (``filter_name``, ``FILTER``, ...; None
+        when absent), recognised as a SITELLE filter or not."""
+        return _lookup(self.attrs or {}, _NAMES["filter_name"])[1]
+
+    @property
     def axis_cm1(self) -> np.ndarray:
         """Spectral axis in cm^-1 (float64), ``axis_min + k * axis_step``."""
         return self.axis_min_cm1 + np.arange(self.n_channels, dtype=np.float64) * self.axis_step_cm1
@@ -553,14 +559,14 @@ def header_from_attrs(
     zpd_index = _required(raw, "zpd_index", source, _as_int)
     nm_laser = _required(raw, "nm_laser", source, _as_float)
     axis_corr = _required(raw, "axis_corr", source, _as_float)
-    _check_range(source, "step", step_nm, step_nm > 0, "> 0 (the OPD step in nm)")
-    _check_range(source, "step_nb", step_nb, step_nb > 0, "> 0")
-    _check_range(source, "order", order, order >= 0, ">= 0")
-    _check_range(source, "zpd_index", zpd_index, 0 <= zpd_index < step_nb,
+    check_range(source, "step", step_nm, step_nm > 0, "> 0 (the OPD step in nm)")
+    check_range(source, "step_nb", step_nb, step_nb > 0, "> 0")
+    check_range(source, "order", order, order >= 0, ">= 0")
+    check_range(source, "zpd_index", zpd_index, 0 <= zpd_index < step_nb,
                  f"between 0 and step_nb - 1 = {step_nb - 1} (the frame of zero path difference)")
-    _check_range(source, "nm_laser", nm_laser, 100.0 < nm_laser < 2000.0,
+    check_range(source, "nm_laser", nm_laser, 100.0 < nm_laser < 2000.0,
                  "the calibration laser wavelength in nm (SITELLE: 543.5)")
-    _check_range(source, "axis_corr", axis_corr, 0.5 < axis_corr < 2.0, "near 1 (the wavenumber correction)")
+    check_range(source, "axis_corr", axis_corr, 0.5 < axis_corr < 2.0, "near 1 (the wavenumber correction)")
 
     kmin, vmin = _lookup(raw, _NAMES["axis_min"])
     kstep, vstep = _lookup(raw, _NAMES["axis_step"])
@@ -584,7 +590,7 @@ def header_from_attrs(
     apodization = 1.0
     if kapo is not None and not (isinstance(vapo, str) and vapo.strip().lower() == "none"):
         apodization = _as_float(vapo, kapo, source)
-        _check_range(source, kapo, apodization, 1.0 <= apodization < 10.0,
+        check_range(source, kapo, apodization, 1.0 <= apodization < 10.0,
                      ">= 1 (ORB's apodization coefficient: 1 for none)")
 
     kcc, vcc = _lookup(raw, _NAMES["calib_coeff_orig"])

@@ -44,6 +44,7 @@ from lucijax.io.header import (
     MissingHeaderError,
     SpectralCube,
     _truthy,
+    check_range,
     header_from_attrs,
     to_python,
 )
@@ -405,9 +406,7 @@ class OrbHDF5Cube(SpectralCube):
                 f"{self.path}: 'flambda' has shape {flambda.shape}; expected a scalar or a vector of "
                 f"{nz} values (one per channel)"
             )
-        if not (np.isfinite(exposure_time) and exposure_time > 0):
-            raise ValueError(f"{self.path}: header attribute 'exposure_time' = {exposure_time!r} is out of range: "
-                             "expected > 0 (seconds per frame)")
+        check_range(self.path, "exposure_time", exposure_time, exposure_time > 0, "> 0 (seconds per frame)")
         fl = np.atleast_1d(np.asarray(flambda, dtype=np.float64))
         good = np.isfinite(fl) & (fl > 0)
         if np.any(np.isfinite(fl) & (fl < 0)) or not good.any():
