@@ -38,6 +38,7 @@ _PUBLIC = {
     "fit": "lucijax.api",
     "sample": "lucijax.api",
     "heliocentric": "lucijax.api",
+    "physics_maps": "lucijax.nebular",
     "map_pixels": "lucijax.engine",
     # results
     "FitResult": "lucijax.results",

@@ -367,6 +367,22 @@ def cmd_skycal(args) -> int:
     return 0
 
 
+def cmd_physics(args) -> int:
+    from lucijax.nebular import physics_maps
+
+    for path in [args.maps] + ([args.sn2] if args.sn2 else []):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such file (give a maps.fits written by lucijax fit)")
+    result = physics_maps(args.maps, args.sn2, temperature=args.temperature, case_b_density=args.case_b_density,
+                          law=args.law, r_v=args.rv, min_snr=args.min_snr, resample_draws=args.draws,
+                          bpt_draws=args.draws * 4, seed=args.seed)
+    out = result.write(args.out, plot=not args.no_plot)
+    made = [n for n in ("NII_HA", "SII_HA", "SII_RATIO", "OIII_HB", "BPT_CLASS", "DENSITY", "OH_N2", "OH_O3N2", "EBV")
+            if n in result.maps]
+    print(f"{len(result.maps)} maps ({', '.join(made)}); wrote {out}" + ("" if args.no_plot else f" and {out.with_suffix('.png')}"))
+    return 0
+
+
 # ------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     from lucijax import __version__
@@ -487,6 +503,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=48, help="cube side in pixels")
     d.add_argument("--quiet", "-q", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    from lucijax.nebular.atomic import EXTINCTION_LAWS
+
+    ph = sub.add_parser("physics", help="line ratios, BPT classes, density, metallicity, extinction from fitted maps",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ph.add_argument("maps", help="maps.fits of the SN3 fit (Halpha, [NII], [SII]): the pixel grid of the output")
+    ph.add_argument("--sn2", help="maps.fits of the SN2 fit (Hbeta, [OIII]) of the same field; resampled onto the "
+                    "first file's pixels when its pointing differs")
+    ph.add_argument("--out", required=True, help="output folder (physics.fits, physics.png)")
+    ph.add_argument("--temperature", type=float, default=1e4, help="electron temperature (K) for the [SII] density "
+                    "and the Case B Halpha/Hbeta")
+    ph.add_argument("--case-b-density", type=float, default=100.0, help="density (cm-3) of the Case B Halpha/Hbeta")
+    ph.add_argument("--law", default="CCM89", choices=EXTINCTION_LAWS, help="extinction law (PyNeb)")
+    ph.add_argument("--rv", type=float, default=3.1, help="R_V of the extinction law")
+    ph.add_argument("--min-snr", type=float, default=3.0, help="a ratio needs each of its lines at this S/N; "
+                    "below it, an upper limit")
+    ph.add_argument("--draws", type=int, default=128, help="Monte-Carlo draws for resampled errors (x4 for BPT "
+                    "class probabilities)")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--no-plot", action="store_true", help="do not write physics.png")
+    ph.set_defaults(func=cmd_physics)
 
     pl = sub.add_parser("plot", help="plot maps of a maps.fits file")
     pl.add_argument("maps", help="maps.fits written by lucijax fit")

@@ -148,6 +148,10 @@ def make_cube(
     calib_spread: float = 0.01,
     redshift: float = 0.0,
     seed: int = 0,
+    velocity_kms=None,
+    broadening_kms=None,
+    line_fluxes_cm1=None,
+    header_overrides=None,
 ) -> SyntheticCube:
     """A synthetic cube with random kinematics per pixel and known truth.
 
@@ -157,11 +161,17 @@ def make_cube(
     smoothly by +-``calib_spread`` (relative) across the field, so each pixel has its own
     instrumental FWHM. With ``redshift``, lines sit at ``rest * doppler(v) / (1 + z)`` and
     the truth fluxes (``*_FLUX_CM1``) are in the observed frame.
+
+    Given fields replace the random draws (``[x, y]`` arrays): ``velocity_kms`` and
+    ``broadening_kms`` (every kinematic group), ``line_fluxes_cm1`` (line name -> observed
+    flux of each primary line in cm^-1 units; tied lines follow their primary).
+    ``header_overrides`` updates the header (e.g. another pointing: ``CRVAL1``, ``CDELT1``).
     """
     rng = np.random.default_rng(seed)
     line_set = make_line_set(lines)
     spec = ModelSpec(line_set, model)
     header = filter_header(filter_name)
+    header.update(header_overrides or {})
     axis = header["axis_min"] + np.arange(header["step_nb"]) * header["axis_step"]
 
     xs, ys = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
@@ -174,6 +184,10 @@ def make_cube(
     snr = np.exp(rng.uniform(np.log(snr_range[0]), np.log(snr_range[1]), n))
     velocity = rng.uniform(*velocity_range_kms, size=(n, G))
     broadening = rng.uniform(*broadening_range_kms, size=(n, G)) if spec.has_broadening else np.zeros((n, G))
+    if velocity_kms is not None:
+        velocity = np.repeat(np.asarray(velocity_kms, np.float64).reshape(n, 1), G, axis=1)
+    if broadening_kms is not None and spec.has_broadening:
+        broadening = np.repeat(np.asarray(broadening_kms, np.float64).reshape(n, 1), G, axis=1)
     # flux ratios relative to the first line, then converted to primary amplitudes
     flux_ratio = np.ones((n, line_set.n_lines))
     for i, name in enumerate(line_set.names):
@@ -194,6 +208,13 @@ def make_cube(
     _, flux_fn, _ = get_model(model)
     unit_flux = np.asarray(flux_fn(jnp.asarray(fwhm.reshape(n)[:, None]), jnp.asarray(sg)), np.float64)
     flux = amp_first[:, None] * unit_flux[:, :1] * flux_ratio
+    if line_fluxes_cm1 is not None:
+        for i, name in enumerate(line_set.names):
+            if name in line_fluxes_cm1:
+                flux[:, i] = np.asarray(line_fluxes_cm1[name], np.float64).reshape(n)
+        for dep, prim, _ in line_set.ties:
+            flux[:, dep] = ratio_cm1[dep] * flux[:, prim]
+        snr = flux[:, 0] / unit_flux[:, 0] / noise
     prim = list(line_set.primary_lines)
     amp_prim = flux[:, prim] / unit_flux[:, prim]
     continuum = rng.uniform(*continuum_snr, n) * noise
@@ -277,6 +298,7 @@ def simulate_components(n_pixels: int, *, lines=("Halpha", "NII6583", "NII6548")
     base = make_line_set(lines)
     ls = component_line_set(base, n_components, ordered=False)
     header = filter_header(filter_name)
+    header.update(header_overrides or {})
     axis = header["axis_min"] + np.arange(header["step_nb"]) * header["axis_step"]
     band = instrument.get_filter(filter_name).band_cm1
     window = np.nonzero((axis >= band[0]) & (axis <= band[1]))[0]

@@ -29,7 +29,8 @@ LAYERS = [
     (4, ("lucijax.solvers", "lucijax.bayes")),
     (5, ("lucijax.engine",)),
     (6, ("lucijax.results",)),
-    (7, ("lucijax.api", "lucijax.views", "lucijax.tools", "lucijax.plots", "lucijax.demo", "lucijax.simulate")),
+    (7, ("lucijax.api", "lucijax.views", "lucijax.tools", "lucijax.plots", "lucijax.demo", "lucijax.simulate",
+         "lucijax.nebular")),
     (8, ("lucijax.cli",)),
 ]
 

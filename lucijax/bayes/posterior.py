@@ -19,6 +19,7 @@ import numpy as np
 
 from lucijax.bayes.problem import MapValues, PixelData, PixelProblem, Prior, map_fallback_prior, pixel_data
 from lucijax.program import Program
+from lucijax.solvers.fitting import flux_correlations
 from lucijax.status import GOOD, Status
 
 #: Fields of the MAP fit a posterior takes as per-pixel inputs.
@@ -37,6 +38,7 @@ class Posterior(NamedTuple):
     amplitude_err: jax.Array
     flux_cm1: jax.Array  # (L,)
     flux_err_cm1: jax.Array
+    flux_corr: jax.Array  # correlations of the flux draws, pairs as PixelFit.flux_corr
     continuum: jax.Array  # ()
     linear: jax.Array  # (K,) medians of the linear parameters, flux unit
     chi2_reduced: jax.Array  # at the posterior medians
@@ -74,6 +76,7 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
         br = br_err = jnp.full_like(vel, jnp.nan)
     a_med, a_err = med_err(amp)
     f_med, f_err = med_err(flux)
+    f_corr = flux_correlations(jnp.cov(flux, rowvar=False).reshape(flux.shape[1], flux.shape[1]))
     x_med = jnp.nanmedian(flat, axis=0)
     theta, alpha = problem.theta_alpha(x_med)
     del theta
@@ -85,7 +88,7 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     nan = jnp.asarray(jnp.nan, jnp.float32)
     return Posterior(
         velocity_kms=vel, velocity_err_kms=vel_err, broadening_kms=br, broadening_err_kms=br_err,
-        amplitude=a_med, amplitude_err=a_err, flux_cm1=f_med, flux_err_cm1=f_err,
+        amplitude=a_med, amplitude_err=a_err, flux_cm1=f_med, flux_err_cm1=f_err, flux_corr=f_corr,
         continuum=jnp.nanmedian(cont), linear=alpha * sc, chi2_reduced=chi2,
         rhat_max=nan, ess_min=run.get("ess_nested", nan) * jnp.ones((), jnp.float32),
         accept_rate=jnp.asarray(run["accept_rate"], jnp.float32), n_divergent=jnp.asarray(run["n_divergent"], jnp.int32),

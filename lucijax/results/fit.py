@@ -252,7 +252,7 @@ class PosteriorResult(Result):
 def _merged_fields(fit: FitResult, post) -> dict:
     fields = dict(fit.fields)
     for k in ("velocity_kms", "velocity_err_kms", "broadening_kms", "broadening_err_kms", "amplitude", "amplitude_err",
-              "flux_cm1", "flux_err_cm1", "continuum", "linear", "chi2_reduced", "status"):
+              "flux_cm1", "flux_err_cm1", "flux_corr", "continuum", "linear", "chi2_reduced", "status"):
         fields[k] = np.asarray(getattr(post, k))
     return fields
 

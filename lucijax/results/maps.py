@@ -12,11 +12,18 @@ import numpy as np
 from lucijax.physics.conversions import flux_cm1_to_erg, observed_position_cm1
 
 FLUX_UNIT_ERG = "erg/cm2/s/A"
+#: ``{LINE}_FLUX_LIMIT`` maps are this many times the flux error of an absent line.
+DETECTION_SIGMAS = 3.0
 
 
 def line_map_name(line: str) -> str:
     """EXTNAME prefix of a line: 'Halpha' -> 'HALPHA', 'SKY6498.73' -> 'SKY6498.73'."""
     return line.upper()
+
+
+def correlation_map_name(line_a: str, line_b: str) -> str:
+    """EXTNAME of the correlation of two lines' fluxes: 'CORR_HALPHA_NII6583'."""
+    return f"CORR_{line_map_name(line_a)}_{line_map_name(line_b)}"
 
 
 def flux_unit_of(cube_unit: str) -> str:
@@ -58,10 +65,16 @@ def build_maps(fit: Mapping, bound, fwhm_cm1, network=None) -> tuple[dict[str, n
         put(f"{key}_AMPLITUDE_ERR", fit["amplitude_err"][..., i], bound.flux_unit)
         put(f"{key}_FLUX", fit["flux_cm1"][..., i] * conv, flux_unit)
         put(f"{key}_FLUX_ERR", fit["flux_err_cm1"][..., i] * conv, flux_unit)
+        if "flux_null_err_cm1" in fit:  # the 3-sigma limit of a line at the fitted kinematics
+            put(f"{key}_FLUX_LIMIT", DETECTION_SIGMAS * fit["flux_null_err_cm1"][..., i] * conv, flux_unit)
         put(f"{key}_VELOCITY", v, "km/s")
         put(f"{key}_VELOCITY_ERR", fit["velocity_err_kms"][..., g], "km/s")
         put(f"{key}_BROADENING", fit["broadening_kms"][..., g], "km/s")
         put(f"{key}_BROADENING_ERR", fit["broadening_err_kms"][..., g], "km/s")
+    corr = fit.get("flux_corr")
+    if corr is not None and np.shape(corr)[-1]:
+        for k, (i, j) in enumerate(zip(*np.triu_indices(ls.n_lines, 1))):
+            put(correlation_map_name(ls.names[i], ls.names[j]), corr[..., k], "")
     put("CONTINUUM", fit["continuum"], bound.flux_unit)
     put("CHI2", fit["chi2_reduced"], "")
     put("SNR", fit["snr"], "")

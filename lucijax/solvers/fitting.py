@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import jaxopt
+import numpy as np
 
 from lucijax.model import LineModel
 from lucijax.solvers.linalg import spd_inverse, spd_solve
@@ -116,6 +117,35 @@ class PixelFit(NamedTuple):
     status: jax.Array  # int32
     start_velocity_kms: jax.Array  # (G,)
     linear: jax.Array  # (K,) column amplitudes then continuum coefficients
+    #: Correlation of the line fluxes, pairs (i < j) in ``numpy.triu_indices(L, 1)`` order
+    #: (empty beyond :data:`MAX_CORRELATED_LINES` lines).
+    flux_corr: jax.Array
+    #: 1-sigma flux error of each line if its amplitude were zero, at the fitted kinematics
+    #: (the detection limit's unit: 3 x this is the 3-sigma flux limit).
+    flux_null_err_cm1: jax.Array  # (L,)
+
+
+#: Fits of more lines than this (sky-line fits) carry no flux correlations.
+MAX_CORRELATED_LINES = 12
+
+
+def flux_correlations(cov_flux):
+    """Upper-triangle correlations ``(L(L-1)/2,)`` of a flux covariance ``(L, L)``."""
+    L = cov_flux.shape[0]
+    if L > MAX_CORRELATED_LINES:
+        return jnp.zeros((0,), cov_flux.dtype)
+    sd = jnp.sqrt(jnp.maximum(jnp.diagonal(cov_flux), 0.0))
+    i, j = np.triu_indices(L, 1)
+    return jnp.clip(cov_flux[i, j] / (sd[i] * sd[j]), -1.0, 1.0)
+
+
+def null_flux_errors(model, theta, fwhm, cov_linear):
+    """Flux error of each line at zero amplitude and the given kinematics, from the
+    covariance ``(K, K)`` of the linear parameters at fixed kinematics: the line's column
+    error times its flux per unit of the column."""
+    coef = model.line_coefficients(theta, fwhm) * model.unit_fluxes(theta, fwhm)
+    col_err = jnp.sqrt(jnp.maximum(jnp.diagonal(cov_linear), 0.0))[model.column]
+    return jnp.abs(coef) * col_err
 
 
 
@@ -308,6 +338,13 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     jd = jax.jacfwd(derived)(p_hat)
     dq_err = jnp.sqrt(jnp.maximum(jnp.einsum("ip,pq,iq->i", jd, cov, jd), 0.0))
     L = spec.line_set.n_lines
+    flux_corr = flux_correlations(jd[L:] @ cov @ jd[L:].T)
+    # the linear parameters' covariance at the fitted kinematics (no kinematic uncertainty):
+    # the Schur complement of the kinematic block of the covariance, a (P, P) solve
+    c_tt = cov_unit[:P, :P] + jnp.diag(jnp.where(frozen[:P], 1.0, 0.0))
+    c_at = cov_unit[P:, :P]
+    cov_lin = cov_unit[P:, P:] - c_at @ jnp.linalg.solve(c_tt, c_at.T)
+    null_err = null_flux_errors(model, theta, fwhm, cov_lin * noise_s**2)
 
     # -- status
     converged = predicted_decrease / noise_s**2 < settings.convergence_chi2
@@ -348,6 +385,8 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         status=status,
         start_velocity_kms=out(theta_start[:G]),
         linear=out(alpha, scale),
+        flux_corr=out(flux_corr),
+        flux_null_err_cm1=out(null_err, scale),
     )
     if not with_covariance:
         return fit
@@ -356,4 +395,5 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
 
 
-__all__ = ["FitSettings", "PixelFit", "fit_spectrum", "linear_solve", "line_free_noise"]
+__all__ = ["FitSettings", "PixelFit", "fit_spectrum", "linear_solve", "line_free_noise", "flux_correlations",
+           "null_flux_errors", "MAX_CORRELATED_LINES"]

@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import jaxopt
 import numpy as np
 
-from lucijax.io.maps import read_maps_fits
+from lucijax.io.maps import read_map_wcs, read_maps_fits
+from lucijax.io.resample import grid_offset, resample_values
 from lucijax.model import LineModel
 from lucijax.program import Program
-from lucijax.solvers.fitting import FitSettings, PixelFit, detection_statistic, line_free_noise, linear_solve, noise_floor
+from lucijax.solvers.fitting import (FitSettings, PixelFit, detection_statistic, flux_correlations, line_free_noise,
+                                     linear_solve, noise_floor, null_flux_errors)
 from lucijax.solvers.linalg import spd_inverse
 from lucijax.solvers.map import MapFit, finish_map
 from lucijax.status import Status
@@ -99,6 +101,8 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     flux = c_flux @ alpha
     amp_err = jnp.sqrt(jnp.maximum(jnp.einsum("ik,kl,il->i", c_amp, cov, c_amp), 0.0))
     flux_err = jnp.sqrt(jnp.maximum(jnp.einsum("ik,kl,il->i", c_flux, cov, c_flux), 0.0))
+    flux_corr = flux_correlations(c_flux @ cov @ c_flux.T)
+    null_err = null_flux_errors(model, theta, fwhm, cov)
 
     na = model.spec.n_amplitudes
     # NaN (a singular covariance) is not "no line": it stays SINGULAR below
@@ -129,6 +133,8 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
         status=status,
         start_velocity_kms=out(theta[:G]),
         linear=out(alpha, scale),
+        flux_corr=out(flux_corr),
+        flux_null_err_cm1=out(null_err, scale),
     )
 
 
@@ -142,7 +148,8 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
         ``maps.fits`` of a previous fit, or a dict of FITS-ordered ``[y, x]`` arrays. Group
         ``g`` takes ``{LINE}_VELOCITY`` / ``{LINE}_BROADENING`` (and their ``_ERR``) of its
         first line, else plain ``VELOCITY`` / ``BROADENING`` maps (then all groups share
-        them). Maps cover either the region or the whole cube.
+        them), else the maps of other lines when they all share one kinematics (another
+        filter's fit). Maps cover either the region or the whole cube.
     line_set : LineSet
     region : (x0, x1, y0, y1)
     cube_shape_xy : (nx, ny)
@@ -172,6 +179,11 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
         for name in (f"{line.upper()}_{quantity}", quantity):
             if name in maps:
                 return cut(name)
+        # maps of other lines with one shared kinematics (SN3's Halpha for SN2's Hbeta)
+        others = [k for k in maps if k.endswith(f"_{quantity}") and not k.startswith("MDN_")
+                  and not k[: -len(quantity) - 1].endswith(("_VELOCITY", "_BROADENING"))]
+        if others and all(np.array_equal(maps[k], maps[others[0]], equal_nan=True) for k in others[1:]):
+            return cut(others[0])
         if required:
             raise ValueError(f"freeze maps have no {line.upper()}_{quantity} (nor {quantity}) map; "
                              f"maps given: {', '.join(sorted(maps))}")
@@ -188,6 +200,36 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
     return theta, err
 
 
+KINEMATIC_QUANTITIES = ("VELOCITY", "VELOCITY_ERR", "BROADENING", "BROADENING_ERR")
+
+
+def other_pointing(kinematics, cube) -> dict | None:
+    """The kinematic maps of a maps file resampled onto ``cube``'s pixel grid when the file's
+    WCS is not the cube's (up to a whole-pixel shift: a region of it), else None.
+
+    Velocities and broadenings are interpolated bilinearly at the cube's pixel centres
+    (``reproject``); pixels outside the maps get NaN (their fits are INVALID_INPUT)."""
+    if not isinstance(kinematics, (str, Path)):
+        return None
+    wcs_cube = getattr(cube.header, "wcs", None)
+    if wcs_cube is None or getattr(cube, "origin", (0, 0)) is None or not wcs_cube.has_celestial:
+        return None
+    wcs_maps = read_map_wcs(kinematics)
+    maps = read_maps_fits(kinematics)
+    if wcs_maps is None or not maps:
+        return None
+    shape_maps = next(iter(maps.values())).shape
+    if grid_offset(wcs_maps, wcs_cube, shape_maps) is not None:
+        return None
+    nx, ny = int(cube.shape[0]), int(cube.shape[1])
+    wanted = {k: v for k, v in maps.items() if k.endswith(KINEMATIC_QUANTITIES) and not k.startswith("MDN_")}
+    out = resample_values(wanted, wcs_maps, wcs_cube, (ny, nx))
+    if not any(np.isfinite(v).any() for k, v in out.items() if k.endswith("_VELOCITY")):
+        raise ValueError(f"the kinematic maps {Path(kinematics).name} do not overlap the cube's field (their WCS "
+                         "places them elsewhere on the sky)")
+    return out
+
+
 @dataclass(frozen=True)
 class Frozen:
     """Freeze mode: velocities and broadenings taken from maps, only the amplitudes and the
@@ -198,7 +240,9 @@ class Frozen:
     kinematics : path to a maps.fits, or dict of ``[y, x]`` maps
         ``{LINE}_VELOCITY`` / ``{LINE}_BROADENING`` (and their ``_ERR``) of each kinematic
         group's first line, or plain ``VELOCITY`` / ``BROADENING`` maps (shared by all
-        groups), of the fitted view or of the whole cube.
+        groups), of the fitted view or of the whole cube. A maps file of another pointing
+        (its WCS not the cube's, e.g. SN3's maps for the SN2 cube of the same field) is
+        resampled onto the cube's pixels first (``reproject``, bilinear).
     nonneg_amplitudes : bool
         Line amplitudes >= 0.
     line_free_fwhm : float
@@ -217,7 +261,11 @@ class Frozen:
         origin = getattr(cube, "origin", (0, 0)) or (0, 0)
         root = getattr(cube, "root_shape", (nx, ny)) or (nx, ny)
         region = (origin[0], origin[0] + nx, origin[1], origin[1] + ny)
-        theta, err = kinematic_maps(self.kinematics, bound.line_set, region, root)
+        kinematics = self.kinematics
+        other = other_pointing(kinematics, cube)
+        if other is not None:  # maps of another pointing (e.g. SN3's for an SN2 cube)
+            kinematics, region, root = other, (0, nx, 0, ny), (nx, ny)
+        theta, err = kinematic_maps(kinematics, bound.line_set, region, root)
         P = bound.spec.n_nonlinear
         if bound.spec.has_broadening and np.all(np.isnan(theta[..., bound.spec.n_groups:])):
             raise ValueError(f"the freeze maps have no broadening maps, which the {bound.spec.shape} model needs")
