@@ -298,7 +298,6 @@ def simulate_components(n_pixels: int, *, lines=("Halpha", "NII6583", "NII6548")
     base = make_line_set(lines)
     ls = component_line_set(base, n_components, ordered=False)
     header = filter_header(filter_name)
-    header.update(header_overrides or {})
     axis = header["axis_min"] + np.arange(header["step_nb"]) * header["axis_step"]
     band = instrument.get_filter(filter_name).band_cm1
     window = np.nonzero((axis >= band[0]) & (axis <= band[1]))[0]
