@@ -54,6 +54,12 @@ def build_model(args):
 def build_solver(args):
     from lucijax.solvers import MAP, Components, Frozen
 
+    if args.start_maps:
+        for flag, given in (("--freeze", args.freeze), ("--no-mdn", args.no_mdn), ("--cnn", args.cnn),
+                            ("--components", (args.components or 1) > 1)):
+            if given:
+                raise ValueError(f"--start-maps and {flag} exclude each other")
+        return MAP(**_given(start="maps", start_maps=args.start_maps, max_iter=args.iterations))
     if args.freeze and (args.components or 1) > 1:
         raise ValueError("--freeze and --components exclude each other")
     if args.freeze:
@@ -452,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"smallest velocity step between components, km/s (default {c.min_separation_kms:g})")
     so.add_argument("--freeze", metavar="MAPS.fits",
                     help="take velocities and broadenings from these maps; fit only amplitudes and continuum")
+    so.add_argument("--start-maps", metavar="MAPS.fits",
+                    help="start from the velocities and broadenings of these maps (an earlier run's, another filter's; "
+                         f"another pointing's are resampled) and bound the fit to +- max(3 sigma, "
+                         f"{s.maps_halfwidth_kms:g} km/s) around them")
 
     b = f.add_argument_group("posterior (after the MAP fit)")
     b.add_argument("--bayes", choices=["mh", "nuts", "ensemble", "nested"],

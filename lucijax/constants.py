@@ -9,3 +9,7 @@ SINC_FWHM = 1.20671
 
 #: ``2 sqrt(2 ln 2)``: Gaussian FWHM / standard deviation.
 GAUSS_FWHM_OVER_SIGMA = 2.3548200450309493
+
+#: Percentiles that summarise posterior draws (lower, median, upper): errors are half the
+#: 16-84 % width; diagnostic ratios are written as ``{RATIO}_Q{p}`` maps.
+QUANTILES = (16, 50, 84)

@@ -16,7 +16,8 @@ import lucijax
 from lucijax.description import pixel_fwhm_cm1
 from lucijax.io import open_cube
 from lucijax.simulate import DEFAULT_LINES, make_cube
-from lucijax.solvers.frozen import fit_frozen_spectrum, kinematic_maps
+from lucijax.solvers.frozen import fit_frozen_spectrum
+from lucijax.solvers.kinematics import kinematic_maps
 
 pytestmark = pytest.mark.timeout(300)
 

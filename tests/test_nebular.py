@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -307,6 +309,70 @@ def test_balmer_decrement_across_pointings(joint):
     assert read_map_wcs(d / "sn3" / "maps.fits") is not None
 
 
+def test_sn2_fit_started_from_sn3_kinematics(joint):
+    """SN2 fitted freely from SN3's kinematics (resampled onto its grid) as starts and
+    bounds: its own velocities against the truth (pulls), its Hbeta fluxes, and the
+    decrement of both fits."""
+    t3, t2, _, _, d = joint
+    sn2 = lj.fit(d / "sn2.hdf5", lj.Model(lines=list(SN2_LINES)),
+                 lj.MAP(start="maps", start_maps=d / "sn3" / "maps.fits"), execution=EX)
+    ok = np.isfinite(sn2.maps["HBETA_VELOCITY"]) & (sn2.maps["STATUS"] == Status.CONVERGED)
+    v_pulls = (sn2.maps["HBETA_VELOCITY"][ok] - t2["velocity"][ok]) / sn2.maps["HBETA_VELOCITY_ERR"][ok]
+    f_pulls = (sn2.maps["HBETA_FLUX"][ok] - t2["flux"]["Hbeta"][ok]) / sn2.maps["HBETA_FLUX_ERR"][ok]
+    sn2.write(d / "sn2_started")
+    phys = physics_maps(d / "sn3" / "maps.fits", d / "sn2_started" / "maps.fits", resample_draws=256)
+    e = phys.maps["EBV"]
+    sel = np.isfinite(e)
+    e_pulls = (e[sel] - t3["ebv"][sel]) / phys.maps["EBV_ERR"][sel]
+    report("SN2 started from SN3's kinematics", pixels=int(ok.sum()), converged=round(float(ok.mean()), 3),
+           velocity_pull_std=round(robust_std(v_pulls), 3), velocity_pull_median=round(float(np.median(v_pulls)), 3),
+           hbeta_pull_std=round(robust_std(f_pulls), 3), ebv_pixels=int(sel.sum()),
+           ebv_pull_std=round(robust_std(e_pulls), 3), ebv_pull_median=round(float(np.median(e_pulls)), 3))
+    assert ok.sum() > 0.6 * ok.size
+    assert 0.85 <= robust_std(v_pulls) <= 1.15 and abs(np.median(v_pulls)) < 0.3
+    assert 0.85 <= robust_std(f_pulls) <= 1.15
+    assert sel.sum() > 400 and 0.9 <= robust_std(e_pulls) <= 1.1 and abs(np.median(e_pulls)) < 0.3
+
+
+def test_ratio_quantiles_of_draws_match_numpy():
+    """Reference: numpy's percentiles of each ratio computed from the same draws."""
+    from lucijax.bayes.posterior import ratio_quantiles
+
+    rng = np.random.default_rng(4)
+    names = ["Halpha", "NII6583", "NII6548", "SII6716", "SII6731"]
+    flux = np.abs(rng.normal([100.0, 30.0, 10.0, 8.0, 6.0], [5.0, 4.0, 2.0, 3.0, 3.0], (4000, 5))).astype(np.float32)
+    got = np.asarray(ratio_quantiles(jnp.asarray(flux), names))
+    ref = {"NII_HA": flux[:, 1] / flux[:, 0], "SII_HA": (flux[:, 3] + flux[:, 4]) / flux[:, 0],
+           "SII_RATIO": flux[:, 3] / flux[:, 4]}
+    assert got.shape == (3, 3)
+    for k, r in enumerate(ref.values()):
+        np.testing.assert_allclose(got[k], np.percentile(r, [16, 50, 84]), rtol=1e-5)
+    assert np.asarray(ratio_quantiles(jnp.asarray(flux[:, :1]), names[:1])).shape == (0, 3)
+
+
+def test_sampled_fit_carries_ratio_quantiles(tmp_path):
+    """A sampled fit writes each ratio's 16/50/84 % quantiles of its draws; ``lucijax
+    physics`` carries them (from the result and from maps.fits); a MAP fit has none."""
+    n = 4
+    truth = nebular_truth((n, n), seed=21, halpha_flux=(2e-17, 1.5e-16))
+    cube_of(truth, SN3_LINES, "SN3", tmp_path / "sn3.hdf5", seed=3)
+    fit = lj.fit(tmp_path / "sn3.hdf5", lj.Model(lines=list(SN3_LINES)), lj.MAP(), execution=EX)
+    post = lj.sample(tmp_path / "sn3.hdf5", fit, lj.NUTS(num_warmup=60, num_samples=100), execution=EX)
+    for name in ("NII_HA", "SII_HA", "SII_RATIO"):
+        lo, mid, hi = (post.maps[f"{name}_Q{p}"] for p in (16, 50, 84))
+        assert np.all(np.isfinite(mid)) and np.all(lo <= mid) and np.all(mid <= hi) and np.all(lo < hi)
+    # the median ratio sits near the ratio of the fluxes where both are bright
+    np.testing.assert_allclose(np.median(post.maps["NII_HA_Q50"] / (post.maps["NII6583_FLUX"] / post.maps["HALPHA_FLUX"])),
+                               1.0, atol=0.05)
+    assert "OIII_HB_Q50" not in post.maps
+    phys = physics_maps(post)
+    np.testing.assert_array_equal(phys.maps["SII_RATIO_Q50"], post.maps["SII_RATIO_Q50"].astype(np.float32))
+    post.write(tmp_path / "post")
+    back = physics_maps(tmp_path / "post" / "maps.fits")
+    np.testing.assert_allclose(back.maps["NII_HA_Q84"], phys.maps["NII_HA_Q84"], rtol=1e-6)
+    assert "NII_HA_Q16" not in physics_maps(fit).maps  # a MAP fit has no draws
+
+
 def test_resampling_conserves_flux_like_reproject():
     """A compact source inside both grids keeps its total flux; a uniform surface brightness
     gives each target pixel its area's share; errors of independent pixels shrink as the
@@ -377,8 +443,6 @@ def test_lines_injected_at_the_limit_are_recovered_half_the_time(tmp_path):
 def test_flux_limit_matches_the_noise_of_an_absent_line():
     """Brute force: fit 4000 noise-only spectra (noise 2) by numpy least squares with the
     line's profile and a constant; the scatter of the line flux is the null flux error."""
-    import jax.numpy as jnp
-
     from lucijax.model import LineModel, ModelSpec, SpectralGrid
     from lucijax.physics.lines import make_line_set
     from lucijax.solvers.fitting import null_flux_errors
@@ -389,7 +453,10 @@ def test_flux_limit_matches_the_noise_of_an_absent_line():
     theta = jnp.asarray([20.0, 30.0])
     m = np.asarray(lm.design_matrix(theta, 5.0), np.float64)
     cov = np.linalg.inv(m.T @ m) * 2.0**2
-    got = float(null_flux_errors(lm, theta, 5.0, jnp.asarray(cov, jnp.float32))[0])
+    # d flux / d linear parameters, as the fit takes it (the Jacobian of the line fluxes)
+    k = m.shape[1]
+    dflux = jax.jacfwd(lambda a: lm.line_fluxes_cm1(theta, a, 5.0))(jnp.ones(k, jnp.float32))
+    got = float(null_flux_errors(dflux, jnp.asarray(cov, jnp.float32))[0])
     rng = np.random.default_rng(0)
     noise = rng.normal(0.0, 2.0, (4000, axis.size))
     amp = np.linalg.lstsq(m, noise.T, rcond=None)[0][0]

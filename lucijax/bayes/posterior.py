@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.bayes.problem import MapValues, PixelData, PixelProblem, Prior, map_fallback_prior, pixel_data
+from lucijax.constants import QUANTILES
+from lucijax.physics.lines import ratios_in
 from lucijax.program import Program
 from lucijax.solvers.fitting import flux_correlations
 from lucijax.status import GOOD, Status
@@ -39,6 +41,7 @@ class Posterior(NamedTuple):
     flux_cm1: jax.Array  # (L,)
     flux_err_cm1: jax.Array
     flux_corr: jax.Array  # correlations of the flux draws, pairs as PixelFit.flux_corr
+    ratio_quantiles: jax.Array  # (R, 3) 16/50/84 % quantiles of the draws of each ratio in ratios_in(lines)
     continuum: jax.Array  # ()
     linear: jax.Array  # (K,) medians of the linear parameters, flux unit
     chi2_reduced: jax.Array  # at the posterior medians
@@ -55,6 +58,17 @@ class Posterior(NamedTuple):
     n_channels: jax.Array  # channels in the likelihood
 
 
+def ratio_quantiles(flux, names):
+    """The :data:`~lucijax.constants.QUANTILES` (R, 3) of each diagnostic ratio of
+    :func:`~lucijax.physics.lines.ratios_in` ``names`` over flux draws ``(N, L)``: straight
+    from the draws (no delta method: right where a term is faint)."""
+    ratios = [jnp.sum(flux[:, list(num)], axis=1) / jnp.sum(flux[:, list(den)], axis=1)
+              for _, num, den in ratios_in(names)]
+    if not ratios:
+        return jnp.zeros((0, len(QUANTILES)), flux.dtype)
+    return jnp.nanpercentile(jnp.stack(ratios, axis=1), jnp.asarray(QUANTILES, flux.dtype), axis=0).T
+
+
 def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posterior:
     """Medians and half 16-84 % widths of one pixel's draws ``run['samples']`` (C, S, D)."""
     x = run["samples"]
@@ -63,7 +77,7 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     v, b, amp, flux, cont = jax.vmap(lambda xx: problem.derived(xx, d))(flat)
     sc = d.scale
     amp, flux, cont = amp * sc, flux * sc, cont * sc
-    q = jnp.asarray([16.0, 50.0, 84.0])
+    q = jnp.asarray(QUANTILES, jnp.float32)
 
     def med_err(a):
         p = jnp.nanpercentile(a, q, axis=0)
@@ -77,6 +91,7 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     a_med, a_err = med_err(amp)
     f_med, f_err = med_err(flux)
     f_corr = flux_correlations(jnp.cov(flux, rowvar=False).reshape(flux.shape[1], flux.shape[1]))
+    r_q = ratio_quantiles(flux, problem.spec.line_set.names)
     x_med = jnp.nanmedian(flat, axis=0)
     theta, alpha = problem.theta_alpha(x_med)
     del theta
@@ -89,6 +104,7 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     return Posterior(
         velocity_kms=vel, velocity_err_kms=vel_err, broadening_kms=br, broadening_err_kms=br_err,
         amplitude=a_med, amplitude_err=a_err, flux_cm1=f_med, flux_err_cm1=f_err, flux_corr=f_corr,
+        ratio_quantiles=r_q,
         continuum=jnp.nanmedian(cont), linear=alpha * sc, chi2_reduced=chi2,
         rhat_max=nan, ess_min=run.get("ess_nested", nan) * jnp.ones((), jnp.float32),
         accept_rate=jnp.asarray(run["accept_rate"], jnp.float32), n_divergent=jnp.asarray(run["n_divergent"], jnp.int32),
@@ -204,4 +220,4 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
                                                    "prior_source": "network" if use_network else "map"})
 
 
-__all__ = ["Posterior", "posterior_program", "summarize", "diagnose", "pixel_key", "MAP_FIELDS"]
+__all__ = ["Posterior", "posterior_program", "summarize", "ratio_quantiles", "diagnose", "pixel_key", "MAP_FIELDS"]

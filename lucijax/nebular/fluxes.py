@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lucijax.constants import QUANTILES
+from lucijax.physics.lines import LINE_RATIOS
 from lucijax.status import GOOD, Status
 
 __all__ = ["LineFluxes", "line_fluxes"]
@@ -35,6 +37,9 @@ class LineFluxes:
     unit: str
     wcs: object = None
     sources: list[str] = field(default_factory=list)
+    #: ratio name -> its posterior quantiles ``[3, ny, nx]`` (16, 50, 84 %) from the draws of a
+    #: sampled fit (``{RATIO}_Q16/_Q50/_Q84`` maps); empty for a MAP fit
+    quantiles: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -73,7 +78,7 @@ class LineFluxes:
         cov[L:, L:] = other.cov
         return LineFluxes(self.names + other.names, np.concatenate([self.flux, other.flux]), cov,
                           np.concatenate([self.limit, other.limit]), np.concatenate([self.usable, other.usable]),
-                          self.unit, self.wcs, self.sources + other.sources)
+                          self.unit, self.wcs, self.sources + other.sources, {**self.quantiles, **other.quantiles})
 
 
 def _line_names(maps: dict) -> list[str]:
@@ -104,7 +109,9 @@ def line_fluxes(maps: dict, units: dict | None = None, wcs=None, source: str = "
     good = np.isin(status, [int(s) for s in GOOD]) | (status == int(Status.NO_LINE))
     usable = np.broadcast_to(good, flux.shape) & np.isfinite(flux) & np.isfinite(err)
     unit = str(units.get(f"{names[0]}_FLUX", ""))
-    return LineFluxes(names, flux, cov, limit, np.array(usable), unit, wcs, [source] if source else [])
+    quantiles = {r: np.stack([np.asarray(maps[f"{r}_Q{p}"], np.float64) for p in QUANTILES]) for r in LINE_RATIOS
+                 if all(f"{r}_Q{p}" in maps for p in QUANTILES)}
+    return LineFluxes(names, flux, cov, limit, np.array(usable), unit, wcs, [source] if source else [], quantiles)
 
 
 def read_line_fluxes(path) -> LineFluxes:

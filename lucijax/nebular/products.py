@@ -16,25 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from lucijax.io.resample import grid_offset, pixel_area, resample_fluxes, resample_values
+from lucijax.constants import QUANTILES
 import lucijax.nebular.atomic as atomic
 from lucijax.nebular.combos import Combination, combine, covariance_between
 from lucijax.nebular.diagnostics import (METALLICITY_CALIBRATIONS, bpt_class, bpt_probabilities,
                                          metallicity)
 from lucijax.nebular.fluxes import LineFluxes, line_fluxes, read_line_fluxes
-from lucijax.physics.lines import LINE_CATALOGUE_NM
+from lucijax.physics.lines import LINE_CATALOGUE_NM, LINE_RATIOS
 
 log = logging.getLogger(__name__)
 
 __all__ = ["physics_maps", "PhysicsResult", "RATIOS"]
 
 #: ratio map name -> (numerator lines, denominator lines), fluxes summed within each
-RATIOS = {
-    "NII_HA": (("NII6583",), ("HALPHA",)),
-    "SII_HA": (("SII6716", "SII6731"), ("HALPHA",)),
-    "SII_RATIO": (("SII6716",), ("SII6731",)),
-    "OIII_HB": (("OIII5007",), ("HBETA",)),
-    "HA_HB": (("HALPHA",), ("HBETA",)),
-}
+RATIOS = LINE_RATIOS
 BPT_NAMES = {1: "SF", 2: "COMPOSITE", 3: "LINER", 4: "SEYFERT"}
 AIR_ANGSTROM = {k.upper(): 10.0 * v for k, v in LINE_CATALOGUE_NM.items()}
 
@@ -152,6 +147,9 @@ def physics_maps(sn3, sn2=None, *, temperature: float = 1e4, case_b_density: flo
         put(f"LOG_{name}", combos[name].value, "dex")
         put(f"LOG_{name}_ERR", combos[name].sigma, "dex")
         put(f"{name}_DETECTED", detected.astype(np.int16))
+        if name in lf.quantiles:  # a sampled fit: the ratio's quantiles from its draws, at any S/N
+            for p, qmap in zip(QUANTILES, lf.quantiles[name]):
+                put(f"{name}_Q{p}", qmap)
         # upper limits: numerator not detected, denominator detected
         num_limit = np.sqrt(sum(lf.limit[lf.index(n)] ** 2 for n in num))
         den_flux = sum(lf.flux[lf.index(n)] for n in den)

@@ -357,3 +357,22 @@ def join_line_sets(first: LineSet, second: LineSet) -> LineSet:
         first.velocity_chain + tuple((a + g, b + g) for a, b in second.velocity_chain),
     )
 
+
+
+#: Diagnostic ratios of line fluxes: map name -> (numerator lines, denominator lines), the
+#: fluxes summed within each (names as in ``LINE_CATALOGUE_NM``, upper case).
+LINE_RATIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "NII_HA": (("NII6583",), ("HALPHA",)),
+    "SII_HA": (("SII6716", "SII6731"), ("HALPHA",)),
+    "SII_RATIO": (("SII6716",), ("SII6731",)),
+    "OIII_HB": (("OIII5007",), ("HBETA",)),
+    "HA_HB": (("HALPHA",), ("HBETA",)),
+}
+
+
+def ratios_in(names) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """The :data:`LINE_RATIOS` whose lines are all among ``names`` (a line set's, any
+    case): ``(ratio name, numerator indices, denominator indices)`` into ``names``."""
+    upper = [str(n).upper() for n in names]
+    return [(name, tuple(upper.index(n) for n in num), tuple(upper.index(n) for n in den))
+            for name, (num, den) in LINE_RATIOS.items() if all(n in upper for n in num + den)]

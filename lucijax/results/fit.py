@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from lucijax.constants import QUANTILES
 from lucijax.io.maps import write_maps_fits
+from lucijax.physics.lines import ratios_in
 from lucijax.results.maps import build_maps, line_map_name, spectrum_summary
 from lucijax.solvers.fitting import PixelFit
 from lucijax.status import Status, counts_line
@@ -254,6 +256,10 @@ def _merged_fields(fit: FitResult, post) -> dict:
     for k in ("velocity_kms", "velocity_err_kms", "broadening_kms", "broadening_err_kms", "amplitude", "amplitude_err",
               "flux_cm1", "flux_err_cm1", "flux_corr", "continuum", "linear", "chi2_reduced", "status"):
         fields[k] = np.asarray(getattr(post, k))
+    # the MAP fit's flux limits hold for its own lines only (not a two-component posterior's)
+    null = fields.get("flux_null_err_cm1")
+    if null is not None and np.shape(null)[-1] != fields["flux_cm1"].shape[-1]:
+        del fields["flux_null_err_cm1"]
     return fields
 
 
@@ -267,6 +273,11 @@ def posterior_result(pixel_map, program, cube, fit: FitResult, samples_path=None
         v = np.asarray(getattr(post, key))
         maps[name] = np.ascontiguousarray(v.T.astype(np.int32 if key == "n_divergent" else np.float32))
         units[name] = ""
+    ratio_q = np.asarray(post.ratio_quantiles, np.float32)
+    for k, (name, _, _) in enumerate(ratios_in(bound.line_set.names)):  # quantiles of each ratio's draws
+        for j, pct in enumerate(QUANTILES):
+            maps[f"{name}_Q{pct}"] = np.ascontiguousarray(ratio_q[..., k, j].T)
+            units[f"{name}_Q{pct}"] = ""
     if getattr(program.meta.get("sampler"), "name", "") == "nested":
         maps["LOGZ"] = np.ascontiguousarray(np.asarray(post.logz, np.float32).T)
         maps["LOGZ_ERR"] = np.ascontiguousarray(np.asarray(post.logz_err, np.float32).T)

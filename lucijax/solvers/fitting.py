@@ -139,13 +139,13 @@ def flux_correlations(cov_flux):
     return jnp.clip(cov_flux[i, j] / (sd[i] * sd[j]), -1.0, 1.0)
 
 
-def null_flux_errors(model, theta, fwhm, cov_linear):
-    """Flux error of each line at zero amplitude and the given kinematics, from the
-    covariance ``(K, K)`` of the linear parameters at fixed kinematics: the line's column
-    error times its flux per unit of the column."""
-    coef = model.line_coefficients(theta, fwhm) * model.unit_fluxes(theta, fwhm)
-    col_err = jnp.sqrt(jnp.maximum(jnp.diagonal(cov_linear), 0.0))[model.column]
-    return jnp.abs(coef) * col_err
+def null_flux_errors(flux_per_linear, cov_linear):
+    """Flux error of each line at zero amplitude and the given kinematics: ``flux_per_linear``
+    ``(L, K)`` is d flux / d linear parameter (each line moves with its one amplitude
+    column), ``cov_linear`` ``(K, K)`` the covariance of the linear parameters at fixed
+    kinematics; a line's null error is its column's error times its flux per unit of it."""
+    var = jnp.maximum(jnp.diagonal(cov_linear), 0.0)
+    return jnp.sqrt(flux_per_linear**2 @ var)
 
 
 
@@ -344,7 +344,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     c_tt = cov_unit[:P, :P] + jnp.diag(jnp.where(frozen[:P], 1.0, 0.0))
     c_at = cov_unit[P:, :P]
     cov_lin = cov_unit[P:, P:] - c_at @ jnp.linalg.solve(c_tt, c_at.T)
-    null_err = null_flux_errors(model, theta, fwhm, cov_lin * noise_s**2)
+    null_err = null_flux_errors(jd[L:, P:], cov_lin * noise_s**2)  # flux is linear in alpha
 
     # -- status
     converged = predicted_decrease / noise_s**2 < settings.convergence_chi2

@@ -13,18 +13,16 @@ when none).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax.numpy as jnp
 import jaxopt
 import numpy as np
 
-from lucijax.io.maps import read_map_wcs, read_maps_fits
-from lucijax.io.resample import grid_offset, resample_values
 from lucijax.model import LineModel
 from lucijax.program import Program
 from lucijax.solvers.fitting import (FitSettings, PixelFit, detection_statistic, flux_correlations, line_free_noise,
                                      linear_solve, noise_floor, null_flux_errors)
+from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.linalg import spd_inverse
 from lucijax.solvers.map import MapFit, finish_map
 from lucijax.status import Status
@@ -102,7 +100,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     amp_err = jnp.sqrt(jnp.maximum(jnp.einsum("ik,kl,il->i", c_amp, cov, c_amp), 0.0))
     flux_err = jnp.sqrt(jnp.maximum(jnp.einsum("ik,kl,il->i", c_flux, cov, c_flux), 0.0))
     flux_corr = flux_correlations(c_flux @ cov @ c_flux.T)
-    null_err = null_flux_errors(model, theta, fwhm, cov)
+    null_err = null_flux_errors(c_flux, cov)
 
     na = model.spec.n_amplitudes
     # NaN (a singular covariance) is not "no line": it stays SINGULAR below
@@ -138,98 +136,6 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     )
 
 
-# ------------------------------------------------------------------ maps -> kinematics
-def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray, np.ndarray]:
-    """Velocity and broadening maps of each kinematic group over ``region`` of a cube.
-
-    Parameters
-    ----------
-    freeze : path or dict
-        ``maps.fits`` of a previous fit, or a dict of FITS-ordered ``[y, x]`` arrays. Group
-        ``g`` takes ``{LINE}_VELOCITY`` / ``{LINE}_BROADENING`` (and their ``_ERR``) of its
-        first line, else plain ``VELOCITY`` / ``BROADENING`` maps (then all groups share
-        them), else the maps of other lines when they all share one kinematics (another
-        filter's fit). Maps cover either the region or the whole cube.
-    line_set : LineSet
-    region : (x0, x1, y0, y1)
-    cube_shape_xy : (nx, ny)
-
-    Returns
-    -------
-    theta, theta_err : arrays of shape (x1 - x0, y1 - y0, 2 G) indexed [x, y]: velocities
-    then broadenings (km/s).
-    """
-    if isinstance(freeze, (str, Path)):
-        maps = read_maps_fits(freeze)
-    else:
-        maps = dict(freeze)
-    x0, x1, y0, y1 = region
-    nx, ny = cube_shape_xy
-
-    def cut(name):
-        arr = np.asarray(maps[name], np.float64)
-        if arr.shape == (y1 - y0, x1 - x0):
-            return arr.T
-        if arr.shape == (ny, nx):
-            return arr[y0:y1, x0:x1].T
-        raise ValueError(f"freeze map {name} has shape {arr.shape}: expected the region's {(y1 - y0, x1 - x0)} "
-                         f"or the cube's {(ny, nx)} ([y, x])")
-
-    def find(line, quantity, required=True):
-        for name in (f"{line.upper()}_{quantity}", quantity):
-            if name in maps:
-                return cut(name)
-        # maps of other lines with one shared kinematics (SN3's Halpha for SN2's Hbeta)
-        others = [k for k in maps if k.endswith(f"_{quantity}") and not k.startswith("MDN_")
-                  and not k[: -len(quantity) - 1].endswith(("_VELOCITY", "_BROADENING"))]
-        if others and all(np.array_equal(maps[k], maps[others[0]], equal_nan=True) for k in others[1:]):
-            return cut(others[0])
-        if required:
-            raise ValueError(f"freeze maps have no {line.upper()}_{quantity} (nor {quantity}) map; "
-                             f"maps given: {', '.join(sorted(maps))}")
-        return np.full((x1 - x0, y1 - y0), np.nan)
-
-    groups = np.asarray(line_set.groups)
-    first = [line_set.names[int(np.nonzero(groups == g)[0][0])] for g in range(line_set.n_groups)]
-    vel = [find(n, "VELOCITY") for n in first]
-    vel_err = [find(n, "VELOCITY_ERR", False) for n in first]
-    b = [find(n, "BROADENING", False) for n in first]
-    b_err = [find(n, "BROADENING_ERR", False) for n in first]
-    theta = np.stack(vel + b, axis=-1)
-    err = np.stack(vel_err + b_err, axis=-1)
-    return theta, err
-
-
-KINEMATIC_QUANTITIES = ("VELOCITY", "VELOCITY_ERR", "BROADENING", "BROADENING_ERR")
-
-
-def other_pointing(kinematics, cube) -> dict | None:
-    """The kinematic maps of a maps file resampled onto ``cube``'s pixel grid when the file's
-    WCS is not the cube's (up to a whole-pixel shift: a region of it), else None.
-
-    Velocities and broadenings are interpolated bilinearly at the cube's pixel centres
-    (``reproject``); pixels outside the maps get NaN (their fits are INVALID_INPUT)."""
-    if not isinstance(kinematics, (str, Path)):
-        return None
-    wcs_cube = getattr(cube.header, "wcs", None)
-    if wcs_cube is None or getattr(cube, "origin", (0, 0)) is None or not wcs_cube.has_celestial:
-        return None
-    wcs_maps = read_map_wcs(kinematics)
-    maps = read_maps_fits(kinematics)
-    if wcs_maps is None or not maps:
-        return None
-    shape_maps = next(iter(maps.values())).shape
-    if grid_offset(wcs_maps, wcs_cube, shape_maps) is not None:
-        return None
-    nx, ny = int(cube.shape[0]), int(cube.shape[1])
-    wanted = {k: v for k, v in maps.items() if k.endswith(KINEMATIC_QUANTITIES) and not k.startswith("MDN_")}
-    out = resample_values(wanted, wcs_maps, wcs_cube, (ny, nx))
-    if not any(np.isfinite(v).any() for k, v in out.items() if k.endswith("_VELOCITY")):
-        raise ValueError(f"the kinematic maps {Path(kinematics).name} do not overlap the cube's field (their WCS "
-                         "places them elsewhere on the sky)")
-    return out
-
-
 @dataclass(frozen=True)
 class Frozen:
     """Freeze mode: velocities and broadenings taken from maps, only the amplitudes and the
@@ -257,20 +163,7 @@ class Frozen:
     def program(self, bound, cube) -> Program:
         """The per-spectrum program: amplitudes at the given kinematics of each pixel of
         ``cube`` (a view whose ``origin`` places it in the cube the maps may cover)."""
-        nx, ny = int(cube.shape[0]), int(cube.shape[1])
-        origin = getattr(cube, "origin", (0, 0)) or (0, 0)
-        root = getattr(cube, "root_shape", (nx, ny)) or (nx, ny)
-        region = (origin[0], origin[0] + nx, origin[1], origin[1] + ny)
-        kinematics = self.kinematics
-        other = other_pointing(kinematics, cube)
-        if other is not None:  # maps of another pointing (e.g. SN3's for an SN2 cube)
-            kinematics, region, root = other, (0, nx, 0, ny), (nx, ny)
-        theta, err = kinematic_maps(kinematics, bound.line_set, region, root)
-        P = bound.spec.n_nonlinear
-        if bound.spec.has_broadening and np.all(np.isnan(theta[..., bound.spec.n_groups:])):
-            raise ValueError(f"the freeze maps have no broadening maps, which the {bound.spec.shape} model needs")
-        theta = np.asarray(theta[..., :P], np.float32)
-        err = np.asarray(err[..., :P], np.float32)
+        theta, err = given_kinematics(self.kinematics, bound, cube)
         settings = FitSettings(nonneg_amplitudes=bool(self.nonneg_amplitudes), line_free_fwhm=float(self.line_free_fwhm))
         model = bound.line_model
         nan2 = jnp.full(2, jnp.nan, jnp.float32)
@@ -279,16 +172,11 @@ class Frozen:
             fit = fit_frozen_spectrum(model, settings, inp["y"], inp["fwhm"], inp["theta"], inp["theta_err"])
             return MapFit(fit, nan2, nan2, jnp.asarray(False), inp["fwhm"])
 
-        def prepare(block):
-            out = bound.inputs(block)
-            out["theta"] = block.given["theta"]
-            out["theta_err"] = block.given["theta_err"]
-            return out
-
         key = "\n".join([bound.key, "frozen", repr(settings)])
-        return Program(name="frozen fit", key=key, prepare=prepare, one=one, finish=finish_map,
-                       given={"theta": theta, "theta_err": err}, pad={"y": np.nan}, namedtuples=(MapFit, PixelFit),
+        return Program(name="frozen fit", key=key, prepare=with_given(bound, ("theta", "theta_err")), one=one,
+                       finish=finish_map, given={"theta": theta, "theta_err": err}, pad={"y": np.nan},
+                       namedtuples=(MapFit, PixelFit),
                        meta={"bound": bound, "start": "frozen", "solver": self})
 
 
-__all__ = ["Frozen", "fit_frozen_spectrum", "kinematic_maps"]
+__all__ = ["Frozen", "fit_frozen_spectrum"]

@@ -9,6 +9,7 @@ maps over a cube. The fit of one spectrum is :func:`lucijax.solvers.fitting.fit_
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,15 +19,18 @@ import numpy as np
 
 from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, fit_spectrum
+from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.noise import adopt_noise
 from lucijax.solvers.robust import mad_std
-from lucijax.solvers.start import network_start, projected_rss, start_inputs, start_templates, start_velocity
+from lucijax.solvers.start import (maps_start, network_start, projected_rss, start_inputs, start_templates,
+                                   start_velocity)
 
 log = logging.getLogger(__name__)
 
 #: How a fit starts: the filter's mixture density network (start at its mean, bounds
-#: mean +- k sigma), the point-estimate network (start only), or the matched filter.
-STARTS = ("mdn", "cnn", "matched")
+#: mean +- k sigma), the point-estimate network (start only), the matched filter, or given
+#: kinematic maps (an earlier run's, another filter's: start at their values, bounds around).
+STARTS = ("mdn", "cnn", "matched", "maps")
 
 
 class MapFit(NamedTuple):
@@ -52,12 +56,22 @@ class MAP:
 
     Attributes
     ----------
-    start : {'mdn', 'cnn', 'matched'}
+    start : {'mdn', 'cnn', 'matched', 'maps'}
         'mdn': the filter's mixture density network starts every fit at its posterior mean
         and bounds it to mean +- ``network_sigmas`` sigma (SN1, SN2, SN3 ship one; other
         filters, sky-line fits and line sets without the network's reference line fall back
         to the matched filter); 'cnn': the point-estimate network starts it; 'matched': a
-        matched filter over the whole velocity range.
+        matched filter over the whole velocity range; 'maps': the kinematic maps
+        ``start_maps`` start every fit at their values and bound it to value +-
+        max(``network_sigmas`` x their error, ``maps_halfwidth_kms``).
+    start_maps : path to a maps.fits, or dict of ``[y, x]`` maps
+        With ``start='maps'``: an earlier run's or another filter's velocity and broadening
+        maps, read as :class:`~lucijax.solvers.Frozen` reads its ``kinematics`` (per
+        kinematic group, a maps file of another pointing resampled onto the cube's pixels).
+        Pixels where they are not finite start from the matched filter over the full ranges.
+    maps_halfwidth_kms : float
+        Smallest half-width of the bounds of a maps start (km/s), so a value known to
+        +-1 km/s in one filter still leaves room for the other filter's calibration.
     max_iter : int
         Most Levenberg-Marquardt iterations after the start.
     stop_chi2 : float
@@ -81,15 +95,17 @@ class MAP:
         STATUS is 7 (NO_LINE) where the line amplitudes' joint significance ``a^T C^-1 a``
         (their chi2 against zero) is below this (9: 3 sigma for one line).
     network_sigmas : float
-        Bounds of a network start: mean +- this many sigma.
+        Bounds of a network (or maps) start: mean +- this many sigma.
     guard_chi2 : float
-        The matched filter replaces a network start that fits the spectrum worse than it by
-        more than this (chi2); so it does where the network's velocity sigma exceeds
-        ``max_network_sigma_kms``.
+        The matched filter replaces a network (or maps) start that fits the spectrum worse
+        than it by more than this (chi2); so it does where the network's velocity sigma
+        exceeds ``max_network_sigma_kms``.
     max_network_sigma_kms : float
     """
 
     start: str = "mdn"
+    start_maps: object = None
+    maps_halfwidth_kms: float = 10.0
     max_iter: int = 8
     stop_chi2: float = 1e-3
     convergence_chi2: float = 1e-2
@@ -106,6 +122,10 @@ class MAP:
     def __post_init__(self):
         if self.start not in STARTS:
             raise ValueError(f"unknown start '{self.start}': choose one of {', '.join(STARTS)}")
+        if (self.start == "maps") != (self.start_maps is not None):
+            raise ValueError("start='maps' takes the kinematic maps start_maps (and start_maps needs start='maps')")
+        if not self.maps_halfwidth_kms > 0:
+            raise ValueError(f"maps_halfwidth_kms must be > 0, got {self.maps_halfwidth_kms}")
         if int(self.max_iter) < 0:
             raise ValueError(f"max_iter must be >= 0, got {self.max_iter}")
         if not self.grid_step_kms > 0:
@@ -123,8 +143,8 @@ class MAP:
     def resolve_start(self, bound):
         """(start actually used, network predictor or None): the network when one ships
         for the filter and the line set holds its reference line, else the matched filter."""
-        if self.start == "matched":
-            return "matched", None
+        if self.start in ("matched", "maps"):
+            return self.start, None
         if bound.model.sky_lines is not None:
             return "matched", None  # the networks know emission lines, not the OH sky spectrum
         from lucijax.mdn import available_filters, load_predictor
@@ -143,13 +163,20 @@ class MAP:
         return self.start, predict
 
     def program(self, bound, cube=None) -> Program:
-        """The per-spectrum program of this solver on ``bound`` (``cube`` is not needed)."""
+        """The per-spectrum program of this solver on ``bound`` (``cube``, the fitted view, only for
+        a maps start)."""
         settings = self.settings(bound.model)
         start, predict = self.resolve_start(bound)
         one = map_one(bound, settings, start, predict, self)
-        key = "\n".join([bound.key, repr(self), repr(settings), start,
+        # the maps' values are per-pixel inputs (in the engine's fingerprint), not the program's key
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "start_maps"}
+        key = "\n".join([bound.key, repr(options), repr(settings), start,
                          getattr(predict, "weights_digest", "") if predict is not None else ""])
-        return Program(name="MAP fit", key=key, prepare=bound.inputs, one=one, finish=finish_map,
+        prepare, given = bound.inputs, {}
+        if start == "maps":
+            theta, err = given_kinematics(self.start_maps, bound, cube)
+            prepare, given = with_given(bound, ("theta", "theta_err")), {"theta": theta, "theta_err": err}
+        return Program(name="MAP fit", key=key, prepare=prepare, one=one, finish=finish_map, given=given,
                        pad={"y": np.nan}, namedtuples=(MapFit, PixelFit),
                        meta={"bound": bound, "start": start, "solver": self})
 
@@ -187,40 +214,41 @@ def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
     return one
 
 
-def network_one(bound, settings: FitSettings, predict, solver: MAP):
-    """``one(y, fwhm) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
-    bounded by a network (``predict(y, fwhm) -> (mean, sigma)`` runs in the same program).
+def guarded_one(bound, settings: FitSettings, solver: MAP, propose):
+    """``one(inputs) -> (PixelFit, mean, sigma)``: the fit of one spectrum from a proposed
+    start and bounds, ``propose(inputs) -> (theta, lo, hi, unsure, mean, sigma)`` (a
+    network's posterior, given maps).
 
-    The network's start is checked against the matched-filter start: when the latter fits
+    The proposed start is checked against the matched-filter start: when the latter fits
     the spectrum better by more than ``guard_chi2`` (in chi2, noise from the channel-to-
-    channel scatter), the network missed the line (an alias or a faint-line lock) and the
+    channel scatter), the proposal missed the line (an alias or a faint-line lock) and the
     fit starts from the matched filter over the settings' full ranges instead. So it does
-    where the network is unsure (velocity sigma above ``max_network_sigma_kms``: faint
-    spectra, whose posterior mean can fall between two aliases).
+    where the proposal is ``unsure`` (a network's velocity sigma above
+    ``max_network_sigma_kms``: faint spectra, whose posterior mean can fall between two
+    aliases; maps without a finite value at the pixel).
     """
     model = bound.line_model
     spec = model.spec
     G, has_b = spec.n_groups, spec.has_broadening
     templates, velocities = templates_for(bound, settings)
     templates, velocities, group_of_column, full_lo, full_hi = start_inputs(model, settings, templates, velocities)
-    n_sigma, guard_chi2, max_sigma = solver.network_sigmas, solver.guard_chi2, solver.max_network_sigma_kms
+    guard_chi2 = solver.guard_chi2
 
-    def one(y, fwhm):
-        mean, sigma = predict(y, fwhm)
-        theta_net, lo, hi = network_start(mean, sigma, settings, G, has_b, n_sigma)
+    def one(inp):
+        y, fwhm = inp["y"], inp["fwhm"]
+        theta_p, lo, hi, unsure, mean, sigma = propose(inp)
         mask = jnp.isfinite(y)
         yz = jnp.where(mask, y, 0.0)
         v_mf = start_velocity(yz, mask, templates, velocities, group_of_column, G)
-        theta_mf = jnp.concatenate([v_mf, theta_net[G:]]) if has_b else v_mf
+        theta_mf = jnp.concatenate([v_mf, theta_p[G:]]) if has_b else v_mf
         scale = jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)
         ys, fm = yz / scale, mask.astype(jnp.float32)
         d = jnp.diff(ys)
         noise2 = jnp.maximum(mad_std(d, jnp.ones(d.shape, bool)) ** 2 / 2.0, 1e-12)
         # both starts' residuals in one vmapped evaluation (one traced copy of the model)
-        rss_mf, rss_net = jax.vmap(lambda th: projected_rss(model, ys, fm, fwhm, th))(jnp.stack([theta_mf, theta_net]))
-        worse = rss_mf < rss_net - guard_chi2 * noise2
-        worse = worse | (sigma[0] > max_sigma)  # False for the CNN's NaN sigma
-        theta0 = jnp.where(worse, theta_mf, theta_net)
+        rss_mf, rss_p = jax.vmap(lambda th: projected_rss(model, ys, fm, fwhm, th))(jnp.stack([theta_mf, theta_p]))
+        worse = (rss_mf < rss_p - guard_chi2 * noise2) | unsure
+        theta0 = jnp.where(worse, theta_mf, theta_p)
         lo = jnp.where(worse, full_lo, lo)
         hi = jnp.where(worse, full_hi, hi)
         return fit_spectrum(model, settings, y, fwhm, theta0, lo, hi, solver.covariance), mean, sigma
@@ -228,25 +256,59 @@ def network_one(bound, settings: FitSettings, predict, solver: MAP):
     return one
 
 
+def network_one(bound, settings: FitSettings, predict, solver: MAP):
+    """``one(inputs) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
+    bounded by a network (``predict(y, fwhm) -> (mean, sigma)`` runs in the same program),
+    guarded by the matched filter (:func:`guarded_one`)."""
+    G, has_b = bound.spec.n_groups, bound.spec.has_broadening
+
+    def propose(inp):
+        mean, sigma = predict(inp["y"], inp["fwhm"])
+        theta, lo, hi = network_start(mean, sigma, settings, G, has_b, solver.network_sigmas)
+        return theta, lo, hi, sigma[0] > solver.max_network_sigma_kms, mean, sigma  # False for the CNN's NaN
+
+    return guarded_one(bound, settings, solver, propose)
+
+
+def maps_one(bound, settings: FitSettings, solver: MAP):
+    """``one(inputs) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
+    bounded by its given kinematics ``inputs['theta']`` (+- ``inputs['theta_err']``),
+    guarded by the matched filter (:func:`guarded_one`); mean and sigma are NaN."""
+    G, has_b = bound.spec.n_groups, bound.spec.has_broadening
+    nan2 = jnp.full(2, jnp.nan, jnp.float32)
+
+    def propose(inp):
+        theta, lo, hi, ok = maps_start(inp["theta"], inp["theta_err"], settings, G, has_b, solver.network_sigmas,
+                                       solver.maps_halfwidth_kms)
+        return theta, lo, hi, ~ok, nan2, nan2
+
+    return guarded_one(bound, settings, solver, propose)
+
+
 def map_one(bound, settings: FitSettings, start: str, predict, solver: MAP):
-    """The MAP program's function of one pixel's inputs ``{'y', 'fwhm'}`` -> :class:`MapFit`."""
+    """The MAP program's function of one pixel's inputs ``{'y', 'fwhm'}`` (and
+    ``'theta'``, ``'theta_err'`` for a maps start) -> :class:`MapFit`."""
     nan2 = jnp.full(2, jnp.nan, jnp.float32)
 
     def typed(res, mean, sigma, fwhm):
         fit, cov = res if solver.covariance else (res, None)
         return MapFit(fit, mean, sigma, jnp.asarray(False), fwhm, cov)
 
-    if predict is None:
-        fit = matched_one(bound, settings, solver.covariance)
-
-        def one(inp):
-            return typed(fit(inp["y"], inp["fwhm"]), nan2, nan2, inp["fwhm"])
-    else:
+    if start == "maps":
+        fit = maps_one(bound, settings, solver)
+    elif predict is not None:
         fit = network_one(bound, settings, predict, solver)
+    else:
+        matched = matched_one(bound, settings, solver.covariance)
 
         def one(inp):
-            res, mean, sigma = fit(inp["y"], inp["fwhm"])
-            return typed(res, mean, sigma, inp["fwhm"])
+            return typed(matched(inp["y"], inp["fwhm"]), nan2, nan2, inp["fwhm"])
+
+        return one
+
+    def one(inp):
+        res, mean, sigma = fit(inp)
+        return typed(res, mean, sigma, inp["fwhm"])
 
     return one
 
@@ -265,4 +327,5 @@ def finish_map(out: MapFit, inputs: dict) -> MapFit:
     return out._replace(fit=PixelFit(**fields), noise_from_window=used, covariance=cov)
 
 
-__all__ = ["MAP", "MapFit", "STARTS", "map_one", "matched_one", "network_one", "finish_map", "templates_for"]
+__all__ = ["MAP", "MapFit", "STARTS", "map_one", "matched_one", "network_one", "maps_one", "guarded_one", "finish_map",
+           "templates_for"]

@@ -4,7 +4,7 @@
   template over the velocity grid of the settings; the velocity of each kinematic group
   with the largest summed matched-filter power, refined by a parabola through the peak;
 * :func:`network_start`: start and bounds (mean +- k sigma) from a network's posterior
-  (:mod:`lucijax.mdn`);
+  (:mod:`lucijax.mdn`); :func:`maps_start`: from given kinematic maps;
 * :func:`projected_rss`: the residual sum of squares at given kinematics with the linear
   parameters solved, to compare starts.
 """
@@ -105,6 +105,31 @@ def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool
     return tuple(jnp.concatenate(p).astype(jnp.float32) for p in (start, lo, hi))
 
 
+def maps_start(theta, err, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0,
+               halfwidth_kms: float = 10.0):
+    """Start and bounds of one pixel's fit from given kinematics ``theta`` (velocities then
+    broadenings of each group, km/s) with errors ``err``: start at ``theta`` (clipped to
+    the settings' ranges), bounds ``theta`` +- max(``n_sigma`` x ``err``, ``halfwidth_kms``)
+    (errors that are not finite count as 0). Returns ``(start, lo, hi, ok)``; ``ok`` is
+    False where a value is not finite (start and bounds are then the settings' defaults and
+    full ranges, for the caller to replace)."""
+    G = n_groups
+    vlo, vhi = settings.velocity_range_kms
+    blo, bhi = settings.broadening_range_kms
+    theta = jnp.asarray(theta, jnp.float32)
+    ok = jnp.all(jnp.isfinite(theta))
+    rlo = jnp.asarray([vlo] * G + ([blo] * G if has_b else []), jnp.float32)
+    rhi = jnp.asarray([vhi] * G + ([bhi] * G if has_b else []), jnp.float32)
+    default = jnp.asarray([0.0] * G + ([settings.broadening_start_kms] * G if has_b else []), jnp.float32)
+    theta = jnp.where(ok, theta, jnp.clip(default, rlo, rhi))
+    err = jnp.where(jnp.isfinite(err), jnp.asarray(err, jnp.float32), 0.0)
+    half = jnp.where(ok, jnp.maximum(n_sigma * err, halfwidth_kms), jnp.inf)
+    start = jnp.clip(theta, rlo, rhi)
+    lo = jnp.minimum(jnp.clip(theta - half, rlo, rhi), start - 1e-3)
+    hi = jnp.maximum(jnp.clip(theta + half, rlo, rhi), start + 1e-3)
+    return start, lo, hi, ok
+
+
 def projected_rss(model: LineModel, y, mask, fwhm, theta):
     """Residual sum of squares of ``y`` at ``theta`` with the linear parameters solved."""
     m = model.design_matrix(theta, fwhm) * mask[:, None]
@@ -113,4 +138,4 @@ def projected_rss(model: LineModel, y, mask, fwhm, theta):
 
 
 
-__all__ = ["start_templates", "start_velocity", "start_inputs", "network_start", "projected_rss"]
+__all__ = ["start_templates", "start_velocity", "start_inputs", "network_start", "maps_start", "projected_rss"]
