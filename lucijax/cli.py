@@ -376,14 +376,15 @@ def cmd_skycal(args) -> int:
 def cmd_physics(args) -> int:
     from lucijax.nebular import physics_maps
 
-    for path in [args.maps] + ([args.sn2] if args.sn2 else []):
+    for path in [args.maps] + [p for p in (args.sn2, args.sn1) if p]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file (give a maps.fits written by lucijax fit)")
-    result = physics_maps(args.maps, args.sn2, temperature=args.temperature, case_b_density=args.case_b_density,
+    result = physics_maps(args.maps, args.sn2, args.sn1, temperature=args.temperature, case_b_density=args.case_b_density,
                           law=args.law, r_v=args.rv, min_snr=args.min_snr, resample_draws=args.draws,
                           bpt_draws=args.draws * 4, seed=args.seed)
     out = result.write(args.out, plot=not args.no_plot)
-    made = [n for n in ("NII_HA", "SII_HA", "SII_RATIO", "OIII_HB", "BPT_CLASS", "DENSITY", "OH_N2", "OH_O3N2", "EBV")
+    made = [n for n in ("NII_HA", "SII_HA", "SII_RATIO", "OIII_HB", "OIII_OII", "BPT_CLASS", "DENSITY", "OH_N2",
+                        "OH_O3N2", "EBV")
             if n in result.maps]
     print(f"{len(result.maps)} maps ({', '.join(made)}); wrote {out}" + ("" if args.no_plot else f" and {out.with_suffix('.png')}"))
     return 0
@@ -521,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("maps", help="maps.fits of the SN3 fit (Halpha, [NII], [SII]): the pixel grid of the output")
     ph.add_argument("--sn2", help="maps.fits of the SN2 fit (Hbeta, [OIII]) of the same field; resampled onto the "
                     "first file's pixels when its pointing differs")
+    ph.add_argument("--sn1", help="maps.fits of the SN1 fit ([OII]3726+3729) of the same field, resampled the same way")
     ph.add_argument("--out", required=True, help="output folder (physics.fits, physics.png)")
     ph.add_argument("--temperature", type=float, default=1e4, help="electron temperature (K) for the [SII] density "
                     "and the Case B Halpha/Hbeta")

@@ -16,6 +16,7 @@ from lucijax.simulate import make_cube
 
 SN3_LINES = ("Halpha", "NII6583", "NII6548", "SII6716", "SII6731")
 SN2_LINES = ("Hbeta", "OIII5007", "OIII4959")
+SN1_LINES = ("OII3726", "OII3729")
 NOISE = 1e-18
 
 

@@ -3,8 +3,8 @@ Balmer-decrement extinction and dereddened fluxes, detection limits — with err
 full per-pixel flux covariance (:mod:`lucijax.nebular.combos`).
 
 :func:`physics_maps` takes the SN3 fit (Halpha, [NII], [SII]) and optionally the SN2 fit
-(Hbeta, [OIII]) of the same field; SN2's fluxes are resampled onto SN3's pixels when the
-pointings differ (flux-conserving, :mod:`lucijax.io.resample`).
+(Hbeta, [OIII]) and the SN1 fit ([OII]) of the same field; their fluxes are resampled onto
+SN3's pixels when the pointings differ (flux-conserving, :mod:`lucijax.io.resample`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lucijax.io.resample import grid_offset, pixel_area, resample_fluxes, resample_values
 from lucijax.constants import QUANTILES
+from lucijax.io.resample import grid_offset, pixel_area, resample_fluxes, resample_values
 import lucijax.nebular.atomic as atomic
 from lucijax.nebular.combos import Combination, combine, covariance_between
 from lucijax.nebular.diagnostics import (METALLICITY_CALIBRATIONS, bpt_class, bpt_probabilities,
@@ -91,9 +91,9 @@ def onto_grid(other: LineFluxes, target: LineFluxes, draws: int = 128, seed: int
                       target.wcs, other.sources)
 
 
-def physics_maps(sn3, sn2=None, *, temperature: float = 1e4, case_b_density: float = 100.0, law: str = "CCM89",
-                 r_v: float = 3.1, min_snr: float = 3.0, resample_draws: int = 128, bpt_draws: int = 512,
-                 seed: int = 0) -> PhysicsResult:
+def physics_maps(sn3, sn2=None, sn1=None, *, temperature: float = 1e4, case_b_density: float = 100.0,
+                 law: str = "CCM89", r_v: float = 3.1, min_snr: float = 3.0, resample_draws: int = 128,
+                 bpt_draws: int = 512, seed: int = 0) -> PhysicsResult:
     """Physical maps of a field from its fitted line maps.
 
     Parameters
@@ -103,6 +103,9 @@ def physics_maps(sn3, sn2=None, *, temperature: float = 1e4, case_b_density: flo
     sn2 : same, optional
         Another filter's fit of the field (SN2: Hbeta, [OIII]); resampled onto ``sn3``'s
         grid when its WCS differs.
+    sn1 : same, optional
+        A third filter's fit (SN1: [OII]3726+3729), resampled the same way: ``OIII_OII``
+        (O32) with ``sn2``, and dereddened [OII] with the Balmer decrement.
     temperature : float
         Electron temperature (K) of the [SII] density and the Case B decrement.
     case_b_density : float
@@ -123,8 +126,9 @@ def physics_maps(sn3, sn2=None, *, temperature: float = 1e4, case_b_density: flo
     if resample_draws < 2 or bpt_draws < 1:
         raise ValueError(f"draws must be >= 2, got {min(resample_draws, bpt_draws)}")
     lf = _fluxes_of(sn3)
-    if sn2 is not None:
-        lf = lf.joined(onto_grid(_fluxes_of(sn2), lf, draws=resample_draws, seed=seed))
+    for k, other in enumerate((sn2, sn1)):
+        if other is not None:
+            lf = lf.joined(onto_grid(_fluxes_of(other), lf, draws=resample_draws, seed=seed + k))
     maps: dict[str, np.ndarray] = {}
     units: dict[str, str] = {}
 

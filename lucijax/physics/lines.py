@@ -358,7 +358,6 @@ def join_line_sets(first: LineSet, second: LineSet) -> LineSet:
     )
 
 
-
 #: Diagnostic ratios of line fluxes: map name -> (numerator lines, denominator lines), the
 #: fluxes summed within each (names as in ``LINE_CATALOGUE_NM``, upper case).
 LINE_RATIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -367,6 +366,7 @@ LINE_RATIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "SII_RATIO": (("SII6716",), ("SII6731",)),
     "OIII_HB": (("OIII5007",), ("HBETA",)),
     "HA_HB": (("HALPHA",), ("HBETA",)),
+    "OIII_OII": (("OIII5007",), ("OII3726", "OII3729")),
 }
 
 

@@ -8,8 +8,8 @@ maps over a cube. The fit of one spectrum is :func:`lucijax.solvers.fitting.fit_
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -64,14 +64,6 @@ class MAP:
         matched filter over the whole velocity range; 'maps': the kinematic maps
         ``start_maps`` start every fit at their values and bound it to value +-
         max(``network_sigmas`` x their error, ``maps_halfwidth_kms``).
-    start_maps : path to a maps.fits, or dict of ``[y, x]`` maps
-        With ``start='maps'``: an earlier run's or another filter's velocity and broadening
-        maps, read as :class:`~lucijax.solvers.Frozen` reads its ``kinematics`` (per
-        kinematic group, a maps file of another pointing resampled onto the cube's pixels).
-        Pixels where they are not finite start from the matched filter over the full ranges.
-    maps_halfwidth_kms : float
-        Smallest half-width of the bounds of a maps start (km/s), so a value known to
-        +-1 km/s in one filter still leaves room for the other filter's calibration.
     max_iter : int
         Most Levenberg-Marquardt iterations after the start.
     stop_chi2 : float
@@ -101,11 +93,17 @@ class MAP:
         than it by more than this (chi2); so it does where the network's velocity sigma
         exceeds ``max_network_sigma_kms``.
     max_network_sigma_kms : float
+    start_maps : path to a maps.fits, or dict of ``[y, x]`` maps
+        With ``start='maps'``: an earlier run's or another filter's velocity and broadening
+        maps, read as :class:`~lucijax.solvers.Frozen` reads its ``kinematics`` (per
+        kinematic group, a maps file of another pointing resampled onto the cube's pixels).
+        Pixels where they are not finite start from the matched filter over the full ranges.
+    maps_halfwidth_kms : float
+        Smallest half-width of the bounds of a maps start (km/s), so a value known to
+        +-1 km/s in one filter still leaves room for the other filter's calibration.
     """
 
     start: str = "mdn"
-    start_maps: object = None
-    maps_halfwidth_kms: float = 10.0
     max_iter: int = 8
     stop_chi2: float = 1e-3
     convergence_chi2: float = 1e-2
@@ -118,6 +116,8 @@ class MAP:
     network_sigmas: float = 3.0
     guard_chi2: float = 9.0
     max_network_sigma_kms: float = 20.0
+    start_maps: object = None
+    maps_halfwidth_kms: float = 10.0
 
     def __post_init__(self):
         if self.start not in STARTS:
