@@ -322,6 +322,31 @@ def test_mh_vmapped_equals_per_pixel_and_accepts_well(bound):
     assert np.all(np.abs(summ.velocity_kms[:, 0] - mf["velocity_kms"][:, 0]) < 1.0 * mf["velocity_err_kms"][:, 0] + 1.0)
 
 
+def test_mh_mixes_on_bright_pixels_where_the_network_proposal_is_too_wide(bound):
+    """Bright spectra (posterior ~0.1 km/s wide) with a network proposal 8 MAP errors off
+    and 8x too wide, as a network that cannot tell such a narrow posterior gives: the
+    warm-up barely moves, the proposal becomes the MAP's Laplace approximation, and the
+    chains mix (R-hat, acceptance) with the posterior width of the Laplace errors."""
+    sampler = MH(num_warmup=200, num_samples=300, num_chains=2)
+    y, fwhm = simulate(bound, [10.0, -60.0, 120.0], [30.0, 20.0, 45.0], [[600.0, 200.0], [400.0, 150.0], [800.0, 300.0]],
+                       [0.5, 0.5, 1.0], [1.0, 1.0, 1.0], seed=17)
+    mf = map_fit(bound, y, fwhm)
+    err = np.stack([mf["velocity_err_kms"][:, 0], mf["broadening_err_kms"][:, 0]], 1)
+    theta = np.stack([mf["velocity_kms"][:, 0], mf["broadening_kms"][:, 0]], 1)
+    assert np.all(np.isfinite(err)) and np.all(err[:, 0] < 0.3)
+    prob = PixelProblem(bound.line_model)
+    net_mean, net_sigma = theta + 8.0 * err, 8.0 * err
+    data = build_pixel_data(prob, bound, sampler.prior, y, fwhm, mf, jnp.asarray(net_mean, jnp.float32),
+                            jnp.asarray(net_sigma, jnp.float32))
+    batch = run_sampler(sampler, prob, data, jax.random.split(jax.random.PRNGKey(2), 3))
+    summ = summarize_batch(prob, data, batch)
+    assert np.all(batch["accept_rate"] > 0.3), batch["accept_rate"]
+    assert np.all(summ.rhat_max < 1.05), summ.rhat_max
+    assert np.all(summ.ess_min > 100), summ.ess_min
+    np.testing.assert_allclose(summ.velocity_err_kms[:, 0], err[:, 0], rtol=0.25)
+    assert np.all(np.abs(summ.velocity_kms[:, 0] - theta[:, 0]) < 0.5 * err[:, 0])
+
+
 def test_fit_cube_bayes_maps(tmp_path):
     """``lucijax.fit`` then ``lucijax.sample(..., MH(...))``: every map [y, x], RHAT_MAX/ESS_MIN
     finite, errors from the posterior."""

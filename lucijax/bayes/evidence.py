@@ -69,7 +69,8 @@ def component_pixel_data(problem2: PixelProblem, data1: PixelData, ranges, max_s
     lo = jnp.concatenate([jnp.asarray([vlo, 0.0, b0, b0], f32), a1_lo, a1_lo, c_lo])
     hi = jnp.concatenate([jnp.asarray([vhi, dmax, bhi, bhi], f32), a1_hi, a1_hi, c_hi])
     P = problem2.n_nonlinear
-    return data1._replace(lo=lo, hi=hi, x0=0.5 * (lo + hi), prop_mean=jnp.zeros(P, f32), prop_sigma=jnp.ones(P, f32))
+    return data1._replace(lo=lo, hi=hi, x0=0.5 * (lo + hi), prop_mean=jnp.zeros(P, f32), prop_sigma=jnp.ones(P, f32),
+                          map_sigma=jnp.full(P, jnp.nan, f32))
 
 
 class Selection(NamedTuple):

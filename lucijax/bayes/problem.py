@@ -87,6 +87,7 @@ class PixelData(NamedTuple):
     prop_mean: jax.Array  # (P,) proposal mean of the non-linear parameters (option 2)
     prop_sigma: jax.Array  # (P,)
     scale: jax.Array  # () flux unit of y, noise and the linear parameters (= the MAP noise)
+    map_sigma: jax.Array  # (P,) the MAP fit's (Laplace) errors of the non-linear parameters, NaN if unknown
 
 
 class PixelProblem:
@@ -271,8 +272,9 @@ def pixel_data(problem: PixelProblem, prior: Prior, ranges, y, fwhm, fit: MapVal
     scale = jnp.where(jnp.isfinite(noise) & (noise > 0), noise, 1.0)
     lin_scale = jnp.concatenate([jnp.ones(P, f32), jnp.full(K, scale, f32)])
     y_s = jnp.where(finite, y, 0.0) / scale
+    map_sigma = jnp.concatenate([fit.velocity_err_kms] + ([fit.broadening_err_kms] if has_b else []))
     return PixelData(*(jnp.asarray(a, f32) for a in (y_s, mask, fwhm, 1.0, lo / lin_scale, hi / lin_scale,
-                                                    x0 / lin_scale, prop_mean, prop_sigma, scale)))
+                                                    x0 / lin_scale, prop_mean, prop_sigma, scale, map_sigma)))
 
 
 __all__ = ["Prior", "PRIORS", "PixelData", "PixelProblem", "MapValues", "map_fallback_prior", "pixel_data"]

@@ -200,10 +200,15 @@ class MH(Sampler):
 
     def run(self, problem, d, key):
         """``num_chains`` independence-MH chains. Warm-up with the network proposal; then,
-        if the warm-up moved (>= 20 accepted proposals over all chains), the proposal of
+        if the warm-up moved (>= 10 % of its proposals accepted over all chains, at least
+        20), the proposal of
         (velocity, broadening) is re-centred and re-scaled on the pooled second half of the
-        warm-up (``adapt_scale`` x its standard deviation), else widened 2x. The kernel is
-        fixed after the warm-up, so the draws target the posterior exactly."""
+        warm-up (``adapt_scale`` x its standard deviation). If it did not, the network's
+        proposal was far too wide or off centre (a bright spectrum, whose posterior is
+        narrower than the network can tell): the proposal becomes the MAP fit's Laplace
+        approximation (centred on the MAP, ``proposal_inflate`` x its errors), or, without
+        finite MAP errors, the network's widened 2x. The kernel is fixed after the warm-up,
+        so the draws target the posterior exactly."""
         C = self.num_chains
         P = problem.n_nonlinear
         k_init, k_warm, k_run = jax.random.split(key, 3)
@@ -214,10 +219,12 @@ class MH(Sampler):
             jax.random.split(k_warm, C), x0)
         half = xw[:, self.num_warmup // 2:, :P].reshape(-1, P)
         n_moves = jnp.sum(jnp.any(jnp.diff(xw, axis=1) != 0, axis=-1))
-        adapt = (n_moves >= 20) & jnp.all(jnp.isfinite(half))
-        mean = jnp.where(adapt, jnp.mean(half, axis=0), d.prop_mean)
+        adapt = (n_moves >= max(20, 0.1 * C * self.num_warmup)) & jnp.all(jnp.isfinite(half))
+        laplace = jnp.all(jnp.isfinite(d.map_sigma) & (d.map_sigma > 0))
+        mean = jnp.where(adapt, jnp.mean(half, axis=0), jnp.where(laplace, d.x0[:P], d.prop_mean))
         sd = jnp.maximum(jnp.std(half, axis=0), 1e-3)
-        scale = jnp.where(adapt, self.adapt_scale * sd, 2.0 * self.proposal_inflate * d.prop_sigma)
+        fallback = jnp.where(laplace, d.map_sigma, 2.0 * d.prop_sigma) * self.proposal_inflate
+        scale = jnp.where(adapt, self.adapt_scale * sd, fallback)
         prop2 = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate, mean=mean, scale=scale)
         xs, acc = jax.vmap(lambda k, x: self._chain(problem, d, k, x, self.num_samples, prop2))(
             jax.random.split(k_run, C), xw[:, -1])
