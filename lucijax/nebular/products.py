@@ -18,7 +18,7 @@ import numpy as np
 from lucijax.constants import QUANTILES
 from lucijax.io.resample import grid_offset, pixel_area, resample_fluxes, resample_values
 import lucijax.nebular.atomic as atomic
-from lucijax.nebular.combos import Combination, combine, covariance_between
+from lucijax.nebular.combos import Combination, covariance_between, ratio
 from lucijax.nebular.diagnostics import (METALLICITY_CALIBRATIONS, bpt_class, bpt_probabilities,
                                          metallicity)
 from lucijax.nebular.fluxes import LineFluxes, line_fluxes, read_line_fluxes
@@ -141,7 +141,7 @@ def physics_maps(sn3, sn2=None, sn1=None, *, temperature: float = 1e4, case_b_de
     for name, (num, den) in RATIOS.items():
         if not all(n in lf for n in num + den):
             continue
-        c = combine(lf, [(1.0, {n: 1.0 for n in num}), (-1.0, {n: 1.0 for n in den})])
+        c = ratio(lf, {n: 1.0 for n in num}, {n: 1.0 for n in den})
         detected = c.defined & np.all(c.terms_snr >= min_snr, axis=0)
         combos[name] = Combination(np.where(detected, c.value, np.nan), np.where(detected, c.sigma, np.nan), c.grad,
                                    detected, c.terms_snr)
@@ -184,7 +184,7 @@ def physics_maps(sn3, sn2=None, sn1=None, *, temperature: float = 1e4, case_b_de
             put(f"BPT_P_{short}", prob[k - 1])
         cards["BPT"] = "1 SF (Kauffmann03) 2 comp (Kewley01) 3 LINER 4 Seyfert (Schawinski07)"
 
-    for cal, index in (("N2", "N2"), ("O3N2", "O3N2")):
+    for cal, (index, *_) in METALLICITY_CALIBRATIONS.items():
         if index in maps:
             oh, oh_err = metallicity(maps[index], maps[f"{index}_ERR"], cal)
             if "BPT_CLASS" in maps:  # the calibrations hold for HII regions only
