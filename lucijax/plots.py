@@ -30,27 +30,151 @@ def plot_maps(maps: dict, names, wcs=None, units: dict | None = None, path=None,
         img = np.asarray(maps[name], dtype=float)
         kw = {"projection": wcs} if wcs is not None else {}
         ax = fig.add_subplot(nrows, ncols, k + 1, **kw)
-        cmap = "RdBu_r" if "VELOCITY" in name and not name.endswith("ERR") else "viridis"
         if name == "STATUS":
-            cmap = "tab10"
-            vmin, vmax = -0.5, 9.5
-        elif cmap == "RdBu_r":
-            med = np.nanmedian(img) if np.isfinite(img).any() else 0.0
-            half = max(abs(_robust_limits(img)[0] - med), abs(_robust_limits(img)[1] - med), 1e-6)
-            vmin, vmax = med - half, med + half
+            plot_status(ax, img)
         else:
-            vmin, vmax = _robust_limits(img)
-        im = ax.imshow(img, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        unit = (units or {}).get(name, "")
-        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        cb.set_label(unit)
+            diverging = "VELOCITY" in name and not name.endswith("ERR")
+            _show(ax, img, (units or {}).get(name, ""), *_limits(img, diverging), cmap="RdBu_r" if diverging else "viridis")
         ax.set_title(name, fontsize=10)
-        if wcs is not None:
-            ax.coords[0].set_axislabel("RA")
-            ax.coords[1].set_axislabel("Dec")
+        _label_axes(ax, wcs)
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def _limits(img, diverging: bool = False):
+    """Robust colour limits; symmetric about the median when ``diverging``."""
+    lo, hi = _robust_limits(img)
+    if not diverging:
+        return lo, hi
+    med = np.nanmedian(img) if np.isfinite(img).any() else 0.0
+    half = max(abs(lo - med), abs(hi - med), 1e-6)
+    return med - half, med + half
+
+
+def _show(ax, img, unit, vmin, vmax, cmap="viridis"):
+    """One map with its colorbar."""
+    im = ax.imshow(img, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(unit)
+    return im
+
+
+def _label_axes(ax, wcs):
+    if wcs is not None:
+        ax.coords[0].set_axislabel("RA")
+        ax.coords[1].set_axislabel("Dec")
+    else:
+        ax.set_xlabel("x (pixel)")
+        ax.set_ylabel("y (pixel)")
+
+
+#: One colour per status code (:class:`lucijax.status.Status`) in every STATUS panel.
+STATUS_COLORS = {-1: "0.85", 0: "#2ca02c", 1: "black", 2: "#ff7f0e", 3: "#d62728", 4: "#98df8a", 5: "#9467bd",
+                 6: "#8c564b", 7: "0.55"}
+
+
+def plot_status(ax, status_map):
+    """Draw a ``STATUS`` map on ``ax``: one colour per code present, and a colorbar whose
+    ticks name those codes (``'0 converged'``, ``'7 no line'``, ...).
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+        Where to draw (a WCSAxes too).
+    status_map : array
+        Status codes, FITS-ordered ``[y, x]`` (NaN, e.g. from a float FITS map, counts as
+        masked).
+
+    Returns the image.
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    from lucijax.status import Status
+
+    status = np.asarray(status_map, dtype=float)
+    status = np.where(np.isfinite(status), status, float(Status.MASKED)).astype(int)
+    codes = np.unique(status)
+    names = []
+    for code in codes:
+        try:
+            names.append(f"{code} {Status(code).name.lower().replace('_', ' ')}")
+        except ValueError:
+            names.append(f"{code} unknown")
+    cmap = ListedColormap([STATUS_COLORS.get(int(c), "magenta") for c in codes])
+    index = np.searchsorted(codes, status)
+    im = ax.imshow(index, origin="lower", cmap=cmap, norm=BoundaryNorm(np.arange(codes.size + 1) - 0.5, codes.size),
+                   interpolation="nearest")
+    cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, ticks=np.arange(codes.size))
+    cb.set_ticklabels(names)
+    cb.ax.tick_params(labelsize=8)
+    return im
+
+
+def plot_truth_comparison(truth: dict, fit: dict, names, *, errors: dict | None = None, units: dict | None = None,
+                          status=None, extra: dict | None = None, wcs=None, path=None, title: str | None = None):
+    """Fitted maps next to the truth of a simulation: one row per map, columns truth,
+    fit (same colour scale) and the pull ``(fit - truth) / error`` (or ``fit - truth``
+    when no error is given); an optional last row shows the ``STATUS`` map and ``extra``
+    maps.
+
+    Parameters
+    ----------
+    truth, fit : dict
+        Name -> map, FITS-ordered ``[y, x]``.
+    names : list of str
+        Maps to compare (keys of both dicts), one row each.
+    errors : dict, optional
+        Name -> 1-sigma error map of the fit: the third column is then the pull.
+    units : dict, optional
+        Name -> unit for the colorbars.
+    status : array, optional
+        A ``STATUS`` map, drawn by :func:`plot_status`.
+    extra : dict, optional
+        Name -> map, drawn after the status panel in the last row (at most 2 with a
+        status, 3 without).
+    wcs : astropy WCS, optional
+        Celestial WCS: sky axes.
+    path : path, optional
+        Save the figure there.
+    title : str, optional
+        Figure title.
+
+    Returns the matplotlib Figure.
+    """
+    names = list(names)
+    last = ([("STATUS", status)] if status is not None else []) + list((extra or {}).items())
+    if len(last) > 3:
+        raise ValueError(f"at most 3 panels in the last row, got {len(last)}")
+    nrows = len(names) + bool(last)
+    fig = plt.figure(figsize=(13.5, 3.9 * nrows))
+    kw = {"projection": wcs} if wcs is not None else {}
+    units = units or {}
+    for r, name in enumerate(names):
+        t, f = np.asarray(truth[name], float), np.asarray(fit[name], float)
+        diverging = "VELOCITY" in name
+        vmin, vmax = _limits(t, diverging)
+        cmap = "RdBu_r" if diverging else "viridis"
+        err = (errors or {}).get(name)
+        if err is not None:
+            third, label, unit, half = (f - t) / np.asarray(err, float), "pull (fit - truth) / error", "", 4.0
         else:
-            ax.set_xlabel("x (pixel)")
-            ax.set_ylabel("y (pixel)")
+            third, label, unit = f - t, "fit - truth", units.get(name, "")
+            half = max(np.nanpercentile(np.abs(third), 98), 1e-30) if np.isfinite(third).any() else 1.0
+        for c, (img, lo, hi, cm, col, u) in enumerate([(t, vmin, vmax, cmap, "truth", units.get(name, "")),
+                                                        (f, vmin, vmax, cmap, "fit", units.get(name, "")),
+                                                        (third, -half, half, "RdBu_r", label, unit)]):
+            ax = fig.add_subplot(nrows, 3, 3 * r + c + 1, **kw)
+            _show(ax, img, u, lo, hi, cmap=cm)
+            ax.set_title(f"{name}: {col}", fontsize=10)
+            _label_axes(ax, wcs)
+    for c, (name, img) in enumerate(last):
+        ax = fig.add_subplot(nrows, 3, 3 * len(names) + c + 1, **kw)
+        if name == "STATUS":
+            plot_status(ax, img)
+        else:
+            _show(ax, np.asarray(img, float), units.get(name, ""), *_limits(np.asarray(img, float)))
+        ax.set_title(name, fontsize=10)
+        _label_axes(ax, wcs)
     if title:
         fig.suptitle(title)
     return _finish(fig, path)
