@@ -295,7 +295,7 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
         if prep.regions:
             for note in prep.notes:
                 print(note)
-            _write_regions(args, result, prep, out, elapsed)
+            _write_regions(args, result, prep, out, elapsed, "sampled" if sampler is not None else "fitted")
         else:
             written = result.write(out)
             for note in prep.notes:
@@ -326,7 +326,7 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
     return 0
 
 
-def _write_regions(args, result, prep, out: Path, elapsed: float) -> None:
+def _write_regions(args, result, prep, out: Path, elapsed: float, what: str = "fitted") -> None:
     """``OUT/regions.ecsv`` and ``OUT/regions.fits`` (and with ``--plot`` one PNG per region
     in ``OUT/regions/``) of a ``--regions`` fit, and a line per region on stdout."""
     import numpy as np
@@ -338,7 +338,7 @@ def _write_regions(args, result, prep, out: Path, elapsed: float) -> None:
     t = table.table
     first = result.bound.line_set.names[0].upper()
     flux_unit = t[f"{first}_FLUX"].unit
-    print(f"fitted {int(np.sum(t['N_PIXELS'] > 0))} region spectra in {elapsed:.1f} s (compilation included); "
+    print(f"{what} {int(np.sum(t['N_PIXELS'] > 0))} region spectra in {elapsed:.1f} s (compilation included); "
           f"status counts {table.status_line()}")
     print(f"({help_text()})")
     print(f"{'index':>5s} {'label':>12s} {'pixels':>7s} {first + ' velocity (km/s)':>26s} "
