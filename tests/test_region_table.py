@@ -194,9 +194,7 @@ def test_rows_equal_single_mask_integrated_fits(setup, tmp_path, capsys):
                 a, b = float(t[c][k]), float(ref[c][0, 0])
                 rel = abs(a - b) / max(abs(b), 1e-300)
                 worst[c] = max(worst.get(c, 0.0), rel)
-                assert a == pytest.approx(b, rel=2e-4, abs=2e-3 if "VELOCITY" in c or "BROADENING" in c else 0), (k, c, a, b)
-    print("largest relative difference to the single-mask fits: "
-          + ", ".join(f"{c} {worst[c]:.1e}" for c in ("HALPHA_FLUX", "HALPHA_VELOCITY", "HALPHA_VELOCITY_ERR", "CHI2")))
+                assert a == pytest.approx(b, rel=2e-5, abs=1e-3 if "VELOCITY" in c or "BROADENING" in c else 0), (k, c, a, b)
     # and the command line's --mask --integrated of region 1 (fit.json)
     import json
 
@@ -205,8 +203,11 @@ def test_rows_equal_single_mask_integrated_fits(setup, tmp_path, capsys):
                  "--out", str(out), "--quiet", "--no-checkpoint"]) == 0
     capsys.readouterr()
     summary = json.loads((out / "fit.json").read_text())
-    assert t["HALPHA_VELOCITY"][1] == pytest.approx(summary["velocity"], abs=2e-3)
-    assert t["HALPHA_FLUX"][1] == pytest.approx(summary["lines"]["Halpha"]["flux"], rel=2e-4)
+    assert t["HALPHA_VELOCITY"][1] == pytest.approx(summary["velocity"], abs=1e-3)
+    assert t["HALPHA_FLUX"][1] == pytest.approx(summary["lines"]["Halpha"]["flux"], rel=2e-5)
+    with capsys.disabled():
+        print("\nlargest relative difference to the single-mask fits: "
+              + ", ".join(f"{c} {worst[c]:.1e}" for c in ("HALPHA_FLUX", "HALPHA_VELOCITY", "HALPHA_VELOCITY_ERR", "CHI2")))
 
 
 @pytest.mark.timeout(600)
