@@ -36,6 +36,7 @@ _PUBLIC = {
     # doing it
     "open_cube": "lucijax.api",
     "fit": "lucijax.api",
+    "fit_regions": "lucijax.api",
     "sample": "lucijax.api",
     "heliocentric": "lucijax.api",
     "physics_maps": "lucijax.nebular",
@@ -44,6 +45,7 @@ _PUBLIC = {
     "FitResult": "lucijax.results",
     "PosteriorResult": "lucijax.results",
     "SelectionResult": "lucijax.results",
+    "RegionTable": "lucijax.results",
     "read_samples": "lucijax.results",
     "Status": "lucijax.status",
     # process-wide settings

@@ -31,10 +31,11 @@ from lucijax.engine import Execution, map_pixels
 from lucijax.io import open_cube as _open_cube
 from lucijax.io.views import Cutout, Masked
 from lucijax.results.fit import FitResult, PosteriorResult, SelectionResult, fit_result, posterior_result, selection_result
+from lucijax.results.regions import RegionTable, region_table
 from lucijax.results.samples import SampleStore, sample_parameter_names
 from lucijax.solvers import MAP
 from lucijax.tools.heliocentric import apply_velocity_correction, heliocentric_correction_kms
-from lucijax.views import select
+from lucijax.views import integrate_regions, select
 
 
 def open_cube(path):
@@ -83,6 +84,53 @@ def fit(cube, model: Model, solver=None, *, region=None, mask=None, execution: E
         bound = model.bind(view.header)
         program = solver.program(bound, view)
         return fit_result(map_pixels(view, program, execution), program, view)
+
+
+def fit_regions(cube, regions, model: Model, solver=None, *, combine: str = "sum", background=None, region=None,
+                mask=None, execution: Execution | None = None) -> RegionTable:
+    """Fit the integrated spectrum of each region of a ds9 file: one table row per region.
+
+    The spectra of all the regions are read in one pass over the cube and fitted in one run
+    (one compilation), as the ``(n_regions, 1)`` cube of
+    :func:`lucijax.views.integrate_regions`.
+
+    Parameters
+    ----------
+    cube : path, open cube or view
+    regions : path, ds9 text, regions.Regions or list of regions
+        Every included region with an area (circle, box, ellipse, polygon, ...) is
+        integrated on its own; overlapping regions each count the pixels they share;
+        excluded (``-``) regions take their pixels out of all of them. Pixel or sky
+        coordinates (sky ones need the cube's WCS).
+    model : Model
+    solver : MAP, Frozen or Components
+        Default ``MAP()``.
+    combine : {'sum', 'mean'}
+        Sum (fluxes are the regions' totals) or mean of the pixels of each region.
+    background : array (n_channels,), optional
+        Per-pixel background spectrum (:func:`lucijax.views.background_spectrum`),
+        subtracted ``n`` times from the sum of a region's ``n`` pixels (once from a mean).
+    region : (x0, x1, y0, y1) or 'x0:x1,y0:y1', optional
+        Integrate only the regions' pixels inside this box.
+    mask : bool [y, x] array, .reg, .fits or 'x0:x1,y0:y1', optional
+        Integrate only the regions' pixels inside this mask.
+    execution : Execution
+
+    Returns
+    -------
+    RegionTable
+        ``.table`` (astropy Table: index, label, centre, pixel count, every map quantity,
+        STATUS and its message, with units), ``.fit`` (the FitResult, region ``k`` at
+        map pixel ``(k, 0)``), ``.spectra``; ``.write(dir)`` writes ``regions.ecsv`` and
+        ``regions.fits``. A region that covers no pixel of the cube is not fitted: it
+        keeps its row, NaN, with STATUS 1 (invalid input), and a warning says so.
+    """
+    with _opened(cube) as c:
+        view = integrate_regions(c, regions, region=region, mask=mask, combine=combine, background=background)
+        result = fit(view, model, solver, execution=execution)
+        meta = {"REGIONS": str(regions) if isinstance(regions, (str, Path)) and Path(str(regions)).exists() else "",
+                "BKGSUB": background is not None}
+        return region_table(result, view, meta)
 
 
 def _fitted_view(cube, fit: FitResult):
@@ -154,4 +202,5 @@ def heliocentric(result, cube):
         return apply_velocity_correction(result, heliocentric_correction_kms(c.header))
 
 
-__all__ = ["open_cube", "fit", "sample", "heliocentric", "FitResult", "PosteriorResult", "SelectionResult"]
+__all__ = ["open_cube", "fit", "fit_regions", "sample", "heliocentric", "FitResult", "PosteriorResult", "SelectionResult",
+           "RegionTable"]

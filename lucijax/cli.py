@@ -122,21 +122,40 @@ def build_execution(args, folder: str | None):
 
 
 class Prepared:
-    """The view to fit, and what the steps after the fit need."""
+    """The view to fit, and what the steps after the fit need (``regions``: the view is the
+    integrated spectra of ``--regions``)."""
 
-    def __init__(self, cube, view, notes, voronoi=None):
-        self.cube, self.view, self.notes, self.voronoi = cube, view, notes, voronoi
+    def __init__(self, cube, view, notes, voronoi=None, regions: bool = False):
+        self.cube, self.view, self.notes, self.voronoi, self.regions = cube, view, notes, voronoi, regions
+
+
+#: Options that need pixel maps, which ``--regions`` does not make.
+_NOT_WITH_REGIONS = (("freeze", "--freeze"), ("start_maps", "--start-maps"), ("model_cube", "--model-cube"),
+                     ("snr_map", "--snr-map"), ("velocity_correction", "--velocity-correction"))
+
+
+def check_view_options(args) -> None:
+    """The view options exclude each other as they must (before the cube is read)."""
+    modes = [flag for flag, given in (("--bin", args.bin), ("--voronoi-snr", args.voronoi_snr),
+                                      ("--integrated", args.integrated), ("--regions", args.regions)) if given]
+    if len(modes) > 1:
+        raise ValueError(f"choose one of --bin, --voronoi-snr, --integrated and --regions (got {' and '.join(modes)})")
+    if args.bin is not None and args.bin < 1:
+        raise ValueError(f"--bin must be >= 1, got {args.bin}")
+    if args.regions:
+        if not Path(args.regions).is_file():
+            raise FileNotFoundError(f"{args.regions}: no such ds9 region file (--regions)")
+        for name, flag in _NOT_WITH_REGIONS:
+            if getattr(args, name):
+                raise ValueError(f"--regions fits one integrated spectrum per region (a table, no pixel maps): "
+                                 f"leave out {flag}")
 
 
 def build_view(args, cube) -> Prepared:
     """The cube view of the options (region, mask, background, bin, Voronoi, integrated)."""
     from lucijax import views
 
-    modes = [m for m in (args.bin, args.voronoi_snr, args.integrated) if m]
-    if len(modes) > 1:
-        raise ValueError("choose one of --bin, --voronoi-snr and --integrated")
-    if args.bin is not None and args.bin < 1:
-        raise ValueError(f"--bin must be >= 1, got {args.bin}")
+    check_view_options(args)
     notes = []
     background = None
     if args.background_region:
@@ -156,6 +175,13 @@ def build_view(args, cube) -> Prepared:
         view = views.integrate(cube, args.mask, region=args.region, combine=args.integrated, background=background)
         notes.append(f"integrated ({args.integrated}) spectrum of {view.n_pixels} pixels")
         return Prepared(cube, view, notes)
+    if args.regions:
+        view = views.integrate_regions(cube, args.regions, region=args.region, mask=args.mask, combine=args.combine,
+                                       background=background)
+        n = len(view.regions)
+        notes.append(f"integrated ({args.combine}) spectra of the {n} region(s) of {args.regions}: "
+                     f"{int((view.n_pixels > 0).sum())} cover pixels of the cube")
+        return Prepared(cube, view, notes, regions=True)
     view = views.select(cube, args.region, args.mask)
     if background is not None:
         view = views.subtract_background(view, background)
@@ -226,6 +252,7 @@ def cmd_fit(args) -> int:
         solver = build_solver(args)
         sampler = build_sampler(args)
         build_execution(args, None)
+        check_view_options(args)
     except ValueError as err:
         raise ValueError(flag_names(str(err))) from None
     created = not Path(args.out).exists()
@@ -265,13 +292,20 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
             result = correct_result_from_file(result, args.velocity_correction)
             prep.notes.append(f"velocities corrected by {args.velocity_correction}")
         elapsed = time.time() - t0
-        written = result.write(out)
-        for note in prep.notes:
-            print(note)
-        for path in _write_extras(args, result, prep, out):
-            print(f"wrote {path}")
+        if prep.regions:
+            for note in prep.notes:
+                print(note)
+            _write_regions(args, result, prep, out, elapsed, "sampled" if sampler is not None else "fitted")
+        else:
+            written = result.write(out)
+            for note in prep.notes:
+                print(note)
+            for path in _write_extras(args, result, prep, out):
+                print(f"wrote {path}")
     if ckpt is not None and not args.keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)
+    if prep.regions:
+        return 0
     if result.is_single_spectrum:
         summary = result.summary()
         print(json.dumps({k: summary[k] for k in ("velocity", "velocity_err", "broadening", "broadening_err", "chi2", "status")}))
@@ -290,6 +324,37 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
         plot_maps(result.maps, names, result.wcs, result.units, path=out / "maps.png")
         print(f"wrote {out / 'maps.png'}")
     return 0
+
+
+def _write_regions(args, result, prep, out: Path, elapsed: float, what: str = "fitted") -> None:
+    """``OUT/regions.ecsv`` and ``OUT/regions.fits`` (and with ``--plot`` one PNG per region
+    in ``OUT/regions/``) of a ``--regions`` fit, and a line per region on stdout."""
+    import numpy as np
+
+    from lucijax.results.regions import region_table
+    from lucijax.status import help_text
+
+    table = region_table(result, prep.view, {"REGIONS": str(args.regions), "BKGSUB": bool(args.background_region)})
+    t = table.table
+    first = result.bound.line_set.names[0].upper()
+    flux_unit = t[f"{first}_FLUX"].unit
+    print(f"{what} {int(np.sum(t['N_PIXELS'] > 0))} region spectra in {elapsed:.1f} s (compilation included); "
+          f"status counts {table.status_line()}")
+    print(f"({help_text()})")
+    print(f"{'index':>5s} {'label':>12s} {'pixels':>7s} {first + ' velocity (km/s)':>26s} "
+          f"{first + f' flux ({flux_unit})':>32s} status")
+    for row in t:
+        label = str(row["LABEL"] or "")[:12]
+        print(f"{row['INDEX']:5d} {label:>12s} {row['N_PIXELS']:7d} {row[f'{first}_VELOCITY']:12.2f} +- "
+              f"{row[f'{first}_VELOCITY_ERR']:<9.2f} {row[f'{first}_FLUX']:15.4g} +- {row[f'{first}_FLUX_ERR']:<12.2g} "
+              f"{row['STATUS']:d}")
+    for path in table.write(out):
+        print(f"wrote {path}")
+    if args.plot:
+        from lucijax.plots import plot_region_fits
+
+        paths = plot_region_fits(table, out / "regions")
+        print(f"wrote {len(paths)} plots to {out / 'regions'}")
 
 
 def _write_extras(args, result, prep, out: Path) -> list[Path]:
@@ -434,7 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--voronoi-snr", type=float, help="Voronoi bins reaching this line S/N; maps back on pixels")
     r.add_argument("--integrated", nargs="?", const="sum", choices=["sum", "mean"],
                    help="fit the integrated (summed, or mean) spectrum of --mask or --region")
-    r.add_argument("--combine", default="sum", choices=["sum", "mean"], help="how --bin / --voronoi-snr combine pixels")
+    r.add_argument("--regions", metavar="FILE.reg",
+                   help="fit the integrated spectrum of each region of this ds9 file (all in one run; overlapping "
+                        "regions each count their pixels; '-' regions are taken out of all; --region and --mask "
+                        "restrict the pixels): one row per region in OUT/regions.ecsv and OUT/regions.fits, no "
+                        "maps.fits; with --plot, each region's spectrum and fit in OUT/regions/INDEX_LABEL.png")
+    r.add_argument("--combine", default="sum", choices=["sum", "mean"],
+                   help="how --bin / --voronoi-snr / --regions combine pixels")
     r.add_argument("--background-region", help="subtract the background spectrum of this region (.reg, .fits, x0:x1,y0:y1)")
     r.add_argument("--background-statistic", default="median", choices=["median", "mean"])
 
@@ -487,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-checkpoint", action="store_true",
                    help="do not keep finished blocks in OUT/checkpoint (by default a rerun after a crash resumes)")
     e.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after success")
-    e.add_argument("--plot", action="store_true", help="also write maps.png")
+    e.add_argument("--plot", action="store_true",
+                   help="also write maps.png (with --regions: OUT/regions/INDEX_LABEL.png, one per region)")
     e.add_argument("--model-cube", action="store_true", help="also write OUT/model.fits and OUT/residual.fits")
     e.add_argument("--snr-map", action="store_true", help="also write OUT/snr.fits and OUT/deep.fits")
     e.add_argument("--heliocentric", action="store_true", help="correct velocities to the heliocentric frame")

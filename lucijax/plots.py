@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg") if matplotlib.get_backend().lower() in ("", "agg") else None
@@ -197,6 +199,55 @@ def plot_spectrum_fit(axis_cm1, spectrum, model, *, lines=None, unit: str = "", 
     if title:
         ax.set_title(title)
     return _finish(fig, path)
+
+
+def region_plot_name(index: int, label: str, n_regions: int) -> str:
+    """File name of a region's plot: ``'007_HII-12.png'`` (index zero-padded to sort, the
+    label with every character but letters, digits, ``.``, ``_`` and ``-`` made ``_``)."""
+    width = max(3, len(str(max(n_regions - 1, 0))))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(label or "")).strip("_.")
+    return f"{int(index):0{width}d}" + (f"_{safe}" if safe else "") + ".png"
+
+
+def plot_region_fits(regions, folder) -> list:
+    """One PNG per fitted region of a :class:`~lucijax.results.regions.RegionTable`: its
+    integrated spectrum, the model and the residuals on the fit window, the lines marked
+    at their fitted velocity; the title gives the region, its pixels, the first line's
+    velocity and flux and the STATUS. Named by :func:`region_plot_name` in ``folder``
+    (created); regions that were not fitted (no pixel) get none.
+
+    Returns the paths written.
+    """
+    from pathlib import Path
+
+    from lucijax.physics.conversions import observed_position_cm1
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table, fit = regions.table, regions.fit
+    ls = fit.bound.line_set
+    first = ls.names[0].upper()
+    unit = fit.units.get("CONTINUUM", "")
+    paths = []
+    for k, row in enumerate(table):
+        if row["N_PIXELS"] == 0:
+            continue
+        axis, spectrum, model = regions.model_spectrum(k)
+        v = np.asarray(fit.fields["velocity_kms"][k, 0], float)
+        lines = {}
+        if np.all(np.isfinite(v)):
+            lines = {name: float(observed_position_cm1(ls.rest_cm1[i], v[ls.groups[i]], fit.bound.redshift))
+                     for i, name in enumerate(ls.names)}
+        label = str(row["LABEL"] or "")
+        title = (f"region {row['INDEX']}{f' {label}' if label else ''} ({row['SHAPE']}, {row['N_PIXELS']} px), "
+                 f"STATUS {row['STATUS']}\nv = {row[f'{first}_VELOCITY']:.1f} +- {row[f'{first}_VELOCITY_ERR']:.1f} km/s, "
+                 f"{ls.names[0]} {row[f'{first}_FLUX']:.3g} +- {row[f'{first}_FLUX_ERR']:.2g} "
+                 f"{table[f'{first}_FLUX'].unit or ''}")
+        path = folder / region_plot_name(row["INDEX"], label, len(table))
+        fig = plot_spectrum_fit(axis, spectrum, model, lines=lines, unit=unit, path=path, title=title)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def plot_corner(samples: dict, names=None, *, truths: dict | None = None, units: dict | None = None, path=None,

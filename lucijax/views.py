@@ -14,6 +14,7 @@ another view) and returns a cube that :func:`lucijax.fit` fits like a file.
 
     vor = views.voronoi(cube, 30, region=(800, 1056, 900, 1156))  # bins of S/N 30
     pixels = views.unbin(lj.fit(vor, model), vor.binning)         # maps back on pixels
+    hii = views.integrate_regions(cube, "hii.reg")                # one spectrum per ds9 region
 
 Every view streams its spectra block by block from the cube below it. The views themselves
 live in :mod:`lucijax.io.views`; :func:`voronoi` needs the S/N maps of the cube, which the
@@ -24,16 +25,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from lucijax.io.masks import mask_bounding_box, parse_box, read_mask
+from lucijax.io.masks import (
+    box_mask,
+    ds9_region_masks,
+    mask_bounding_box,
+    parse_box,
+    read_mask,
+)
 from lucijax.io.views import (
     COMBINE,
     BinnedCube,
     Cutout,
     Masked,
+    RegionsCube,
     VoronoiBinning,
     VoronoiCube,
     background_spectrum,
     integrated_spectrum,
+    regions_spectra,
     voronoi_binning,
     voronoi_cube,
 )
@@ -106,6 +115,45 @@ def integrate(cube, mask=None, *, region=None, combine: str = "sum", background=
     return integrated_spectrum(cube, mask, region=region, combine=combine, background=background)
 
 
+def integrate_regions(cube, regions, *, region=None, mask=None, combine: str = "sum", background=None) -> RegionsCube:
+    """The summed (or mean) spectrum of every region of a ds9 file, as one cube of
+    ``(n_regions, 1)`` spectra that :func:`lucijax.fit` fits in one run
+    (:func:`lucijax.fit_regions` fits it and tabulates the result).
+
+    Parameters
+    ----------
+    cube : SpectralCube
+    regions : path, ds9 text, regions.Regions or list of regions
+        Each included region with an area is integrated on its own (overlaps count in each);
+        excluded (``-``) regions take their pixels out of every region.
+    region : (x0, x1, y0, y1) or 'x0:x1,y0:y1', optional
+        Integrate only the pixels of the regions inside this box.
+    mask : bool [y, x] array, .reg, .fits or 'x0:x1,y0:y1', optional
+        Integrate only the pixels of the regions inside this mask (e.g. without stars).
+    combine : {'sum', 'mean'}
+    background : array (n_channels,), optional
+        Per-pixel background spectrum (:func:`background_spectrum`), subtracted ``n`` times
+        from the sum of ``n`` pixels.
+
+    Returns
+    -------
+    RegionsCube
+        ``.regions`` (index, label, shape, centre, pixels) and ``.n_pixels``; regions that
+        cover no pixel are not fitted (a warning; STATUS 1 in :func:`lucijax.fit_regions`).
+    """
+    nx, ny, _ = cube.shape
+    masks = ds9_region_masks(regions, (ny, nx), cube.header.wcs)
+    keep = None
+    if region is not None:
+        keep = box_mask((ny, nx), region)
+    if mask is not None:
+        m = read_mask(mask, (ny, nx), cube.header.wcs)
+        keep = m if keep is None else keep & m
+    if keep is not None:
+        masks = [r.restricted(keep) for r in masks]
+    return regions_spectra(cube, masks, combine=combine, background=background)
+
+
 def voronoi(cube, target_snr: float, *, region=None, mask=None, combine: str = "sum", background=None,
             redshift: float = 0.0, progress: bool = False) -> VoronoiCube:
     """Voronoi bins (``vorbin``) of ``region`` reaching ``target_snr`` in the line S/N of
@@ -122,6 +170,6 @@ def voronoi(cube, target_snr: float, *, region=None, mask=None, combine: str = "
     return voronoi_cube(cube, binning, combine=combine, background=background)
 
 
-__all__ = ["region", "mask", "select", "bin", "subtract_background", "background_spectrum", "integrate", "voronoi",
-           "unbin", "Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning", "voronoi_binning", "voronoi_cube",
-           "COMBINE"]
+__all__ = ["region", "mask", "select", "bin", "subtract_background", "background_spectrum", "integrate",
+           "integrate_regions", "voronoi", "unbin", "Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning",
+           "RegionsCube", "regions_spectra", "voronoi_binning", "voronoi_cube", "COMBINE"]

@@ -9,7 +9,8 @@ of a file):
 * :class:`BinnedCube` (N x N bins, sum or mean, with a mask and a background; ``factor=1``
   is a cut-out with an optional background subtraction);
 * :func:`background_spectrum` (the per-pixel median or mean spectrum of a region),
-  :func:`integrated_spectrum` (one summed spectrum), :func:`voronoi_binning` and
+  :func:`integrated_spectrum` (one summed spectrum), :func:`regions_spectra` (the summed
+  spectrum of each of several regions, in one pass), :func:`voronoi_binning` and
   :func:`voronoi_cube` (Voronoi bins of a target S/N, ``vorbin``).
 
 A view keeps the cube's header with its celestial WCS transformed (cut, binned exactly: CD
@@ -384,6 +385,107 @@ def integrated_spectrum(cube, mask=None, *, region=None, combine: str = "sum", b
     return out
 
 
+class RegionsCube(MemoryCube):
+    """The integrated spectra of several regions (:func:`regions_spectra`): shape
+    ``(n_regions, 1, n_channels)``, spectrum ``k`` that of ``regions[k]``.
+
+    Attributes
+    ----------
+    regions : list of RegionMask
+        The regions, in order (their pixels, labels and centres).
+    source_wcs : astropy.wcs.WCS or None
+        Celestial WCS of the cube the regions are pixels of (the spectra themselves have
+        none).
+    n_pixels : numpy.ndarray
+        Pixels integrated in each region (0: the region covers no pixel of the cube).
+    combine : {'sum', 'mean'}
+    pixel_mask : numpy.ndarray or None
+        ``[k, 0]`` False for the regions that cover no pixel: they are not fitted.
+    """
+
+    origin = None
+    regions: list
+    source_wcs: object
+    n_pixels: np.ndarray
+    combine: str
+
+
+def regions_spectra(cube, regions, *, combine: str = "sum", background=None, block: int = 64) -> RegionsCube:
+    """The summed (or mean) spectrum of each of several regions, in one pass over the cube.
+
+    Parameters
+    ----------
+    cube : SpectralCube
+    regions : list of RegionMask
+        Pixels of each region (:func:`lucijax.io.masks.ds9_region_masks`); they may overlap
+        (a pixel counts in each region that holds it).
+    combine : {'sum', 'mean'}
+    background : array (n_channels,), optional
+        Per-pixel background spectrum: ``n`` times it is subtracted from the sum of ``n``
+        pixels (once from the mean).
+
+    Returns
+    -------
+    RegionsCube
+        Shape ``(n_regions, 1, n_channels)``; spectrum ``k`` equals
+        ``integrated_spectrum(cube, regions[k].mask(...))``'s, and its calibration map entry
+        is the mean over the region's pixels. A region that covers no pixel of the cube gets
+        a NaN spectrum, is left out of the fit (``pixel_mask``) and is warned about.
+    """
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got '{combine}'")
+    regions = list(regions)
+    if not regions:
+        raise ValueError("no region to integrate")
+    nx, ny, nch = cube.shape
+    nr = len(regions)
+    counts = np.array([r.n_pixels for r in regions], np.int64)
+    empty = [r for r in regions if r.n_pixels == 0]
+    if len(empty) == nr:
+        raise ValueError(f"none of the {nr} regions covers a pixel of the cube ({nx} x {ny} pixels): "
+                         "check their coordinates (and the cube's WCS for sky regions)")
+    for r in empty:
+        warnings.warn(f"region {r.index}{f' ({r.label})' if r.label else ''} covers no pixel of the cube: "
+                      "not fitted, its row has STATUS 1 (invalid input)", stacklevel=2)
+    union = np.zeros((ny, nx), bool)
+    for r in regions:
+        if r.box is not None:
+            x0, x1, y0, y1 = r.box
+            union[y0:y1, x0:x1] |= r.cut
+    sums = np.zeros((nr, nch), np.float64)
+    calib = np.zeros(nr, np.float64)
+
+    def step(has_calib, b, spectra, cm):
+        keep = union[b[2]:b[3], b[0]:b[1]].T.reshape(-1)  # the block's kept pixels, x-major like ``spectra``
+        for k, r in enumerate(regions):
+            inside = r.within(b).T.reshape(-1)[keep]
+            if inside.any():
+                sums[k] += spectra[inside].sum(axis=0, dtype=np.float64)
+                if cm is not None:
+                    calib[k] += float(cm[inside].sum())
+        return has_calib and cm is not None
+
+    has_calib = fold(cube, union, step, True, block=block, calib=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if background is not None:
+            sums -= counts[:, None] * np.asarray(background, np.float64)[None, :]
+        if combine == "mean":
+            sums /= counts[:, None]
+        calib_mean = calib / counts
+    sums[counts == 0] = np.nan
+    if has_calib:  # the empty regions get the others' mean (they are not fitted)
+        calib_mean[counts == 0] = np.mean(calib_mean[counts > 0])
+    out = RegionsCube(sums.reshape(nr, 1, nch), replace_wcs(cube.header, None),
+                      calib_map=calib_mean.reshape(nr, 1) if has_calib else None,
+                      path=f"{getattr(cube, 'path', '<cube>')}[{nr} regions, {combine}]")
+    out.regions = regions
+    out.source_wcs = cube.header.wcs
+    out.n_pixels = counts
+    out.combine = combine
+    out.pixel_mask = None if not empty else (counts > 0).reshape(nr, 1)
+    return out
+
+
 @dataclass
 class VoronoiBinning:
     """Voronoi bins of a pixel box (Cappellari & Copin 2003, ``vorbin``).
@@ -544,5 +646,5 @@ class VoronoiCube(MemoryCube):
     binning: VoronoiBinning
 
 
-__all__ = ["Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning", "background_spectrum",
-           "integrated_spectrum", "voronoi_binning", "voronoi_cube", "COMBINE"]
+__all__ = ["Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning", "RegionsCube", "background_spectrum",
+           "integrated_spectrum", "regions_spectra", "voronoi_binning", "voronoi_cube", "COMBINE"]

@@ -1,10 +1,12 @@
 """Typed results and their writers: :class:`FitResult`, :class:`PosteriorResult`,
 :class:`SelectionResult` (maps, units, WCS, STATUS, per-pixel values, covariance), FITS maps,
 ``fit.json``, samples on disk (:mod:`.samples`), model cubes (:mod:`.model_cube`), Voronoi
-results back on pixels (:mod:`.unbin`)."""
+results back on pixels (:mod:`.unbin`), one table row per region (:mod:`.regions`)."""
 
 from lucijax.results.fit import FitResult, PosteriorResult, Result, SelectionResult
+from lucijax.results.regions import RegionTable, region_table
 from lucijax.results.samples import SampleStore, read_samples
 from lucijax.results.unbin import unbin
 
-__all__ = ["Result", "FitResult", "PosteriorResult", "SelectionResult", "SampleStore", "read_samples", "unbin"]
+__all__ = ["Result", "FitResult", "PosteriorResult", "SelectionResult", "SampleStore", "read_samples", "unbin",
+           "RegionTable", "region_table"]
