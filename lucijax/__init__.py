@@ -45,6 +45,7 @@ _PUBLIC = {
     "PosteriorResult": "lucijax.results",
     "SelectionResult": "lucijax.results",
     "read_samples": "lucijax.results",
+    "to_arviz": "lucijax.results",
     "Status": "lucijax.status",
     # process-wide settings
     "set_cpu_devices": "lucijax.config",
