@@ -47,6 +47,7 @@ _PUBLIC = {
     "SelectionResult": "lucijax.results",
     "RegionTable": "lucijax.results",
     "read_samples": "lucijax.results",
+    "to_arviz": "lucijax.results",
     "Status": "lucijax.status",
     # process-wide settings
     "set_cpu_devices": "lucijax.config",

@@ -182,7 +182,8 @@ def sample(cube, fit: FitResult, sampler=None, *, execution: Execution | None = 
         program = posterior_program(sampler, fit.bound, values, network, keep_samples=samples is not None)
         store = None
         if samples is not None:
-            attrs = {"sampler": repr(sampler), "region": np.asarray(fit.region if fit.region is not None else (-1,) * 4)}
+            attrs = {"sampler": repr(sampler), "region": np.asarray(fit.region if fit.region is not None else (-1,) * 4),
+                     "source": fit.source}
             store = SampleStore(samples, view.shape[:2], sample_parameter_names(fit.bound), ex.block_size, attrs)
         try:
             pm = map_pixels(view, program, ex, sink=store)

@@ -14,6 +14,10 @@ A program is written for ONE spectrum. It has three parts, each optional but the
 * ``finish(outputs, inputs) -> outputs``: host side, once per batch, on numpy arrays
   (rescaling to a window noise, diagnostics that exist only in numpy).
 
+A program may also give the engine a :class:`ProgressNote`: a count of the pixels of each
+finished batch that pass a check (a sampler's R-hat), shown as a running share on the
+progress bar.
+
 Solvers and samplers build programs (:meth:`lucijax.solvers.map.MAP.program`, ...); the
 engine (:func:`lucijax.engine.map_pixels`) runs them. Nothing here imports either.
 """
@@ -65,6 +69,28 @@ class Block:
 
 
 @dataclass(frozen=True)
+class ProgressNote:
+    """A running share the engine shows on its progress bar (e.g. ``R-hat<=1.05: 98.7%``).
+
+    Attributes
+    ----------
+    label : str
+        What is counted ('R-hat<=1.05').
+    count : callable ``outputs -> (n_ok, n_total)``
+        Called by the engine on the outputs of every finished batch (after ``finish``, one
+        row per real pixel, padding removed): how many of its pixels pass, out of how many.
+    """
+
+    label: str
+    count: Callable[[Any], tuple[int, int]]
+
+    def text(self, n_ok: int, n_total: int) -> str:
+        """The bar's note for running totals ``n_ok`` out of ``n_total``."""
+        share = 100.0 * n_ok / n_total if n_total else float("nan")
+        return f"{self.label}: {share:.1f}%"
+
+
+@dataclass(frozen=True)
 class Program:
     """A per-spectrum program (see the module docstring).
 
@@ -105,6 +131,9 @@ class Program:
     meta : dict
         Anything the caller needs to interpret the outputs (the line model of the results,
         the start actually used); the engine never reads it.
+    progress_note : ProgressNote, optional
+        A running share of the finished pixels shown on the progress bar after every batch
+        (a sampler's share of pixels with R-hat under its threshold); None shows none.
     """
 
     name: str
@@ -122,6 +151,7 @@ class Program:
     context: Callable[[], Any] | None = None
     namedtuples: tuple[type, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    progress_note: ProgressNote | None = None
 
     def __post_init__(self):
         if (self.one is None) == (self.host is None):
@@ -132,4 +162,4 @@ class Program:
         return self.context() if self.context is not None else contextlib.nullcontext()
 
 
-__all__ = ["Block", "Program"]
+__all__ = ["Block", "Program", "ProgressNote"]

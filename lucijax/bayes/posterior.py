@@ -20,7 +20,7 @@ import numpy as np
 from lucijax.bayes.problem import MapValues, PixelData, PixelProblem, Prior, map_fallback_prior, pixel_data
 from lucijax.constants import QUANTILES
 from lucijax.physics.lines import ratios_in
-from lucijax.program import Program
+from lucijax.program import Program, ProgressNote
 from lucijax.solvers.fitting import flux_correlations
 from lucijax.status import GOOD, Status
 
@@ -169,6 +169,23 @@ def fit_inputs(inp: dict) -> MapValues:
     return MapValues(*(inp[f"map_{k}"] for k in MapValues._fields))
 
 
+def rhat_note(sampler) -> ProgressNote | None:
+    """The progress bar's running share of pixels whose split R-hat (max over the
+    parameters) is at most ``sampler.rhat_threshold`` (``R-hat<=1.05: 98.7%``), the share
+    :meth:`~lucijax.results.PosteriorResult.converged_fraction` gives at the end; None for
+    samplers without an R-hat (nested sampling, a single chain)."""
+    chains = getattr(sampler, "num_chains", getattr(sampler, "walkers", 1))
+    if getattr(sampler, "name", "") == "nested" or int(chains) < 2:
+        return None
+    threshold = float(sampler.rhat_threshold)
+
+    def count(out):
+        r = np.asarray(out.rhat_max)
+        return int(np.sum(r <= threshold)), int(r.size)
+
+    return ProgressNote(label=f"R-hat<={threshold:g}", count=count)
+
+
 def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_samples: bool = False) -> Program:
     """The per-spectrum program of ``sampler`` on ``bound``.
 
@@ -217,7 +234,9 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
     return Program(name=sampler.name, key=key, prepare=sampler_inputs(bound), one=one, finish=finish, given=given,
                    bulk=("samples",) if keep_samples else (), stored=False, context=sampler.context,
                    namedtuples=(Posterior,), meta={"bound": bound, "sampler": sampler, "problem": problem,
-                                                   "prior_source": "network" if use_network else "map"})
+                                                   "prior_source": "network" if use_network else "map"},
+                   progress_note=rhat_note(sampler))
 
 
-__all__ = ["Posterior", "posterior_program", "summarize", "ratio_quantiles", "diagnose", "pixel_key", "MAP_FIELDS"]
+__all__ = ["Posterior", "posterior_program", "summarize", "ratio_quantiles", "diagnose", "pixel_key", "MAP_FIELDS",
+           "rhat_note"]

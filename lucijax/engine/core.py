@@ -9,7 +9,10 @@ padded, so one compiled program serves every batch), the batches are sent round 
 the devices (every device runs the same executable, compiled for each of them before the
 first block), gathered, passed through ``program.finish`` and either saved to
 the checkpoint folder or placed into the output maps. Pixels the mask leaves out are never
-computed: their float outputs are NaN, their integer outputs :attr:`Status.MASKED`.
+computed: their float outputs are NaN, their integer outputs :attr:`Status.MASKED`. The
+progress bar counts pixels batch by batch and, for a program with a
+:class:`~lucijax.program.ProgressNote`, shows its running share (a sampler's share of
+pixels with R-hat under its threshold).
 
 A pixel's result depends only on its own inputs (and, for samplers, on its coordinates,
 from which its random key is derived), never on the batch it ran in, the device, the
@@ -113,6 +116,8 @@ class PixelMap:
     seconds: float = 0.0
     batch_size: int = 0
     n_devices: int = 1
+    #: ``'progress_note'``: the program's :class:`~lucijax.program.ProgressNote` totals
+    #: ``(n_ok, n_total)`` over the pixels computed in this run (resumed ones not counted)
     meta: dict = field(default_factory=dict)
 
 
@@ -224,8 +229,12 @@ def _split_bulk(out, names: tuple[str, ...]):
     return out._replace(**{k: None for k in names}), {k: getattr(out, k) for k in names}
 
 
-def run_block(program: Program, runner: BatchRunner, block: Block):
-    """Compute one block: ``(outputs, bulk)`` with one row per computed pixel."""
+def run_block(program: Program, runner: BatchRunner, block: Block, on_batch=None):
+    """Compute one block: ``(outputs, bulk)`` with one row per computed pixel.
+
+    ``on_batch(outputs, n)``, if given, is called after each batch is gathered (its
+    outputs after ``finish``, ``n`` real rows), in order: what the progress bar counts.
+    """
     import jax
 
     inputs = program.prepare(block)
@@ -237,7 +246,11 @@ def run_block(program: Program, runner: BatchRunner, block: Block):
         part = _rows(inputs, slice(i, i + B))
         m = min(B, n - i)
         pending.append((part, m, runner.dispatch(part, m, k)))
-    parts = [runner.gather(h, part, m) for part, m, h in pending]
+    parts = []
+    for part, m, h in pending:
+        parts.append(runner.gather(h, part, m))
+        if on_batch is not None:
+            on_batch(parts[-1], m)
     out = jax.tree.map(lambda *a: np.concatenate(a), *parts) if len(parts) > 1 else parts[0]
     return _split_bulk(out, program.bulk)
 
@@ -355,10 +368,21 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
         n_resumed = n_pix - sum(selected(mask, b).size for b in todo)
         bar = tqdm(total=n_pix, initial=n_resumed, unit="spectra", desc=program.name, smoothing=0.1,
                    disable=not ex.progress or n_pix < 2 * batch_size)
+        note = program.progress_note
+        tally = [0, 0]  # the note's running (n_ok, n_total) over the pixels computed in this run
+
+        def on_batch(out, n):
+            if note is not None:
+                ok, total = note.count(out)
+                tally[0] += int(ok)
+                tally[1] += int(total)
+                bar.set_postfix_str(note.text(*tally), refresh=False)
+            bar.update(n)
+
         import jax
 
         for b, block in read_ahead(todo, read):
-            out, bulk = run_block(program, runner, block)
+            out, bulk = run_block(program, runner, block, on_batch)
             leaves, treedef = jax.tree_util.tree_flatten((out, bulk))
             if ckpt is not None:
                 ckpt.save(b, leaves, treedef, digests.pop(b, None))
@@ -367,7 +391,6 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
                 maps.place(b, block.index, out_leaves, out_def)
                 if sink is not None and bulk:
                     sink.write(b, block.index, bulk)
-            bar.update(block.n)
         bar.close()
         if ckpt is not None:  # every block from disk, one at a time (bounded memory)
             for b in boxes:
@@ -381,7 +404,8 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
         if ckpt is not None:
             ckpt.close()
     computed = np.ones((nx, ny), bool) if mask is None else mask.copy()
-    return PixelMap(maps.values(), computed, n_resumed, time.perf_counter() - t0, batch_size, len(devices))
+    meta = {"progress_note": tuple(tally)} if note is not None else {}
+    return PixelMap(maps.values(), computed, n_resumed, time.perf_counter() - t0, batch_size, len(devices), meta)
 
 
 def _check_finished(ckpt, boxes, todo, read, digests) -> list:

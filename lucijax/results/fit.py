@@ -250,6 +250,38 @@ class PosteriorResult(Result):
         r = np.asarray(self.posterior.rhat_max)[self.computed]
         return float(np.mean(r <= threshold)) if r.size else float("nan")
 
+    def to_arviz(self, x: int | None = None, y: int | None = None, *, region=None, flux_scale="auto"):
+        """The draws of pixel ``(x, y)`` (view coordinates, ``maps[name][y, x]``), or of the
+        pixels of ``region=(x0, x1, y0, y1)``, as arviz data for arviz's diagnostics and
+        plots (:func:`lucijax.results.inference_data.to_arviz`; needs arviz).
+
+        The ``posterior`` group holds every sampled parameter (dims ``(chain, draw)``, or
+        ``(chain, draw, pixel)`` for a region); its attributes add this result's per-pixel
+        diagnostics (``RHAT_MAX``, ``ESS_MIN``, ``ACCEPT_RATE``, ``N_DIVERGENT``) and cube.
+        Without ``x, y`` and ``region``, a single spectrum's one pixel. Amplitudes and
+        continuum coefficients are in the cube's flux unit divided by ``flux_scale``
+        (default: a power of ten that makes them of order 1, which arviz's ESS needs).
+
+        Raises
+        ------
+        ValueError
+            When the draws were not kept (sample with ``samples='draws.h5'``).
+        """
+        from lucijax.results.inference_data import to_arviz
+
+        if self.samples_path is None:
+            raise ValueError("this posterior kept no draws: sample with lucijax.sample(..., samples='draws.h5') "
+                             "(--bayes-samples on the command line)")
+        if x is None and y is None and region is None:
+            if self.computed.size != 1:
+                raise ValueError(f"give a pixel (x, y) or region=(x0, x1, y0, y1) of the {self.computed.shape[0]} x "
+                                 f"{self.computed.shape[1]} view")
+            x, y = 0, 0
+        diagnostics = {name: np.asarray(getattr(self.posterior, key)) for key, name in POSTERIOR_MAPS.items()}
+        attrs = {"source": self.source} if self.source else {}
+        return to_arviz(self.samples_path, x, y, region=region, flux_scale=flux_scale, flux_unit=self.bound.flux_unit,
+                        attrs=attrs, pixel_attrs=diagnostics)
+
 
 def _merged_fields(fit: FitResult, post) -> dict:
     fields = dict(fit.fields)
