@@ -207,8 +207,15 @@ def part_luci(reg, out: Path, n_pixels: int, steps: int | None, walkers: int | N
                 ess_velocity_per_s_per_pixel_max=float(np.max(ess_rate)))
 
 
-def two_component_set(bound, n_two: int, n_one: int, snr: float, seed: int):
-    """Spectra (window) with one or two components, their FWHM and truth."""
+def two_component_set(bound, n_two: int, n_one: int, snr: float, seed: int, *, snr_max: float | None = None,
+                      separation_kms=(275.0, 275.0), broadening_kms=(100.0, 100.0), second_ratio: float = 0.5):
+    """Spectra (window) with one or two components, their FWHM and truth (N).
+
+    Defaults: part 4's set (SNR ``snr``, components 275 km/s apart, both 100 km/s broad).
+    With ``snr_max``, a separation range or a broadening range (issue 16's acceptance 4:
+    150-300 km/s, half the amplitude, SNR >= 10), those are drawn per spectrum (log-uniform
+    SNR) from a second generator, so the default set stays what it was.
+    """
     from lucijax.bayes.evidence import two_component_line_set
     from lucijax.simulate import render_spectra
 
@@ -222,14 +229,17 @@ def two_component_set(bound, n_two: int, n_one: int, snr: float, seed: int):
     st = SETUPS["SN3"]
     fwhm = np.full(n, float(instrument.sinc_fwhm_cm1(st["step_nm"], st["step_nb"], st["zpd_index"], AXIS_CORR)))
     v1 = rng.uniform(-150, 50, n)
-    vel = np.stack([v1, v1 + 275.0], axis=1)
-    broad = np.full((n, 2), 100.0)
+    extra = np.random.default_rng([seed, 1])
+    sep = extra.uniform(*separation_kms, n)
+    vel = np.stack([v1, v1 + sep], axis=1)
+    broad = extra.uniform(*broadening_kms, (n, 2))
+    snr_of = np.exp(extra.uniform(np.log(snr), np.log(snr_max or snr), n))
     noise = 1.0
     # primary amplitudes per component: Halpha = SNR x noise, [NII]6583 0.4, [SII] 0.15 each
     ratio = {"Halpha": 1.0, "NII6583": 0.4, "SII6716": 0.15, "SII6731": 0.15}
-    base = np.array([ratio[bound.line_set.names[i]] for i in bound.line_set.primary_lines]) * snr * noise
+    base = np.array([ratio[bound.line_set.names[i]] for i in bound.line_set.primary_lines]) * noise
     n_prim = base.size
-    amp = np.concatenate([base, 0.5 * base])[None, :].repeat(n, axis=0)
+    amp = snr_of[:, None] * np.concatenate([base, second_ratio * base])[None, :]
     amp[n_two:, n_prim:] = 0.0  # one-component spectra: no second component
     clean = render_spectra(ls2, "sincgauss", axis_obs, fwhm, vel, broad, amp, np.zeros(n))
     y = (clean + rng.normal(0, noise, clean.shape)).astype(np.float32)

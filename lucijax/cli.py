@@ -30,6 +30,11 @@ def _range(text: str, what: str):
     return parse_range(text, what)
 
 
+def int_or_auto(text: str):
+    """``--components``: a count, or 'auto' (chosen per pixel)."""
+    return "auto" if text.strip().lower() == "auto" else int(text)
+
+
 def _given(**kwargs) -> dict:
     """The options the user gave (None: left to the object's default)."""
     return {k: v for k, v in kwargs.items() if v is not None}
@@ -67,9 +72,12 @@ def build_solver(args):
     if args.no_mdn and args.cnn:
         raise ValueError("--no-mdn and --cnn exclude each other")
     start = "matched" if args.no_mdn else ("cnn" if args.cnn else None)
+    if args.bic_threshold is not None and not args.select_components:
+        raise ValueError("--bic-threshold chooses between one and two components: use it with --components auto")
     if (args.components or 1) > 1:
         base = MAP(**_given(start=start or "matched", max_iter=args.iterations))
-        return Components(**_given(n_components=args.components, min_separation_kms=args.min_separation), base=base)
+        return Components(**_given(n_components=args.components, min_separation_kms=args.min_separation,
+                                   bic_threshold=args.bic_threshold), base=base, select=args.select_components)
     if args.components is not None and args.components < 1:
         raise ValueError(f"--components must be >= 1, got {args.components}")
     return MAP(**_given(start=start, max_iter=args.iterations))
@@ -208,6 +216,11 @@ def _print_summary(result, elapsed: float, what: str = "fitted"):
         chi2 = maps["CHI2"][ok]
         print(f"{first} velocity: median {np.nanmedian(v):.2f} km/s, median error {np.nanmedian(ve):.2f} km/s; "
               f"median reduced chi2 {np.nanmedian(chi2):.3f}")
+    if "N_COMPONENTS" in maps:
+        count = maps["N_COMPONENTS"][status != -1]
+        how = "BIC" if "DELTA_BIC" in maps else "evidence"
+        print(f"components ({how}): two in {int(np.sum(count == 2))}, one in {int(np.sum(count == 1))} "
+              f"of {count.size} spectra")
     if "RHAT_MAX" in maps:
         r = maps["RHAT_MAX"][status != -1]
         share = np.mean(r <= 1.05) if np.isfinite(r).any() else float("nan")
@@ -524,8 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
     so.add_argument("--iterations", type=int,
                     help=f"most Levenberg-Marquardt iterations (default {s.max_iter}; 0: the start only, STATUS 2)")
-    so.add_argument("--components", type=int,
-                    help="kinematic components per line (ordered in velocity; maps {LINE}_C1_..., {LINE}_C2_...)")
+    so.add_argument("--components", type=int_or_auto,
+                    help="kinematic components per line (ordered in velocity; maps {LINE}_C1_..., {LINE}_C2_...); "
+                         "auto: one or two per pixel, chosen by the BIC of both MAP fits (maps N_COMPONENTS, "
+                         "DELTA_BIC; the _C2 maps NaN where one is chosen)")
+    so.add_argument("--bic-threshold", type=float,
+                    help="with --components auto: two components where the BIC difference exceeds this (default "
+                         f"{c.bic_threshold:g})")
     so.add_argument("--min-separation", type=float,
                     help=f"smallest velocity step between components, km/s (default {c.min_separation_kms:g})")
     so.add_argument("--freeze", metavar="MAPS.fits",
@@ -566,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--velocity-correction", metavar="CORR.fits",
                    help="subtract this sky velocity-correction map (lucijax skycal) from the velocity maps")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    f.set_defaults(func=cmd_fit)
+    f.set_defaults(func=cmd_fit, select_components=False)
 
     sc = sub.add_parser("skycal", help="velocity-correction map from the OH sky lines of binned sky regions")
     sc.add_argument("input", help="cube file")
@@ -635,6 +653,8 @@ def _join_negative_ranges(argv: list[str]) -> list[str]:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(_join_negative_ranges(argv))
+    if getattr(args, "components", None) == "auto":  # one or two per pixel
+        args.components, args.select_components = 2, True
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*JAXopt is no longer maintained.*")
     from lucijax.config import enable_compilation_cache, set_cpu_devices

@@ -197,9 +197,18 @@ def fit_result(pixel_map, program, cube) -> FitResult:
         if kept:
             log.warning("%d pixel(s) have fewer than 10 usable channels in the noise window %.1f-%.1f cm-1: "
                         "their noise comes from the fit's residuals", kept, *bound.noise_window)
+    cards = {}
+    if getattr(out, "count", None) is not None:  # one or two components chosen per pixel
+        count = out.count
+        n = np.where(pixel_map.computed, np.asarray(count.n_components), 0)
+        maps["N_COMPONENTS"] = np.ascontiguousarray(n.T.astype(np.int16))
+        maps["DELTA_CHI2"] = np.ascontiguousarray(np.asarray(count.delta_chi2, np.float32).T)
+        maps["DELTA_BIC"] = np.ascontiguousarray(np.asarray(count.delta_bic, np.float32).T)
+        units.update(N_COMPONENTS="", DELTA_CHI2="", DELTA_BIC="")
+        cards = {"SELECT": "BIC", "BICTHR": float(program.meta["solver"].bic_threshold)}
     return FitResult(
         maps=maps, units=units, wcs=cube.header.wcs, region=view_region(cube), bound=bound, fields=fields,
-        fwhm_cm1=fwhm, computed=pixel_map.computed, source=str(getattr(cube, "path", "")),
+        fwhm_cm1=fwhm, computed=pixel_map.computed, source=str(getattr(cube, "path", "")), cards=cards,
         is_single_spectrum=bool(getattr(cube, "is_single_spectrum", False)), network=network,
         covariance=None if out.covariance is None else np.asarray(out.covariance), noise_from_window=window,
         solver=program.meta.get("solver"), start=start, seconds=pixel_map.seconds, n_resumed=pixel_map.n_resumed)

@@ -24,12 +24,24 @@ Fitting one spectrum:
 The output :class:`~lucijax.solvers.fitting.PixelFit` is that of the unordered model with
 ``n_components x n_groups`` kinematic groups, so maps, model spectra and products work
 unchanged.
+
+One or two components per pixel, fast (``Components(select=True)``): both fits above are
+made anyway (the one-component fit is step 1), so their chi2 decide. With ``n`` valid
+channels, ``D1`` and ``D2`` free parameters and the two-component fit's noise ``sigma``
+(line-free channels), ``delta_chi2 = (RSS1 - RSS2) / sigma^2`` and the Bayesian information
+criterion's difference ``delta_bic = delta_chi2 - (D2 - D1) ln n``; two components where
+``delta_bic > bic_threshold``. ``delta_chi2 / 2`` is the best fit's log-likelihood gain; the
+evidence's log Z2 - log Z1 is that gain less the Occam factor of the second component's
+parameters, which ``(D2 - D1) ln(n) / 2`` approximates (the BIC is the Laplace approximation
+of the evidence for a prior as wide as the data's information of one channel). Pixels where
+one component is chosen keep the one-component fit in the ``_C1`` maps and NaN in the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +50,7 @@ import numpy as np
 from lucijax.model import LineModel
 from lucijax.physics.lines import LineSet
 from lucijax.program import Program
-from lucijax.solvers.fitting import FitSettings, PixelFit, fit_spectrum
+from lucijax.solvers.fitting import MAX_CORRELATED_LINES, FitSettings, PixelFit, fit_spectrum
 from lucijax.solvers.map import MAP, MapFit, finish_map, matched_one, templates_for
 from lucijax.solvers.start import start_inputs, start_velocity
 from lucijax.status import Status
@@ -143,6 +155,12 @@ class Components:
     base : MAP
         The one-component fit that finds the blend (matched-filter start) and whose
         options (tolerances, noise) the ordered fits share.
+    select : bool
+        Choose one or two components per pixel (``n_components`` must be 2) by the
+        difference of the Bayesian information criterion of the two fits (module
+        docstring): maps ``N_COMPONENTS``, ``DELTA_CHI2``, ``DELTA_BIC``.
+    bic_threshold : float
+        Two components where ``delta_bic`` exceeds this.
     """
 
     n_components: int = 2
@@ -152,10 +170,16 @@ class Components:
     separation_factors: tuple[float, ...] = (1.75,)
     separations_kms: tuple[float, ...] = (60.0, 150.0, 300.0)
     base: MAP = field(default_factory=lambda: MAP(start="matched"))
+    select: bool = False
+    bic_threshold: float = 0.0
 
     def __post_init__(self):
         if int(self.n_components) < 2:
             raise ValueError(f"n_components must be >= 2 (one component is the plain MAP fit), got {self.n_components}")
+        if self.select and int(self.n_components) != 2:
+            raise ValueError(f"select chooses between one and two components: n_components must be 2, got {self.n_components}")
+        if not np.isfinite(self.bic_threshold):
+            raise ValueError(f"bic_threshold must be finite, got {self.bic_threshold}")
         if not self.min_separation_kms > 0:
             raise ValueError("min_separation_kms must be > 0 (it is what keeps components apart)")
         object.__setattr__(self, "separation_factors", tuple(float(f) for f in self.separation_factors))
@@ -168,16 +192,21 @@ class Components:
 
     def program(self, bound, cube=None) -> Program:
         """The per-spectrum program of the component fit on ``bound``."""
-        one_pixel = component_fit(bound, self)
+        one_pixel = component_fit(bound, self, with_one=self.select)
         out_bound = self.result_model(bound)
         nan2 = jnp.full(2, jnp.nan, jnp.float32)
+        choose = count_selection(bound, out_bound, self.bic_threshold) if self.select else None
 
         def one(inp):
-            return MapFit(one_pixel(inp["y"], inp["fwhm"]), nan2, nan2, jnp.asarray(False), inp["fwhm"])
+            fit, count = one_pixel(inp["y"], inp["fwhm"]), None
+            if choose is not None:
+                fit, count = choose(inp["y"], *fit)
+            return MapFit(fit, nan2, nan2, jnp.asarray(False), inp["fwhm"], None, count)
 
         key = "\n".join([bound.key, repr(self), repr(self.base.settings(bound.model))])
-        return Program(name=f"{self.n_components}-component fit", key=key, prepare=bound.inputs, one=one,
-                       finish=finish_map, pad={"y": np.nan}, namedtuples=(MapFit, PixelFit),
+        name = "1- or 2-component fit (BIC)" if self.select else f"{self.n_components}-component fit"
+        return Program(name=name, key=key, prepare=bound.inputs, one=one,
+                       finish=finish_map, pad={"y": np.nan}, namedtuples=(MapFit, PixelFit, ComponentCount),
                        meta={"bound": out_bound, "start": "matched", "solver": self})
 
 
@@ -185,9 +214,10 @@ def _finite(x, fallback):
     return jnp.where(jnp.isfinite(x), x, fallback)
 
 
-def component_fit(bound, csettings: Components):
+def component_fit(bound, csettings: Components, with_one: bool = False):
     """``fit(y, fwhm) -> PixelFit`` of ONE spectrum with the component model of ``bound``
-    (the result is that of the unordered component model; see the module docstring)."""
+    (the result is that of the unordered component model; see the module docstring); with
+    ``with_one``, ``(that fit, the one-component fit it started from)``."""
     n = int(csettings.n_components)
     base_spec = bound.spec
     G0, has_b = base_spec.n_groups, base_spec.has_broadening
@@ -260,10 +290,77 @@ def component_fit(bound, csettings: Components):
         final = fit_spectrum(out_model, out_settings, y, fwhm, theta, jnp.asarray(out_lo), jnp.asarray(out_hi))
         keep_final = (final.status == Status.INVALID_INPUT) | (final.status == Status.SINGULAR)
         status = jnp.where(keep_final, final.status, best.status).astype(jnp.int32)
-        return final._replace(status=status, start_velocity_kms=jnp.tile(one.start_velocity_kms, n))
+        final = final._replace(status=status, start_velocity_kms=jnp.tile(one.start_velocity_kms, n))
+        return (final, one) if with_one else final
 
     return fit
 
 
-__all__ = ["Components", "component_name", "component_line_set", "ordered_bounds", "ordered_start", "physical_theta",
+class ComponentCount(NamedTuple):
+    """One pixel's choice between one and two components (``Components(select=True)``)."""
+
+    n_components: jax.Array  # int16: 1 or 2 (0: no valid fit)
+    delta_chi2: jax.Array  # (RSS1 - RSS2) / sigma^2
+    delta_bic: jax.Array  # delta_chi2 - (D2 - D1) ln(n channels)
+
+
+def _embedded_correlations(n_lines: int, n_pairs_two: int) -> np.ndarray:
+    """For each flux-correlation pair of the two-component fit (``triu_indices(2 L, 1)``
+    order), the index of the same pair in the one-component fit's, or -1 (a pair with a
+    second-component line)."""
+    if n_pairs_two == 0:
+        return np.zeros(0, np.int32)
+    one = {pair: k for k, pair in enumerate(zip(*np.triu_indices(n_lines, 1)))}
+    return np.asarray([one.get(pair, -1) for pair in zip(*np.triu_indices(2 * n_lines, 1))], np.int32)
+
+
+def count_selection(bound, two_bound, threshold: float):
+    """``choose(y, two, one) -> (PixelFit, ComponentCount)`` of ONE spectrum: the fit of the
+    chosen number of components in the two-component layout (see the module docstring)."""
+    spec1, spec2 = bound.spec, two_bound.spec
+    d1, d2 = spec1.n_nonlinear + spec1.n_linear, spec2.n_nonlinear + spec2.n_linear
+    G, L, A = spec1.n_groups, spec1.line_set.n_lines, spec1.n_amplitudes
+    two_pairs = 0 if 2 * L > MAX_CORRELATED_LINES else L * (2 * L - 1)
+    corr_index = _embedded_correlations(L, two_pairs)
+    threshold = float(threshold)
+    model = bound.line_model
+
+    def embed(one: PixelFit) -> PixelFit:
+        """The one-component fit in the two-component layout (second component NaN)."""
+        def nan(k):
+            return jnp.full(k, jnp.nan, jnp.float32)
+
+        per_group = {"velocity_kms", "velocity_err_kms", "broadening_kms", "broadening_err_kms", "start_velocity_kms"}
+        per_line = {"amplitude", "amplitude_err", "flux_cm1", "flux_err_cm1", "flux_null_err_cm1"}
+        out = {}
+        for k, v in one._asdict().items():
+            if k in per_group:
+                out[k] = jnp.concatenate([v, nan(G)])
+            elif k in per_line:
+                out[k] = jnp.concatenate([v, nan(L)])
+            elif k == "linear":
+                out[k] = jnp.concatenate([v[:A], nan(A), v[A:]])
+            elif k == "flux_corr":
+                out[k] = jnp.where(corr_index >= 0, v[jnp.maximum(corr_index, 0)], jnp.nan) if corr_index.size else v[:0]
+            else:
+                out[k] = v
+        return PixelFit(**out)
+
+    def choose(y, two: PixelFit, one: PixelFit):
+        n = jnp.sum(model.channel_mask(y)[0]).astype(jnp.float32)
+        rss1 = one.chi2_reduced * jnp.maximum(n - d1, 1.0) * one.noise**2
+        rss2 = two.chi2_reduced * jnp.maximum(n - d2, 1.0) * two.noise**2
+        sigma2 = jnp.where(jnp.isfinite(two.noise) & (two.noise > 0), two.noise**2, one.noise**2)
+        delta_chi2 = (rss1 - rss2) / sigma2
+        delta_bic = delta_chi2 - (d2 - d1) * jnp.log(jnp.maximum(n, 1.0))
+        two_ok = (two.status != Status.INVALID_INPUT) & (two.status != Status.SINGULAR) & jnp.isfinite(delta_bic)
+        use_two = two_ok & (delta_bic > threshold)
+        fit = jax.tree.map(lambda a, b: jnp.where(use_two, a, b), two, embed(one))
+        count = jnp.where(one.status == Status.INVALID_INPUT, 0, jnp.where(use_two, 2, 1)).astype(jnp.int16)
+        return fit, ComponentCount(count, delta_chi2.astype(jnp.float32), delta_bic.astype(jnp.float32))
+
+    return choose
+
+
+__all__ = ["Components", "ComponentCount", "count_selection", "component_name", "component_line_set", "ordered_bounds", "ordered_start", "physical_theta",
            "component_fit"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,8 @@ class MapFit(NamedTuple):
     fwhm_cm1: jax.Array
     #: Covariance (D, D) of all parameters [theta, alpha] (``MAP(covariance=True)``), else None.
     covariance: jax.Array | None = None
+    #: The choice between one and two components (``Components(select=True)``), else None.
+    count: Any = None
 
 
 @dataclass(frozen=True)
