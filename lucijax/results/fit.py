@@ -197,6 +197,14 @@ def fit_result(pixel_map, program, cube) -> FitResult:
         if kept:
             log.warning("%d pixel(s) have fewer than 10 usable channels in the noise window %.1f-%.1f cm-1: "
                         "their noise comes from the fit's residuals", kept, *bound.noise_window)
+    second = getattr(out, "second", None)
+    if second is not None:  # the global-optimum check: the best other velocity of each group
+        ls = bound.line_set
+        for g in range(bound.spec.n_groups):
+            name = line_map_name(ls.names[ls.groups.index(g)])
+            maps[f"{name}_ALT_VELOCITY"] = np.ascontiguousarray(np.asarray(second.velocity_kms, np.float32)[..., g].T)
+            maps[f"{name}_ALT_DCHI2"] = np.ascontiguousarray(np.asarray(second.delta_chi2, np.float32)[..., g].T)
+            units[f"{name}_ALT_VELOCITY"], units[f"{name}_ALT_DCHI2"] = "km/s", ""
     return FitResult(
         maps=maps, units=units, wcs=cube.header.wcs, region=view_region(cube), bound=bound, fields=fields,
         fwhm_cm1=fwhm, computed=pixel_map.computed, source=str(getattr(cube, "path", "")),
