@@ -56,6 +56,15 @@ def build_model(args):
         broadening_range=_range(args.broadening_range, "broadening range") if args.broadening_range else None))
 
 
+def _ambiguity(args) -> dict:
+    """The global-optimum check's option of ``MAP`` (``--ambiguity-chi2``, ``--no-ambiguity-check``)."""
+    if args.no_ambiguity_check and args.ambiguity_chi2 is not None:
+        raise ValueError("--ambiguity-chi2 and --no-ambiguity-check exclude each other")
+    if args.no_ambiguity_check:
+        return {"ambiguity_chi2": None}
+    return _given(ambiguity_chi2=args.ambiguity_chi2)
+
+
 def build_solver(args):
     from lucijax.solvers import MAP, Components, Frozen
 
@@ -64,7 +73,7 @@ def build_solver(args):
                             ("--components", (args.components or 1) > 1)):
             if given:
                 raise ValueError(f"--start-maps and {flag} exclude each other")
-        return MAP(**_given(start="maps", start_maps=args.start_maps, max_iter=args.iterations))
+        return MAP(**_given(start="maps", start_maps=args.start_maps, max_iter=args.iterations), **_ambiguity(args))
     if args.freeze and (args.components or 1) > 1:
         raise ValueError("--freeze and --components exclude each other")
     if args.freeze:
@@ -80,7 +89,7 @@ def build_solver(args):
                                    bic_threshold=args.bic_threshold), base=base, select=args.select_components)
     if args.components is not None and args.components < 1:
         raise ValueError(f"--components must be >= 1, got {args.components}")
-    return MAP(**_given(start=start, max_iter=args.iterations))
+    return MAP(**_given(start=start, max_iter=args.iterations), **_ambiguity(args))
 
 
 def build_sampler(args):
@@ -535,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from a matched filter over the velocity range (default: the filter's mixture density "
                          "network: its mean starts the fit, mean +- 3 sigma bound it)")
     so.add_argument("--cnn", action="store_true", help="start from the point-estimate network (no bounds from it)")
+    so.add_argument("--ambiguity-chi2", type=float,
+                    help="global-optimum check: STATUS 8 (AMBIGUOUS) where another velocity of the matched filter's "
+                         "grid, more than one FWHM away, fits within this chi2 of the fitted one or better (maps "
+                         f"{{LINE}}_ALT_VELOCITY, _ALT_DCHI2; default {s.ambiguity_chi2:g})")
+    so.add_argument("--no-ambiguity-check", action="store_true", help="leave out the global-optimum check")
     so.add_argument("--iterations", type=int,
                     help=f"most Levenberg-Marquardt iterations (default {s.max_iter}; 0: the start only, STATUS 2)")
     so.add_argument("--components", type=int_or_auto,

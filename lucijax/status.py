@@ -39,6 +39,11 @@ class Status(enum.IntEnum):
     #: only. Fluxes and their errors are valid (an upper limit); velocity and broadening
     #: are not measured.
     NO_LINE = 7
+    #: Another velocity fits almost as well (``MAP(ambiguity_chi2=...)``): the matched
+    #: filter's grid has a peak farther than one FWHM from the fit within that chi2 of it
+    #: (or better); its velocity is in ``{LINE}_ALT_VELOCITY``. The values are those of
+    #: the fitted minimum, which may be an alias.
+    AMBIGUOUS = 8
 
 
 #: One line per code, as printed in summaries and the CLI's help.
@@ -52,6 +57,7 @@ MESSAGES: dict[Status, str] = {
     Status.SINGULAR: "singular Fisher matrix: uncertainties are NaN",
     Status.NOT_MIXED: "posterior chains did not mix (R-hat above threshold or divergences)",
     Status.NO_LINE: "no line detected (amplitudes consistent with zero): fluxes are upper limits, velocity unmeasured",
+    Status.AMBIGUOUS: "another velocity fits almost as well (or better): see {LINE}_ALT_VELOCITY, _ALT_DCHI2",
 }
 
 #: Statuses whose values are usable (the others are NaN, or flagged as suspect).

@@ -206,6 +206,14 @@ def fit_result(pixel_map, program, cube) -> FitResult:
         maps["DELTA_BIC"] = np.ascontiguousarray(np.asarray(count.delta_bic, np.float32).T)
         units.update(N_COMPONENTS="", DELTA_CHI2="", DELTA_BIC="")
         cards = {"SELECT": "BIC", "BICTHR": float(program.meta["solver"].bic_threshold)}
+    second = getattr(out, "second", None)
+    if second is not None:  # the global-optimum check: the best other velocity of each group
+        ls = bound.line_set
+        for g in range(bound.spec.n_groups):
+            name = line_map_name(ls.names[ls.groups.index(g)])
+            maps[f"{name}_ALT_VELOCITY"] = np.ascontiguousarray(np.asarray(second.velocity_kms, np.float32)[..., g].T)
+            maps[f"{name}_ALT_DCHI2"] = np.ascontiguousarray(np.asarray(second.delta_chi2, np.float32)[..., g].T)
+            units[f"{name}_ALT_VELOCITY"], units[f"{name}_ALT_DCHI2"] = "km/s", ""
     return FitResult(
         maps=maps, units=units, wcs=cube.header.wcs, region=view_region(cube), bound=bound, fields=fields,
         fwhm_cm1=fwhm, computed=pixel_map.computed, source=str(getattr(cube, "path", "")), cards=cards,

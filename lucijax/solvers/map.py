@@ -17,13 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucijax.constants import C_KMS
 from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.noise import adopt_noise
 from lucijax.solvers.robust import mad_std
-from lucijax.solvers.start import (maps_start, network_start, projected_rss, start_inputs, start_templates,
-                                   start_velocity)
+from lucijax.solvers.start import (diff_noise2, grid_score, maps_start, network_start, projected_rss, second_solution,
+                                   start_inputs, start_templates, start_velocity)
+from lucijax.status import GOOD, Status
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,15 @@ class MapFit(NamedTuple):
     covariance: jax.Array | None = None
     #: The choice between one and two components (``Components(select=True)``), else None.
     count: Any = None
+    #: The best other velocity on the matched filter's grid (``MAP(ambiguity_chi2=...)``), else None.
+    second: Any = None
+
+
+class SecondSolution(NamedTuple):
+    """The best other velocity of each kinematic group (:func:`lucijax.solvers.start.second_solution`)."""
+
+    velocity_kms: jax.Array  # (G,), NaN where the grid has no other peak
+    delta_chi2: jax.Array  # (G,): how much worse it fits than the fitted one (negative: better)
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,14 @@ class MAP:
         than it by more than this (chi2); so it does where the network's velocity sigma
         exceeds ``max_network_sigma_kms``.
     max_network_sigma_kms : float
+    ambiguity_chi2 : float or None
+        Global-optimum check (None: off; default 9): after the fit, the matched filter's summed power
+        over the whole velocity grid is searched for peaks farther than one instrumental
+        FWHM (in km/s; at least 2 grid steps) from the fitted velocity; where the best of
+        them fits worse than the fit's own peak by less than this in chi2 (or better), a
+        pixel with a good STATUS gets STATUS 8 (AMBIGUOUS), and the maps
+        ``{LINE}_ALT_VELOCITY``, ``{LINE}_ALT_DCHI2`` (first line of each kinematic group)
+        give that velocity and its chi2 difference everywhere.
     start_maps : path to a maps.fits, or dict of ``[y, x]`` maps
         With ``start='maps'``: an earlier run's or another filter's velocity and broadening
         maps, read as :class:`~lucijax.solvers.Frozen` reads its ``kinematics`` (per
@@ -118,6 +137,7 @@ class MAP:
     network_sigmas: float = 3.0
     guard_chi2: float = 9.0
     max_network_sigma_kms: float = 20.0
+    ambiguity_chi2: float | None = 9.0
     start_maps: object = None
     maps_halfwidth_kms: float = 10.0
 
@@ -132,6 +152,8 @@ class MAP:
             raise ValueError(f"max_iter must be >= 0, got {self.max_iter}")
         if not self.grid_step_kms > 0:
             raise ValueError(f"grid_step_kms must be > 0, got {self.grid_step_kms}")
+        if self.ambiguity_chi2 is not None and not np.isfinite(self.ambiguity_chi2):
+            raise ValueError(f"ambiguity_chi2 must be a finite number or None, got {self.ambiguity_chi2}")
 
     def settings(self, model) -> FitSettings:
         """The static settings of :func:`fit_spectrum` for a :class:`~lucijax.description.Model`."""
@@ -179,7 +201,7 @@ class MAP:
             theta, err = given_kinematics(self.start_maps, bound, cube)
             prepare, given = with_given(bound, ("theta", "theta_err")), {"theta": theta, "theta_err": err}
         return Program(name="MAP fit", key=key, prepare=prepare, one=one, finish=finish_map, given=given,
-                       pad={"y": np.nan}, namedtuples=(MapFit, PixelFit),
+                       pad={"y": np.nan}, namedtuples=(MapFit, PixelFit, SecondSolution),
                        meta={"bound": bound, "start": start, "solver": self})
 
 
@@ -287,14 +309,59 @@ def maps_one(bound, settings: FitSettings, solver: MAP):
     return guarded_one(bound, settings, solver, propose)
 
 
+#: Broadenings of the global-optimum check's matched filters, x the start broadening.
+CHECK_BROADENINGS = (0.5, 1.0, 2.0, 4.0)
+
+
+def ambiguity_check(bound, settings: FitSettings, threshold: float):
+    """``check(y, fwhm, fit) -> (fit, SecondSolution)`` of ONE spectrum: the best other
+    velocity on the matched filter's grid (:func:`~lucijax.solvers.start.second_solution`),
+    farther than one instrumental FWHM from the fit, and STATUS AMBIGUOUS where it fits
+    worse than the fit's own peak by less than ``threshold`` in chi2 (pixels whose STATUS
+    was good)."""
+    model = bound.line_model
+    G = model.spec.n_groups
+    # the matched filter at a few broadenings (the best of them at each velocity): one
+    # template broadening favours lines of that width, and the other solution may differ
+    widths = [settings.broadening_start_kms]
+    if model.spec.has_broadening:
+        blo, bhi = settings.broadening_range_kms
+        widths = sorted({float(np.clip(f * settings.broadening_start_kms, blo, bhi)) for f in CHECK_BROADENINGS})
+    stacks = [templates_for(bound, dataclasses.replace(settings, broadening_start_kms=w)) for w in widths]
+    velocities = stacks[0][1]
+    _, velocities, group_of_column, _, _ = start_inputs(model, settings, stacks[0][0], velocities)
+    templates = [jnp.asarray(t) for t, _ in stacks]
+    min_sep = 2.0 * float(settings.grid_step_kms)
+    ref = float(model.grid.ref_cm1)
+    good = jnp.asarray([int(s) for s in GOOD], jnp.int32)
+
+    def check(y, fwhm, fit: PixelFit):
+        mask = jnp.isfinite(y)
+        yz = jnp.where(mask, y, 0.0)
+        ys = yz / jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)  # of order 1: float32 squares of 1e-17 underflow
+        score = jnp.max(jnp.stack([grid_score(ys, mask, t, group_of_column, G) for t in templates]), axis=0)
+        sep = jnp.maximum(C_KMS * fwhm / ref, min_sep)
+        v_fit = jnp.where(jnp.isfinite(fit.velocity_kms), fit.velocity_kms, jnp.inf)
+        velocity, delta = second_solution(score, velocities, v_fit, diff_noise2(ys, mask), sep)
+        ambiguous = jnp.any(delta < threshold) & jnp.any(fit.status == good)
+        status = jnp.where(ambiguous, jnp.int32(Status.AMBIGUOUS), fit.status).astype(fit.status.dtype)
+        return fit._replace(status=status), SecondSolution(velocity, delta)
+
+    return check
+
+
 def map_one(bound, settings: FitSettings, start: str, predict, solver: MAP):
     """The MAP program's function of one pixel's inputs ``{'y', 'fwhm'}`` (and
     ``'theta'``, ``'theta_err'`` for a maps start) -> :class:`MapFit`."""
     nan2 = jnp.full(2, jnp.nan, jnp.float32)
+    check = None if solver.ambiguity_chi2 is None else ambiguity_check(bound, settings, float(solver.ambiguity_chi2))
 
-    def typed(res, mean, sigma, fwhm):
+    def typed(res, mean, sigma, fwhm, y):
         fit, cov = res if solver.covariance else (res, None)
-        return MapFit(fit, mean, sigma, jnp.asarray(False), fwhm, cov)
+        second = None
+        if check is not None:
+            fit, second = check(y, fwhm, fit)
+        return MapFit(fit, mean, sigma, jnp.asarray(False), fwhm, cov, second=second)
 
     if start == "maps":
         fit = maps_one(bound, settings, solver)
@@ -304,13 +371,13 @@ def map_one(bound, settings: FitSettings, start: str, predict, solver: MAP):
         matched = matched_one(bound, settings, solver.covariance)
 
         def one(inp):
-            return typed(matched(inp["y"], inp["fwhm"]), nan2, nan2, inp["fwhm"])
+            return typed(matched(inp["y"], inp["fwhm"]), nan2, nan2, inp["fwhm"], inp["y"])
 
         return one
 
     def one(inp):
         res, mean, sigma = fit(inp)
-        return typed(res, mean, sigma, inp["fwhm"])
+        return typed(res, mean, sigma, inp["fwhm"], inp["y"])
 
     return one
 
@@ -329,5 +396,5 @@ def finish_map(out: MapFit, inputs: dict) -> MapFit:
     return out._replace(fit=PixelFit(**fields), noise_from_window=used, covariance=cov)
 
 
-__all__ = ["MAP", "MapFit", "STARTS", "map_one", "matched_one", "network_one", "maps_one", "guarded_one", "finish_map",
+__all__ = ["MAP", "MapFit", "SecondSolution", "ambiguity_check", "STARTS", "map_one", "matched_one", "network_one", "maps_one", "guarded_one", "finish_map",
            "templates_for"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from lucijax.model import LineModel
 from lucijax.solvers.fitting import FitSettings, linear_solve
-from lucijax.solvers.robust import masked_median
+from lucijax.solvers.robust import mad_std, masked_median
 
 
 def start_templates(model: LineModel, fwhm_cm1: float, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -42,13 +42,26 @@ def start_templates(model: LineModel, fwhm_cm1: float, settings: FitSettings) ->
     return tmpl.astype(np.float32), velocities
 
 
-def start_velocity(y, mask, templates, velocities, group_of_column, n_groups):
-    """Velocity of each kinematic group with the largest summed matched-filter power."""
+def grid_score(y, mask, templates, group_of_column, n_groups):
+    """Summed matched-filter power of each kinematic group at each grid velocity, (n_v, G).
+
+    With unit-norm templates the power of a column is the chi2 its best non-negative
+    amplitude removes from the median-subtracted spectrum (exactly for one column; for
+    several, where their templates barely overlap, as lines a few FWHM apart): in units of
+    the noise variance, differences of scores are differences of chi2.
+    """
     yc = jnp.where(mask, y - masked_median(y, mask), 0.0)
     response = jnp.einsum("vcn,n->vc", templates, yc)  # (n_v, n_columns)
     power = jnp.maximum(response, 0.0) ** 2
     onehot = jax.nn.one_hot(group_of_column, n_groups, dtype=power.dtype)  # (n_columns, G)
-    score = power @ onehot  # (n_v, G)
+    return power @ onehot
+
+
+def start_velocity(y, mask, templates, velocities, group_of_column, n_groups, score=None):
+    """Velocity of each kinematic group with the largest summed matched-filter power
+    (``score``: :func:`grid_score`, when computed already)."""
+    if score is None:
+        score = grid_score(y, mask, templates, group_of_column, n_groups)
     k = jnp.argmax(score, axis=0)  # (G,)
     n_v = velocities.shape[0]
     km = jnp.clip(k - 1, 0, n_v - 1)
@@ -130,6 +143,41 @@ def maps_start(theta, err, settings: FitSettings, n_groups: int, has_b: bool, n_
     return start, lo, hi, ok
 
 
+def diff_noise2(y, mask):
+    """Noise variance of a spectrum from its channel-to-channel differences (robust; the
+    lines, a few channels wide, barely move it): ``MAD-std(diff)^2 / 2`` over the pairs of
+    valid channels."""
+    d = jnp.diff(jnp.where(mask, y, 0.0))
+    both = mask[1:] & mask[:-1]
+    return mad_std(d, both) ** 2 / 2.0
+
+
+def second_solution(score, velocities, v_fit, noise2, separation_kms):
+    """The best other velocity of each kinematic group on the matched filter's grid.
+
+    ``score`` (n_v, G): :func:`grid_score`; ``v_fit`` (G,): the fitted velocities. Peaks
+    (local maxima) of the score farther than ``separation_kms`` from the fit are other
+    solutions; returns ``(velocity (G,), delta_chi2 (G,))`` of the highest one, ``delta_chi2``
+    = (the best score within ``separation_kms`` of the fit - that peak's score) / ``noise2``:
+    how much worse in chi2 the other solution fits (negative: better, the fit sits in the
+    wrong minimum). No other peak: NaN velocity and +inf.
+    """
+    n_v = score.shape[0]
+    up = jnp.concatenate([jnp.full((1, score.shape[1]), -jnp.inf, score.dtype), score[:-1]])
+    down = jnp.concatenate([score[1:], jnp.full((1, score.shape[1]), -jnp.inf, score.dtype)])
+    peak = (score >= up) & (score >= down) & (score > 0)
+    far = jnp.abs(velocities[:, None] - v_fit[None, :]) > separation_kms
+    near_best = jnp.max(jnp.where(far, -jnp.inf, score), axis=0)
+    near_best = jnp.where(jnp.isfinite(near_best), near_best, 0.0)  # the fit off the grid: compare with 0
+    other = jnp.where(far & peak, score, -jnp.inf)
+    k = jnp.argmax(other, axis=0)
+    best_other = other[k, jnp.arange(score.shape[1])]
+    found = jnp.isfinite(best_other) & (n_v > 2)
+    velocity = jnp.where(found, velocities[k], jnp.nan)
+    delta = jnp.where(found, (near_best - best_other) / jnp.maximum(noise2, 1e-30), jnp.inf)
+    return velocity.astype(jnp.float32), delta.astype(jnp.float32)
+
+
 def projected_rss(model: LineModel, y, mask, fwhm, theta):
     """Residual sum of squares of ``y`` at ``theta`` with the linear parameters solved."""
     m = model.design_matrix(theta, fwhm) * mask[:, None]
@@ -138,4 +186,4 @@ def projected_rss(model: LineModel, y, mask, fwhm, theta):
 
 
 
-__all__ = ["start_templates", "start_velocity", "start_inputs", "network_start", "maps_start", "projected_rss"]
+__all__ = ["start_templates", "grid_score", "start_velocity", "diff_noise2", "second_solution", "start_inputs", "network_start", "maps_start", "projected_rss"]
