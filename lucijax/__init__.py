@@ -39,12 +39,14 @@ _PUBLIC = {
     "sample": "lucijax.api",
     "heliocentric": "lucijax.api",
     "physics_maps": "lucijax.nebular",
+    "narrowband": "lucijax.tools.narrowband",
     "map_pixels": "lucijax.engine",
     # results
     "FitResult": "lucijax.results",
     "PosteriorResult": "lucijax.results",
     "SelectionResult": "lucijax.results",
     "read_samples": "lucijax.results",
+    "read_covariance": "lucijax.io.covariance",
     "Status": "lucijax.status",
     # process-wide settings
     "set_cpu_devices": "lucijax.config",
