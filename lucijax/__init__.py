@@ -40,6 +40,7 @@ _PUBLIC = {
     "sample": "lucijax.api",
     "heliocentric": "lucijax.api",
     "physics_maps": "lucijax.nebular",
+    "narrowband": "lucijax.tools.narrowband",
     "map_pixels": "lucijax.engine",
     # results
     "FitResult": "lucijax.results",
@@ -48,6 +49,7 @@ _PUBLIC = {
     "RegionTable": "lucijax.results",
     "read_samples": "lucijax.results",
     "to_arviz": "lucijax.results",
+    "read_covariance": "lucijax.io.covariance",
     "Status": "lucijax.status",
     # process-wide settings
     "set_cpu_devices": "lucijax.config",

@@ -68,12 +68,19 @@ def _ambiguity(args) -> dict:
 def build_solver(args):
     from lucijax.solvers import MAP, Components, Frozen
 
+    cov = {"covariance": True} if args.covariance else {}
+    if args.covariance:
+        for flag, given in (("--freeze", args.freeze), ("--components", (args.components or 1) > 1),
+                            ("--bayes", args.bayes)):
+            if given:
+                raise ValueError(f"--covariance writes the covariance of a one-component MAP fit: leave out {flag}")
     if args.start_maps:
         for flag, given in (("--freeze", args.freeze), ("--no-mdn", args.no_mdn), ("--cnn", args.cnn),
                             ("--components", (args.components or 1) > 1)):
             if given:
                 raise ValueError(f"--start-maps and {flag} exclude each other")
-        return MAP(**_given(start="maps", start_maps=args.start_maps, max_iter=args.iterations), **_ambiguity(args))
+        return MAP(**_given(start="maps", start_maps=args.start_maps, max_iter=args.iterations), **_ambiguity(args),
+                   **cov)
     if args.freeze and (args.components or 1) > 1:
         raise ValueError("--freeze and --components exclude each other")
     if args.freeze:
@@ -89,7 +96,7 @@ def build_solver(args):
                                    bic_threshold=args.bic_threshold), base=base, select=args.select_components)
     if args.components is not None and args.components < 1:
         raise ValueError(f"--components must be >= 1, got {args.components}")
-    return MAP(**_given(start=start, max_iter=args.iterations), **_ambiguity(args))
+    return MAP(**_given(start=start, max_iter=args.iterations), **_ambiguity(args), **cov)
 
 
 def build_sampler(args):
@@ -148,7 +155,8 @@ class Prepared:
 
 #: Options that need pixel maps, which ``--regions`` does not make.
 _NOT_WITH_REGIONS = (("freeze", "--freeze"), ("start_maps", "--start-maps"), ("model_cube", "--model-cube"),
-                     ("snr_map", "--snr-map"), ("velocity_correction", "--velocity-correction"))
+                     ("snr_map", "--snr-map"), ("velocity_correction", "--velocity-correction"),
+                     ("covariance", "--covariance"), ("narrowband", "--narrowband"))
 
 
 def check_view_options(args) -> None:
@@ -275,6 +283,11 @@ def cmd_fit(args) -> int:
         sampler = build_sampler(args)
         build_execution(args, None)
         check_view_options(args)
+        if args.narrowband is not None:
+            if not args.narrowband > 0:
+                raise ValueError(f"--narrowband takes a half-width > 0 km/s, got {args.narrowband:g}")
+            if args.voronoi_snr:
+                raise ValueError("--narrowband sums the fitted pixels: not with --voronoi-snr")
     except ValueError as err:
         raise ValueError(flag_names(str(err))) from None
     created = not Path(args.out).exists()
@@ -322,6 +335,8 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
             written = result.write(out)
             for note in prep.notes:
                 print(note)
+            if getattr(result, "covariance", None) is not None and (out / "covariance.fits").exists():
+                print(f"wrote {out / 'covariance.fits'}")
             for path in _write_extras(args, result, prep, out):
                 print(f"wrote {path}")
     if ckpt is not None and not args.keep_checkpoint:
@@ -381,8 +396,15 @@ def _write_regions(args, result, prep, out: Path, elapsed: float, what: str = "f
 
 def _write_extras(args, result, prep, out: Path) -> list[Path]:
     """``OUT/model.fits`` and ``OUT/residual.fits`` (``--model-cube``), ``OUT/snr.fits`` and
-    ``OUT/deep.fits`` (``--snr-map``) of the fitted region."""
+    ``OUT/deep.fits`` (``--snr-map``), ``OUT/narrowband.fits`` (``--narrowband``) of the
+    fitted region."""
     written: list[Path] = []
+    if args.narrowband is not None:
+        from lucijax.engine import Execution
+        from lucijax.tools.narrowband import narrowband
+
+        nb = narrowband(prep.view, result, width_kms=args.narrowband, execution=Execution(progress=not args.quiet))
+        written.append(Path(nb.write(out / "narrowband.fits")))
     if args.model_cube:
         from lucijax.engine import Execution
         from lucijax.results.model_cube import write_model_cube
@@ -484,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lucijax.description import Model
     from lucijax.engine import Execution
     from lucijax.solvers import MAP, Components
+    from lucijax.tools.narrowband import DEFAULT_WIDTH_KMS
 
     m, s, ex, c = Model(lines=("Halpha",)), MAP(), Execution(), Components()
     p = argparse.ArgumentParser(prog="lucijax", description="Fit emission lines in every pixel of a SITELLE cube (JAX).")
@@ -592,8 +615,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after success")
     e.add_argument("--plot", action="store_true",
                    help="also write maps.png (with --regions: OUT/regions/INDEX_LABEL.png, one per region)")
+    e.add_argument("--covariance", action="store_true",
+                   help="also write OUT/covariance.fits: every pixel's covariance of all parameters (velocities, "
+                        "broadenings, amplitudes, continuum; lucijax.read_covariance reads it)")
     e.add_argument("--model-cube", action="store_true", help="also write OUT/model.fits and OUT/residual.fits")
     e.add_argument("--snr-map", action="store_true", help="also write OUT/snr.fits and OUT/deep.fits")
+    e.add_argument("--narrowband", type=float, nargs="?", const=DEFAULT_WIDTH_KMS, metavar="KMS",
+                   help="also write OUT/narrowband.fits: each line's narrow-band image, the cube summed over "
+                        f"+- KMS (default {DEFAULT_WIDTH_KMS:g}) km/s around the line at each pixel's fitted "
+                        "velocity, minus the fitted continuum")
     e.add_argument("--heliocentric", action="store_true", help="correct velocities to the heliocentric frame")
     e.add_argument("--velocity-correction", metavar="CORR.fits",
                    help="subtract this sky velocity-correction map (lucijax skycal) from the velocity maps")

@@ -43,6 +43,7 @@ class Posterior(NamedTuple):
     flux_corr: jax.Array  # correlations of the flux draws, pairs as PixelFit.flux_corr
     ratio_quantiles: jax.Array  # (R, 3) 16/50/84 % quantiles of the draws of each ratio in ratios_in(lines)
     continuum: jax.Array  # ()
+    continuum_err: jax.Array  # () half the 16-84 % width of the continuum draws
     linear: jax.Array  # (K,) medians of the linear parameters, flux unit
     chi2_reduced: jax.Array  # at the posterior medians
     rhat_max: jax.Array  # split R-hat, max over the parameters (NaN with one chain)
@@ -90,6 +91,7 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
         br = br_err = jnp.full_like(vel, jnp.nan)
     a_med, a_err = med_err(amp)
     f_med, f_err = med_err(flux)
+    _, c_err = med_err(cont)
     f_corr = flux_correlations(jnp.cov(flux, rowvar=False).reshape(flux.shape[1], flux.shape[1]))
     r_q = ratio_quantiles(flux, problem.spec.line_set.names)
     x_med = jnp.nanmedian(flat, axis=0)
@@ -105,7 +107,7 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
         velocity_kms=vel, velocity_err_kms=vel_err, broadening_kms=br, broadening_err_kms=br_err,
         amplitude=a_med, amplitude_err=a_err, flux_cm1=f_med, flux_err_cm1=f_err, flux_corr=f_corr,
         ratio_quantiles=r_q,
-        continuum=jnp.nanmedian(cont), linear=alpha * sc, chi2_reduced=chi2,
+        continuum=jnp.nanmedian(cont), continuum_err=c_err, linear=alpha * sc, chi2_reduced=chi2,
         rhat_max=nan, ess_min=run.get("ess_nested", nan) * jnp.ones((), jnp.float32),
         accept_rate=jnp.asarray(run["accept_rate"], jnp.float32), n_divergent=jnp.asarray(run["n_divergent"], jnp.int32),
         n_grad=jnp.asarray(run["n_grad"], jnp.float32), logz=run.get("logz", nan) * jnp.ones((), jnp.float32),

@@ -297,8 +297,10 @@ def fingerprint(cube, program: Program, block_size: int, mask=None) -> str:
     (and its per-pixel inputs), mask and blocks."""
     ident = cube.fingerprint() if hasattr(cube, "fingerprint") else os.path.abspath(str(getattr(cube, "path", "")))
     given = [digest(k, np.asarray(v)) for k, v in sorted(program.given.items())]
+    # the fields of the outputs: a block saved by a version with other fields is not reused
+    fields = [list(getattr(t, "_fields", ())) for t in program.namedtuples]
     return digest(program.name, program.key, ident, list(cube.shape), int(block_size),
-                  None if mask is None else np.packbits(mask), given)
+                  None if mask is None else np.packbits(mask), given, fields)
 
 
 # ------------------------------------------------------------------------ the loop

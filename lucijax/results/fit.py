@@ -8,8 +8,9 @@
 
 All share :class:`Result`: ``maps`` (FITS-ordered ``[y, x]``: ``maps[name][y, x]`` belongs
 to view pixel ``(x, y)``), ``units``, ``wcs``, ``status``, ``write(dir)`` (``maps.fits``, and
-``fit.json`` for a single spectrum), ``summary()`` and ``model_spectrum(x, y)``. Per-pixel
-fields (``fields``) are indexed ``[x, y, ...]`` like the cube.
+``fit.json`` for a single spectrum; ``covariance.fits`` for a fit with
+``MAP(covariance=True)``), ``summary()``, ``model_spectrum(x, y)`` and its parts
+``line_spectra(x, y)``. Per-pixel fields (``fields``) are indexed ``[x, y, ...]`` like the cube.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lucijax.constants import QUANTILES
+from lucijax.io.covariance import write_covariance_fits
 from lucijax.io.maps import write_maps_fits
 from lucijax.physics.lines import ratios_in
 from lucijax.results.maps import build_maps, line_map_name, spectrum_summary
@@ -89,17 +91,67 @@ class Result:
         """JSON-ready result of map pixel ``(x, y)`` (the spectrum, for a single spectrum)."""
         return spectrum_summary(self.maps, self.bound, y, x)
 
-    def model_spectrum(self, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
-        """(observed axis cm^-1, fitted model) of map pixel ``[y, x]`` on the fit window."""
+    def _parameters(self, x: int, y: int):
+        """(theta, alpha, fwhm) of map pixel ``(x, y)`` as float32 JAX arrays."""
         import jax.numpy as jnp
 
         f = self.fields
         theta = f["velocity_kms"][x, y]
         if self.bound.spec.has_broadening:
             theta = np.concatenate([theta, f["broadening_kms"][x, y]])
-        model = self.bound.line_model.spectrum(jnp.asarray(theta, jnp.float32), jnp.asarray(f["linear"][x, y], jnp.float32),
-                                               jnp.float32(self.fwhm_cm1[x, y]))
+        return (jnp.asarray(theta, jnp.float32), jnp.asarray(f["linear"][x, y], jnp.float32),
+                jnp.float32(self.fwhm_cm1[x, y]))
+
+    def model_spectrum(self, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+        """(observed axis cm^-1, fitted model) of map pixel ``[y, x]`` on the fit window
+        (its parts, line by line: :meth:`line_spectra`)."""
+        model = self.bound.line_model.spectrum(*self._parameters(x, y))
         return self.bound.axis_obs_cm1, np.asarray(model)
+
+    def line_spectra(self, x: int, y: int, by: str = "line") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The fitted model of map pixel ``[y, x]`` in parts that sum to :meth:`model_spectrum`.
+
+        Parameters
+        ----------
+        x, y : int
+            Map pixel.
+        by : {'line', 'component'}
+            'line': one part per line of the model (``bound.line_set.names``: tied lines
+            apart); 'component': one part per kinematic component of a
+            :class:`~lucijax.solvers.Components` fit (the sum of its lines ``*_C1``,
+            ``*_C2``..., parts ``'C1'``, ``'C2'``...).
+
+        Returns
+        -------
+        axis : (n,) array
+            Observed axis (cm^-1) of the fit window.
+        parts : dict of (n,) arrays
+            Name -> model spectrum in the cube's flux unit, and ``'continuum'``. A line's part
+            summed over the channels times the observed channel width is its flux in the
+            observed frame (``fields['flux_cm1'] / (1 + z)``; the ``{LINE}_FLUX`` map for a
+            cube in counts).
+        """
+        import re
+
+        if by not in ("line", "component"):
+            raise ValueError(f"by must be 'line' or 'component', got {by!r}")
+        lm = self.bound.line_model
+        theta, alpha, fwhm = self._parameters(x, y)
+        lines = np.asarray(lm.line_profiles(theta, fwhm) * lm.line_amplitudes(theta, alpha, fwhm)[None, :])
+        continuum = np.asarray(lm.continuum_basis @ alpha[self.bound.spec.n_amplitudes:])
+        names = self.bound.line_set.names
+        parts: dict[str, np.ndarray] = {}
+        if by == "line":
+            parts = {name: lines[:, i] for i, name in enumerate(names)}
+        else:
+            comp = [re.search(r"_(C\d+)$", name) for name in names]
+            if not all(comp):
+                raise ValueError("by='component' needs the lines of a Components fit (named LINE_C1, LINE_C2, ...)")
+            for i, m in enumerate(comp):
+                key = m.group(1)
+                parts[key] = parts[key] + lines[:, i] if key in parts else lines[:, i].copy()
+        parts["continuum"] = continuum
+        return self.bound.axis_obs_cm1, parts
 
     def header_cards(self) -> dict:
         spec = self.bound.spec
@@ -138,9 +190,9 @@ class FitResult(Result):
     network : (mean, sigma, kind) or None
         The posterior ``[x, y, 2]`` ([velocity, broadening]) of the network that started
         the fit (kind 'mdn' or 'cnn').
-    covariance : [x, y, D, D] array or None
+    covariance : [x, y, D, D] float64 array or None
         Covariance of all parameters (velocities, broadenings, linear parameters in the
-        cube's flux unit) with ``MAP(covariance=True)``.
+        cube's flux unit; order :meth:`parameter_names`) with ``MAP(covariance=True)``.
     noise_from_window : [x, y] bool array or None
         Pixels whose noise comes from the model's noise window.
     solver : the solver object
@@ -174,6 +226,24 @@ class FitResult(Result):
         names += [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
         names += [f"continuum_{k}" for k in range(spec.n_continuum)]
         return names
+
+    def parameter_units(self) -> list[str]:
+        """Units of the parameters along the covariance's axes (velocities and broadenings
+        in km/s, line amplitudes and continuum coefficients in the cube's flux unit)."""
+        spec = self.bound.spec
+        n_kin = spec.n_groups * (2 if spec.has_broadening else 1)
+        return ["km/s"] * n_kin + [self.bound.flux_unit] * spec.n_linear
+
+    def write(self, out_dir) -> Path:
+        """Write ``out_dir/maps.fits`` (``fit.json`` for a single spectrum) and, with
+        ``MAP(covariance=True)``, ``out_dir/covariance.fits``: every pixel's covariance in
+        the order of :meth:`parameter_names` (read it with :func:`lucijax.read_covariance`;
+        layout in :mod:`lucijax.io.covariance`)."""
+        out_dir = super().write(out_dir)
+        if self.covariance is not None:
+            write_covariance_fits(out_dir / "covariance.fits", self.covariance, self.parameter_names(),
+                                  self.parameter_units(), wcs2d=self.wcs, header_extra=self.header_cards())
+        return out_dir
 
     def map_values(self) -> dict:
         """The per-pixel MAP values a sampler starts from (``[x, y, ...]`` arrays)."""
@@ -303,7 +373,7 @@ class PosteriorResult(Result):
 def _merged_fields(fit: FitResult, post) -> dict:
     fields = dict(fit.fields)
     for k in ("velocity_kms", "velocity_err_kms", "broadening_kms", "broadening_err_kms", "amplitude", "amplitude_err",
-              "flux_cm1", "flux_err_cm1", "flux_corr", "continuum", "linear", "chi2_reduced", "status"):
+              "flux_cm1", "flux_err_cm1", "flux_corr", "continuum", "continuum_err", "linear", "chi2_reduced", "status"):
         fields[k] = np.asarray(getattr(post, k))
     # the MAP fit's flux limits hold for its own lines only (not a two-component posterior's)
     null = fields.get("flux_null_err_cm1")
@@ -385,7 +455,7 @@ def selection_result(pixel_map, program, cube, fit: FitResult) -> SelectionResul
         if name in maps:
             maps[name] = np.where(use2, m, maps[name])
         else:
-            maps[name] = np.where(use2, m, np.nan).astype(m.dtype)
+            maps[name] = np.where(use2, m, np.nan if m.dtype.kind == "f" else -1).astype(m.dtype)
             units[name] = units2[name]
     return SelectionResult(
         maps=maps, units=units, wcs=fit.wcs, region=fit.region, bound=bound, fields=fields, fwhm_cm1=fit.fwhm_cm1,

@@ -31,9 +31,39 @@ def flux_unit_of(cube_unit: str) -> str:
     return "erg/cm2/s" if cube_unit == FLUX_UNIT_ERG else f"{cube_unit} cm-1"
 
 
+def detections(flux: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """1 where a line is detected (``flux >= limit``, its 3-sigma flux limit, and > 0), 0 where
+    not, -1 where either is not finite (no fit), int16."""
+    flux, limit = np.asarray(flux), np.asarray(limit)
+    known = np.isfinite(flux) & np.isfinite(limit)
+    with np.errstate(invalid="ignore"):
+        hit = (flux > 0) & (flux >= limit)
+    return np.where(known, hit, -1).astype(np.int16)
+
+
+def put_detections(maps: dict, units: dict, lines) -> None:
+    """Add ``{LINE}_DETECTED`` (:func:`detections` of its ``FLUX`` and ``FLUX_LIMIT`` maps;
+    without a limit map, ``DETECTION_SIGMAS`` x ``FLUX_ERR``) and ``N_DETECTED`` (lines
+    detected, -1 where no line has a fit) to ``maps`` in place."""
+    dets = []
+    for line in lines:
+        key = line_map_name(line)
+        limit = maps.get(f"{key}_FLUX_LIMIT")
+        if limit is None:
+            limit = DETECTION_SIGMAS * maps[f"{key}_FLUX_ERR"]
+        dets.append(detections(maps[f"{key}_FLUX"], limit))
+        maps[f"{key}_DETECTED"] = dets[-1]
+        units[f"{key}_DETECTED"] = ""
+    if dets:
+        d = np.stack(dets)
+        maps["N_DETECTED"] = np.where(np.any(d >= 0, axis=0), np.sum(d == 1, axis=0), -1).astype(np.int16)
+        units["N_DETECTED"] = ""
+
+
 def build_maps(fit: Mapping, bound, fwhm_cm1, network=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Maps ``{LINE}_{QUANTITY}`` and CONTINUUM, CHI2, SNR, NOISE, FWHM, STATUS from per-pixel
-    fields named as :class:`~lucijax.solvers.PixelFit`'s (arrays indexed ``[x, y, ...]``).
+    """Maps ``{LINE}_{QUANTITY}`` (``{LINE}_DETECTED`` and ``N_DETECTED``: :func:`put_detections`)
+    and CONTINUUM, CONTINUUM_ERR, CHI2, SNR, NOISE, FWHM, STATUS from per-pixel fields named as
+    :class:`~lucijax.solvers.PixelFit`'s (arrays indexed ``[x, y, ...]``).
 
     Fluxes are converted from the de-redshifted frame to the observed one and, for cubes in
     erg/cm^2/s/A, to erg/cm^2/s with ``flux_A = flux_cm1 * 1e8 / x0^2`` (x0 observed).
@@ -71,11 +101,14 @@ def build_maps(fit: Mapping, bound, fwhm_cm1, network=None) -> tuple[dict[str, n
         put(f"{key}_VELOCITY_ERR", fit["velocity_err_kms"][..., g], "km/s")
         put(f"{key}_BROADENING", fit["broadening_kms"][..., g], "km/s")
         put(f"{key}_BROADENING_ERR", fit["broadening_err_kms"][..., g], "km/s")
+    put_detections(maps, units, ls.names)
     corr = fit.get("flux_corr")
     if corr is not None and np.shape(corr)[-1]:
         for k, (i, j) in enumerate(zip(*np.triu_indices(ls.n_lines, 1))):
             put(correlation_map_name(ls.names[i], ls.names[j]), corr[..., k], "")
     put("CONTINUUM", fit["continuum"], bound.flux_unit)
+    if "continuum_err" in fit:
+        put("CONTINUUM_ERR", fit["continuum_err"], bound.flux_unit)
     put("CHI2", fit["chi2_reduced"], "")
     put("SNR", fit["snr"], "")
     put("NOISE", fit["noise"], bound.flux_unit)
@@ -107,6 +140,10 @@ def spectrum_summary(maps: dict[str, np.ndarray], bound, y: int = 0, x: int = 0)
             q.lower(): _clean(maps[f"{key}_{q}"][y, x])
             for q in ("AMPLITUDE", "FLUX", "FLUX_ERR", "VELOCITY", "VELOCITY_ERR", "BROADENING", "BROADENING_ERR")
         }
+        if f"{key}_FLUX_LIMIT" in maps:
+            lines[line]["flux_limit"] = _clean(maps[f"{key}_FLUX_LIMIT"][y, x])
+        if f"{key}_DETECTED" in maps:
+            lines[line]["detected"] = int(maps[f"{key}_DETECTED"][y, x])
     return {
         "velocity": _clean(maps[f"{first}_VELOCITY"][y, x]),
         "velocity_err": _clean(maps[f"{first}_VELOCITY_ERR"][y, x]),
@@ -117,6 +154,7 @@ def spectrum_summary(maps: dict[str, np.ndarray], bound, y: int = 0, x: int = 0)
         "noise": _clean(maps["NOISE"][y, x]),
         "noise_window": None if bound.noise_window is None else list(bound.noise_window),
         "continuum": _clean(maps["CONTINUUM"][y, x]),
+        "continuum_err": _clean(maps["CONTINUUM_ERR"][y, x]) if "CONTINUUM_ERR" in maps else None,
         "status": int(maps["STATUS"][y, x]),
         "model": bound.spec.shape,
         "flux_unit": flux_unit_of(bound.flux_unit),

@@ -123,6 +123,20 @@ class PixelFit(NamedTuple):
     #: 1-sigma flux error of each line if its amplitude were zero, at the fitted kinematics
     #: (the detection limit's unit: 3 x this is the 3-sigma flux limit).
     flux_null_err_cm1: jax.Array  # (L,)
+    #: 1-sigma error of ``continuum`` (the continuum at the window centre, a linear
+    #: combination of the continuum coefficients), from the covariance of all parameters.
+    continuum_err: jax.Array  # scalar
+
+
+class ScaledCovariance(NamedTuple):
+    """The covariance ``matrix * units[:, None] * units[None, :]`` of all parameters of one
+    fit, in two float32 factors: products of flux units (1e-17 erg/cm^2/s/A squared) fall
+    below float32's smallest normal number (1.2e-38), which device arithmetic flushes to
+    zero, so the product is taken on the host in float64
+    (:func:`lucijax.solvers.map.finish_map`)."""
+
+    matrix: jax.Array  # (D, D) in the fit's internal units (flux parameters / the spectrum's scale)
+    units: jax.Array  # (D,) 1 for velocities and broadenings, the spectrum's scale for linear parameters
 
 
 #: Fits of more lines than this (sky-line fits) carry no flux correlations.
@@ -147,6 +161,14 @@ def null_flux_errors(flux_per_linear, cov_linear):
     var = jnp.maximum(jnp.diagonal(cov_linear), 0.0)
     return jnp.sqrt(flux_per_linear**2 @ var)
 
+
+def continuum_error(model: LineModel, cov_linear):
+    """1-sigma error of the continuum at the window centre (``model.continuum_at_centre``)
+    from the covariance ``(K, K)`` of the linear parameters (amplitudes, then continuum
+    coefficients): ``sqrt(w^T C w)``, ``w`` the continuum coefficients' weights at the centre."""
+    w = model.continuum_centre
+    c = cov_linear[model.spec.n_amplitudes:, model.spec.n_amplitudes:]
+    return jnp.sqrt(jnp.maximum(w @ (c @ w), 0.0))
 
 
 # -------------------------------------------------------------------------- the fit
@@ -195,7 +217,8 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
                  with_covariance: bool = False):
     """Fit one spectrum (window channels): a :class:`PixelFit`, and with
     ``with_covariance`` also the covariance (D, D) of all parameters ``[theta, alpha]``
-    (velocities, broadenings, then the linear parameters in the spectrum's flux unit).
+    (velocities, broadenings, then the linear parameters in the spectrum's flux unit) as a
+    :class:`ScaledCovariance`.
 
     Parameters
     ----------
@@ -345,6 +368,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     c_at = cov_unit[P:, :P]
     cov_lin = cov_unit[P:, P:] - c_at @ jnp.linalg.solve(c_tt, c_at.T)
     null_err = null_flux_errors(jd[L:, P:], cov_lin * noise_s**2)  # flux is linear in alpha
+    continuum_err = continuum_error(model, cov[P:, P:])
 
     # -- status
     converged = predicted_decrease / noise_s**2 < settings.convergence_chi2
@@ -387,13 +411,14 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         linear=out(alpha, scale),
         flux_corr=out(flux_corr),
         flux_null_err_cm1=out(null_err, scale),
+        continuum_err=out(continuum_err, scale),
     )
     if not with_covariance:
         return fit
     units = jnp.concatenate([jnp.ones(P, dtype), jnp.full(K, scale, dtype)])
-    return fit, out(cov * units[:, None] * units[None, :])
+    return fit, ScaledCovariance(out(cov), out(units))
 
 
 
 __all__ = ["FitSettings", "PixelFit", "fit_spectrum", "linear_solve", "line_free_noise", "flux_correlations",
-           "null_flux_errors", "MAX_CORRELATED_LINES"]
+           "null_flux_errors", "continuum_error", "ScaledCovariance", "MAX_CORRELATED_LINES"]

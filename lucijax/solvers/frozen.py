@@ -20,8 +20,8 @@ import numpy as np
 
 from lucijax.model import LineModel
 from lucijax.program import Program
-from lucijax.solvers.fitting import (FitSettings, PixelFit, detection_statistic, flux_correlations, line_free_noise,
-                                     linear_solve, noise_floor, null_flux_errors)
+from lucijax.solvers.fitting import (FitSettings, PixelFit, continuum_error, detection_statistic, flux_correlations,
+                                     line_free_noise, linear_solve, noise_floor, null_flux_errors)
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.linalg import spd_inverse
 from lucijax.solvers.map import MapFit, finish_map
@@ -133,6 +133,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
         linear=out(alpha, scale),
         flux_corr=out(flux_corr),
         flux_null_err_cm1=out(null_err, scale),
+        continuum_err=out(continuum_error(model, cov), scale),
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from lucijax.constants import C_KMS
 from lucijax.program import Program
-from lucijax.solvers.fitting import FitSettings, PixelFit, fit_spectrum
+from lucijax.solvers.fitting import FitSettings, PixelFit, ScaledCovariance, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.noise import adopt_noise
 from lucijax.solvers.robust import mad_std
@@ -47,7 +47,9 @@ class MapFit(NamedTuple):
     noise_from_window: jax.Array
     #: Instrumental FWHM of the pixel (cm^-1, de-redshifted frame), as fitted.
     fwhm_cm1: jax.Array
-    #: Covariance (D, D) of all parameters [theta, alpha] (``MAP(covariance=True)``), else None.
+    #: Covariance (D, D) of all parameters [theta, alpha] (``MAP(covariance=True)``), else None:
+    #: a :class:`~lucijax.solvers.fitting.ScaledCovariance` out of the device, the float64
+    #: matrix after :func:`finish_map`.
     covariance: jax.Array | None = None
     #: The choice between one and two components (``Components(select=True)``), else None.
     count: Any = None
@@ -201,7 +203,7 @@ class MAP:
             theta, err = given_kinematics(self.start_maps, bound, cube)
             prepare, given = with_given(bound, ("theta", "theta_err")), {"theta": theta, "theta_err": err}
         return Program(name="MAP fit", key=key, prepare=prepare, one=one, finish=finish_map, given=given,
-                       pad={"y": np.nan}, namedtuples=(MapFit, PixelFit, SecondSolution),
+                       pad={"y": np.nan}, namedtuples=(MapFit, PixelFit, SecondSolution, ScaledCovariance),
                        meta={"bound": bound, "start": start, "solver": self})
 
 
@@ -383,7 +385,13 @@ def map_one(bound, settings: FitSettings, start: str, predict, solver: MAP):
 
 
 def finish_map(out: MapFit, inputs: dict) -> MapFit:
-    """Host side of a batch: rescale to the noise measured in the noise window (if any)."""
+    """Host side of a batch: the covariance multiplied out in float64 (see
+    :class:`~lucijax.solvers.fitting.ScaledCovariance`), and everything rescaled to the noise
+    measured in the noise window (if any)."""
+    if isinstance(out.covariance, ScaledCovariance):
+        units = np.asarray(out.covariance.units, np.float64)
+        out = out._replace(covariance=np.asarray(out.covariance.matrix, np.float64) * units[:, :, None]
+                           * units[:, None, :])
     if "_window_noise" not in inputs:
         return out
     fields = out.fit._asdict()

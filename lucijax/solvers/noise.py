@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 #: PixelFit fields proportional to the noise (rescaled with it).
-ERROR_FIELDS = ("velocity_err_kms", "broadening_err_kms", "amplitude_err", "flux_err_cm1", "flux_null_err_cm1")
+ERROR_FIELDS = ("velocity_err_kms", "broadening_err_kms", "amplitude_err", "flux_err_cm1", "flux_null_err_cm1",
+                "continuum_err")
 
 
 def adopt_noise(fields: dict, noise) -> np.ndarray:
