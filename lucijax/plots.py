@@ -72,7 +72,7 @@ def _label_axes(ax, wcs):
 
 #: One colour per status code (:class:`lucijax.status.Status`) in every STATUS panel.
 STATUS_COLORS = {-1: "0.85", 0: "#2ca02c", 1: "black", 2: "#ff7f0e", 3: "#d62728", 4: "#98df8a", 5: "#9467bd",
-                 6: "#8c564b", 7: "0.55"}
+                 6: "#8c564b", 7: "0.55", 8: "#e377c2"}
 
 
 def plot_status(ax, status_map):
