@@ -161,3 +161,17 @@ def test_clean_cube_is_not_flagged():
           f"at S/N >= 5")
     assert np.all(st[snr >= 5] != Status.AMBIGUOUS)
     assert np.median(r.maps["HALPHA_ALT_DCHI2"][snr >= 5]) > 50
+
+
+def test_other_solution_maps_are_not_taken_as_kinematics():
+    """Freeze mode and maps starts read another filter's ``{LINE}_VELOCITY`` maps when they
+    share one kinematics; the check's ``{LINE}_ALT_VELOCITY`` is not one of them."""
+    from lucijax.physics.lines import make_line_set
+    from lucijax.solvers.kinematics import kinematic_maps
+
+    v = np.full((3, 4), 12.0)
+    maps = {"HALPHA_VELOCITY": v, "NII6583_VELOCITY": v, "HALPHA_ALT_VELOCITY": v + 500.0,
+            "HALPHA_BROADENING": v + 8.0, "NII6583_BROADENING": v + 8.0}
+    theta, _ = kinematic_maps(maps, make_line_set(["Hbeta", "OIII5007"]), (0, 4, 0, 3), (4, 3))
+    np.testing.assert_array_equal(theta[..., 0], 12.0)
+    np.testing.assert_array_equal(theta[..., 1], 20.0)

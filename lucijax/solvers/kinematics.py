@@ -19,6 +19,12 @@ from lucijax.io.resample import grid_offset, resample_values
 KINEMATIC_QUANTITIES = ("VELOCITY", "VELOCITY_ERR", "BROADENING", "BROADENING_ERR")
 
 
+def _fitted(name: str) -> bool:
+    """A map of the fitted kinematics: not the network's (``MDN_...``) nor the global-optimum
+    check's other solution (``{LINE}_ALT_VELOCITY``)."""
+    return not name.startswith("MDN_") and "_ALT_" not in name
+
+
 def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray, np.ndarray]:
     """Velocity and broadening maps of each kinematic group over ``region`` of a cube.
 
@@ -60,7 +66,7 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
             if name in maps:
                 return cut(name)
         # maps of other lines with one shared kinematics (SN3's Halpha for SN2's Hbeta)
-        others = [k for k in maps if k.endswith(f"_{quantity}") and not k.startswith("MDN_")
+        others = [k for k in maps if k.endswith(f"_{quantity}") and _fitted(k)
                   and not k[: -len(quantity) - 1].endswith(("_VELOCITY", "_BROADENING"))]
         if others and all(np.array_equal(maps[k], maps[others[0]], equal_nan=True) for k in others[1:]):
             return cut(others[0])
@@ -96,7 +102,7 @@ def other_pointing(maps: dict, wcs_maps, cube) -> dict | None:
     if grid_offset(wcs_maps, wcs_cube, shape_maps) is not None:
         return None
     nx, ny = int(cube.shape[0]), int(cube.shape[1])
-    wanted = {k: v for k, v in maps.items() if k.endswith(KINEMATIC_QUANTITIES) and not k.startswith("MDN_")}
+    wanted = {k: v for k, v in maps.items() if k.endswith(KINEMATIC_QUANTITIES) and _fitted(k)}
     out = resample_values(wanted, wcs_maps, wcs_cube, (ny, nx))
     if not any(np.isfinite(v).any() for k, v in out.items() if k.endswith("_VELOCITY") or k == "VELOCITY"):
         raise ValueError("the kinematic maps do not overlap the cube's field (their WCS places them elsewhere "
