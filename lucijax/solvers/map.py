@@ -345,6 +345,8 @@ def ambiguity_check(bound, settings: FitSettings, threshold: float):
         sep = jnp.maximum(C_KMS * fwhm / ref, min_sep)
         v_fit = jnp.where(jnp.isfinite(fit.velocity_kms), fit.velocity_kms, jnp.inf)
         velocity, delta = second_solution(score, velocities, v_fit, diff_noise2(ys, mask), sep)
+        fitted = jnp.all(jnp.isfinite(fit.velocity_kms))  # invalid input: NaN like every other map
+        velocity, delta = jnp.where(fitted, velocity, jnp.nan), jnp.where(fitted, delta, jnp.nan)
         ambiguous = jnp.any(delta < threshold) & jnp.any(fit.status == good)
         status = jnp.where(ambiguous, jnp.int32(Status.AMBIGUOUS), fit.status).astype(fit.status.dtype)
         return fit._replace(status=status), SecondSolution(velocity, delta)
