@@ -22,7 +22,6 @@ from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, ScaledCovariance, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.noise import adopt_noise
-from lucijax.solvers.robust import mad_std
 from lucijax.solvers.start import (diff_noise2, grid_score, maps_start, network_start, projected_rss, second_solution,
                                    start_inputs, start_templates, start_velocity)
 from lucijax.status import GOOD, Status
@@ -269,8 +268,7 @@ def guarded_one(bound, settings: FitSettings, solver: MAP, propose):
         theta_mf = jnp.concatenate([v_mf, theta_p[G:]]) if has_b else v_mf
         scale = jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)
         ys, fm = yz / scale, mask.astype(jnp.float32)
-        d = jnp.diff(ys)
-        noise2 = jnp.maximum(mad_std(d, jnp.ones(d.shape, bool)) ** 2 / 2.0, 1e-12)
+        noise2 = jnp.maximum(diff_noise2(ys, jnp.ones(ys.shape, bool)), 1e-12)  # every pair: ys is 0 where masked
         # both starts' residuals in one vmapped evaluation (one traced copy of the model)
         rss_mf, rss_p = jax.vmap(lambda th: projected_rss(model, ys, fm, fwhm, th))(jnp.stack([theta_mf, theta_p]))
         worse = (rss_mf < rss_p - guard_chi2 * noise2) | unsure
@@ -406,5 +404,5 @@ def finish_map(out: MapFit, inputs: dict) -> MapFit:
     return out._replace(fit=PixelFit(**fields), noise_from_window=used, covariance=cov)
 
 
-__all__ = ["MAP", "MapFit", "SecondSolution", "ambiguity_check", "STARTS", "map_one", "matched_one", "network_one", "maps_one", "guarded_one", "finish_map",
-           "templates_for"]
+__all__ = ["MAP", "MapFit", "SecondSolution", "ambiguity_check", "STARTS", "map_one", "matched_one", "network_one",
+           "maps_one", "guarded_one", "finish_map", "templates_for"]

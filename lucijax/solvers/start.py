@@ -57,11 +57,9 @@ def grid_score(y, mask, templates, group_of_column, n_groups):
     return power @ onehot
 
 
-def start_velocity(y, mask, templates, velocities, group_of_column, n_groups, score=None):
-    """Velocity of each kinematic group with the largest summed matched-filter power
-    (``score``: :func:`grid_score`, when computed already)."""
-    if score is None:
-        score = grid_score(y, mask, templates, group_of_column, n_groups)
+def start_velocity(y, mask, templates, velocities, group_of_column, n_groups):
+    """Velocity of each kinematic group with the largest summed matched-filter power."""
+    score = grid_score(y, mask, templates, group_of_column, n_groups)
     k = jnp.argmax(score, axis=0)  # (G,)
     n_v = velocities.shape[0]
     km = jnp.clip(k - 1, 0, n_v - 1)
