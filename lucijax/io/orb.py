@@ -257,9 +257,11 @@ class OrbHDF5Cube(SpectralCube):
 
     * real-valued data (level 2, and ORB level 1) are already in
       erg/cm^2/s/A and are returned unchanged (``flux_unit = 'erg/cm2/s/A'``);
-    * complex data (level 3) are in counts. If the root attribute
-      ``flux_calibration`` is absent or false, ``real(data)`` is returned in
-      counts (``flux_unit = 'counts'``). If it is true,
+    * complex data (level 3) are in counts. ORB's rule (``orb/cube.py``,
+      ``SpectralCube.reset_params``) decides: a cube that carries ``flambda`` is
+      calibrated, whatever its ``flux_calibration`` attribute says; one without
+      ``flambda`` is returned in counts (``flux_unit = 'counts'``; with a warning
+      when ``flux_calibration`` claims otherwise). Calibrated,
       ``real(data) * flambda / n_channels / exposure_time`` is returned in
       erg/cm^2/s/A. ``flambda`` is a scalar or a per-channel vector; NaN
       entries give NaN channels. ``n_channels`` is ``dimz``, the length of the
@@ -285,12 +287,12 @@ class OrbHDF5Cube(SpectralCube):
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
             raise ValueError(f"{self.path}: not a readable HDF5 file ({exc})") from exc
+        self._calib_map_full: np.ndarray | None = None
         try:
             self._open()
         except Exception:
             self.close()
             raise
-        self._calib_map_full: np.ndarray | None = None
 
     # -- opening -------------------------------------------------------------
     def _open(self) -> None:
@@ -331,22 +333,31 @@ class OrbHDF5Cube(SpectralCube):
         self.shape = (nx, ny, nz)
         self._attrs = attrs
 
-        # flux calibration
+        # flux calibration: ORB's rule (orb/cube.py, SpectralCube.reset_params) is that a
+        # level-3 cube is calibrated whenever it carries 'flambda', whatever its
+        # 'flux_calibration' attribute says; without 'flambda' it is in counts.
         self._factor: np.ndarray | float | None = None
         if self._complex:
-            if _truthy(attrs.get("flux_calibration")):
+            if attrs.get("flambda") is not None:
                 self._factor = self._calibration_factor(attrs, nz)
                 self._factor32 = np.asarray(self._factor, dtype=np.float32)
                 flux_unit = FLUX_UNIT
             else:
+                if _truthy(attrs.get("flux_calibration")):
+                    warnings.warn(f"{self.path}: 'flux_calibration' is set but there is no 'flambda': the spectra "
+                                  "stay in counts (ORB's rule: a cube is calibrated when it carries 'flambda')")
                 flux_unit = COUNTS_UNIT
         else:
             flux_unit = FLUX_UNIT
         self.header = header_from_attrs(attrs, nz, self.path, flux_unit=flux_unit)
-        if (nx, ny) != (1, 1) and "calib_map" not in f and self.header.calib_coeff_orig is None:
+        if (nx, ny) != (1, 1) and "calib_map" not in f and self.header.calib_coeff_orig is None \
+                and self._external_calib_path() is None:
             warnings.warn(f"{self.path}: no 'calib_map' dataset: every pixel gets the instrumental line width "
                           f"of axis_corr = {self.header.axis_corr:.6f} (the line width varies by a few per cent over "
                           "SITELLE's field)")
+
+        if "calib_map" not in f and self._external_calib_path() is not None:
+            self._full_calib_map()  # a missing or unreadable map stops here, not mid-run
 
         self._mask = None
         if "mask" in f and isinstance(f["mask"], h5py.Dataset) and f["mask"].shape == (nx, ny):
@@ -450,43 +461,87 @@ class OrbHDF5Cube(SpectralCube):
             out *= np.asarray(self._mask[x0:x1, y0:y1], dtype=np.float32)[:, :, None]
         return np.ascontiguousarray(out)
 
+    def _external_calib_path(self) -> str | None:
+        """The FITS file of ``calibration_laser_map_path`` (ORB's rule, ``HDFCube.
+        get_calibration_laser_map``: used when the cube has no ``calib_map`` dataset; a
+        relative path that does not exist as given is taken from the cube's folder)."""
+        path = self._attrs.get("calibration_laser_map_path")
+        if path is None or (isinstance(path, str) and not path.strip()):
+            return None
+        path = os.fspath(str(path).strip())
+        if not os.path.exists(path) and not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(self.path)), path)
+        return path
+
+    def _read_external_calib_map(self, path: str) -> np.ndarray:
+        """The laser map of a FITS file, indexed ``[x, y]`` (FITS stores ``[y, x]``; ORB's
+        ``read_fits`` transposes), from the first HDU holding data, cut to the cube's
+        ``cropped_bbox`` when the cube was cropped from a larger one."""
+        from astropy.io import fits
+
+        if not os.path.exists(path):
+            raise ValueError(f"{self.path}: 'calibration_laser_map_path' names {path}, which does not exist "
+                             "(give the calibration laser map, or put it next to the cube)")
+        try:
+            with fits.open(path) as hdul:
+                data = next((h.data for h in hdul if h.data is not None), None)
+                if data is None:
+                    raise ValueError("no HDU holds data")
+                cmap = np.asarray(data, dtype=np.float64).T
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.path}: cannot read the calibration laser map {path} ({exc})") from exc
+        if cmap.ndim != 2:
+            raise ValueError(f"{self.path}: the calibration laser map {path} has shape {cmap.T.shape}; "
+                             "expected an image")
+        bbox = self._attrs.get("cropped_bbox")
+        if bbox is not None:
+            xmin, xmax, ymin, ymax = (int(v) for v in np.asarray(bbox).ravel()[:4])
+            cmap = cmap[xmin:xmax, ymin:ymax]
+        return cmap
+
     def _full_calib_map(self) -> np.ndarray | None:
+        """The whole laser map when it must be prepared before slabs are cut from it (it
+        lives in another file, or its shape differs from the image: interpolated); None
+        when slabs are read straight from the ``calib_map`` dataset."""
         if self._calib_map_full is not None:
             return self._calib_map_full
         f = self._f
-        if "calib_map" not in f or not isinstance(f["calib_map"], h5py.Dataset):
-            return None
-        ds = f["calib_map"]
-        if ds.shape == (self.nx, self.ny):
-            return None  # read slabs directly
-        cmap = np.asarray(ds[()], dtype=np.float64)
+        if "calib_map" in f and isinstance(f["calib_map"], h5py.Dataset):
+            ds = f["calib_map"]
+            if ds.shape == (self.nx, self.ny):
+                return None  # read slabs directly
+            cmap, what = np.asarray(ds[()], dtype=np.float64), "'calib_map'"
+        else:
+            path = self._external_calib_path()
+            if path is None:
+                return None
+            cmap, what = self._read_external_calib_map(path), f"the calibration laser map {path}"
         if cmap.ndim != 2:
-            raise ValueError(f"{self.path}: 'calib_map' has shape {cmap.shape}, expected ({self.nx}, {self.ny})")
-        warnings.warn(
-            f"{self.path}: 'calib_map' shape {cmap.shape} differs from the image ({self.nx}, {self.ny}); "
-            "it is interpolated (bicubic spline, as ORB does)"
-        )
-        from scipy.interpolate import RectBivariateSpline
+            raise ValueError(f"{self.path}: {what} has shape {cmap.shape}, expected ({self.nx}, {self.ny})")
+        if cmap.shape != (self.nx, self.ny):
+            warnings.warn(
+                f"{self.path}: {what} has shape {cmap.shape}, not the image's ({self.nx}, {self.ny}); "
+                "it is interpolated (bicubic spline, as ORB does)"
+            )
+            from scipy.interpolate import RectBivariateSpline
 
-        xi = np.linspace(0, cmap.shape[0], self.nx, endpoint=False)
-        yi = np.linspace(0, cmap.shape[1], self.ny, endpoint=False)
-        spl = RectBivariateSpline(np.arange(cmap.shape[0]), np.arange(cmap.shape[1]), cmap, kx=3, ky=3)
-        self._calib_map_full = spl(xi, yi)
-        return self._calib_map_full
+            xi = np.linspace(0, cmap.shape[0], self.nx, endpoint=False)
+            yi = np.linspace(0, cmap.shape[1], self.ny, endpoint=False)
+            spl = RectBivariateSpline(np.arange(cmap.shape[0]), np.arange(cmap.shape[1]), cmap, kx=3, ky=3)
+            cmap = spl(xi, yi)
+        self._calib_map_full = cmap
+        return cmap
 
     def read_calib_map(self, x0: int, x1: int, y0: int, y1: int) -> np.ndarray | None:
-        """Calibration-laser wavelength (nm) of ``[x0:x1, y0:y1]`` from ``calib_map``.
-
-        Returns ``None`` when the cube has no ``calib_map`` dataset (ORB may
-        instead point to an external FITS map via ``calibration_laser_map_path``,
-        which is not followed here).
-        """
+        """Calibration-laser wavelength (nm) of ``[x0:x1, y0:y1]``: from the ``calib_map``
+        dataset, else from the FITS file ``calibration_laser_map_path`` names (ORB's rule);
+        ``None`` when the cube has neither."""
         x0, x1, y0, y1 = self._check_box(x0, x1, y0, y1)
-        if "calib_map" not in self._f:
-            return None
         full = self._full_calib_map()
         if full is not None:
             return np.array(full[x0:x1, y0:y1], dtype=np.float64)
+        if "calib_map" not in self._f:
+            return None
         return np.asarray(self._f["calib_map"][x0:x1, y0:y1], dtype=np.float64)
 
     def read_deep_frame(self, x0: int, x1: int, y0: int, y1: int) -> np.ndarray | None:
