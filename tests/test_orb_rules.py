@@ -161,3 +161,69 @@ def test_apodized_cube_fluxes_are_right_only_with_the_apodization(tmp_path):
     assert np.median(np.abs(res.maps["HALPHA_VELOCITY"] - syn.truth["VELOCITY"])) < 3.0
     # without the apodization the sinc is too narrow: fluxes biased by about 1/apod
     assert np.median(bad.fields["flux_cm1"][..., 0].T / truth) < 0.8
+
+
+# -- a cube without wavenumber calibration: each pixel on its own axis -----------------------------
+def _uncalibrated_cube(nx=7, ny=7, spread=0.008, seed=21):
+    """Spectra of lines at velocity v on each pixel's own axis ``f * axis_ref`` (``f =
+    corr_pix / corr_ref``, ``f = 1`` at the image centre) and the truth. On the pixel's own
+    channels, a line at ``sigma`` with FWHM ``w`` reads like a line at ``sigma / f`` with FWHM
+    ``w / f`` on the reference axis: rendered so by the simulator with ``corr = corr_ref``
+    everywhere (its sinc FWHM is then the reference one, ``w_pix / f``) and the velocity whose
+    Doppler factor is ``D(v) / f``."""
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(nx) - nx // 2, np.arange(ny) - ny // 2, indexing="ij")
+    f = 1.0 + spread * (xs**2 + ys**2) / float((nx // 2) ** 2 + (ny // 2) ** 2)  # [x, y]
+    v = rng.uniform(-150.0, 150.0, (nx, ny))
+    beta = v / 299792.458
+    d_apparent = np.sqrt((1 - beta) / (1 + beta)) / f
+    v_apparent = 299792.458 * (1 - d_apparent**2) / (1 + d_apparent**2)
+    syn = simulate.make_cube(nx, ny, seed=seed, lines=LINES, calib_spread=0.0, snr_range=(25, 60),
+                             velocity_kms=v_apparent[..., None])
+    attrs = {k: val for k, val in syn.attrs.items() if k not in ("axis_corr", "axis_min", "axis_step")}
+    calib = simulate.AXIS_CORR * f * simulate.NM_LASER
+    truth_flux = syn.truth["HALPHA_FLUX_CM1"] * f.T  # the pixel's own channels are f times wider
+    return syn, attrs, calib, v.T, truth_flux
+
+
+def test_resampling_recovers_a_line_on_the_reference_axis():
+    syn = simulate.make_cube(1, 1, seed=2, lines=["Halpha"], calib_spread=0.0, snr_range=(1e6, 1e6 + 1),
+                             noise=1e-30)
+    n = syn.data.shape[-1]
+    axis = syn.attrs["axis_min"] + syn.attrs["axis_step"] * np.arange(n)
+    from lucijax.io.orb import resample_spectra
+
+    k = np.arange(n)
+    scale = 1.003
+    # one physical spectrum sampled on a pixel's axis (0.3 % wider than the reference one; its
+    # sinc is as many channels wide as the reference's: FWHM w * scale) and brought back onto the
+    # reference axis equals the same spectrum evaluated there
+    spec = simulate.render_spectra(syn.line_set, "sincgauss", axis * scale, syn.fwhm_cm1.ravel() * scale,
+                                   np.array([[100.0]]), np.array([[30.0]]), np.array([[1.0]]), np.array([0.0]))
+    back = resample_spectra(spec, np.array([scale]), 8, axis[0], axis[1] - axis[0])[0]
+    want = simulate.render_spectra(syn.line_set, "sincgauss", axis, syn.fwhm_cm1.ravel() * scale,
+                                   np.array([[100.0]]), np.array([[30.0]]), np.array([[1.0]]), np.array([0.0]))[0]
+    inside = (k > 40) & (k < n - 40)
+    assert np.max(np.abs(back[inside] - want[inside])) < 2e-3 * np.max(want)
+
+
+@pytest.mark.timeout(400)
+def test_uncalibrated_cube_is_fitted_on_each_pixels_own_axis(tmp_path):
+    syn, attrs, calib, v_true, flux_true = _uncalibrated_cube()
+    path = tmp_path / "uncal.hdf5"
+    write_orb_cube(path, syn.data, attrs, calib_map=calib)
+    ex = lucijax.Execution(progress=False)
+    with pytest.warns(UserWarning, match="no wavenumber calibration"):
+        res = lucijax.fit(path, lucijax.Model(LINES), execution=ex)
+    dv = res.maps["HALPHA_VELOCITY"] - v_true
+    pull = dv / res.maps["HALPHA_VELOCITY_ERR"]
+    assert np.mean(res.maps["STATUS"] == 0) >= 0.9
+    assert abs(np.median(dv)) < 1.0 and 0.7 < np.std(pull) < 1.4, (np.median(dv), np.std(pull))
+    flux = res.fields["flux_cm1"][..., 0].T
+    assert abs(np.median(flux / flux_true) - 1.0) < 0.02
+    # read as if calibrated on the centre's axis, the off-centre pixels are off by c (f - 1)
+    wrong = tmp_path / "as_calibrated.hdf5"
+    write_orb_cube(wrong, syn.data, dict(attrs, axis_corr=simulate.AXIS_CORR), calib_map=calib)
+    bad = lucijax.fit(wrong, lucijax.Model(LINES), execution=ex)
+    off = np.abs(bad.maps["HALPHA_VELOCITY"] - v_true)
+    assert np.nanmax(off) > 1000.0 or np.any(bad.maps["STATUS"] != 0)

@@ -39,10 +39,12 @@ import numpy as np
 
 from lucijax.io.files import atomic_write
 from lucijax.io.header import (
+    _NAMES,
     COUNTS_UNIT,
     FLUX_UNIT,
     MissingHeaderError,
     SpectralCube,
+    _lookup,
     _truthy,
     check_range,
     header_from_attrs,
@@ -56,6 +58,7 @@ __all__ = [
     "get_quadrant_dims",
     "read_header_table",
     "make_header_table",
+    "resample_spectra",
 ]
 
 # ORB's translation of old FITS header keywords (orb.cube.HDFCube._read_old_header).
@@ -332,6 +335,8 @@ class OrbHDF5Cube(SpectralCube):
             )
         self.shape = (nx, ny, nz)
         self._attrs = attrs
+        self._axis_scale_ref: float | None = None
+        attrs = self._wavenumber_calibration(attrs, nx, ny)
 
         # flux calibration: ORB's rule (orb/cube.py, SpectralCube.reset_params) is that a
         # level-3 cube is calibrated whenever it carries 'flambda', whatever its
@@ -403,6 +408,37 @@ class OrbHDF5Cube(SpectralCube):
         self._complex = np.issubdtype(dsets[0].dtype, np.complexfloating)
         return dimx, dimy, dimz
 
+    def _wavenumber_calibration(self, attrs: dict, nx: int, ny: int) -> dict:
+        """ORB's rule for a cube without wavenumber calibration (``SpectralCube.reset_params``
+        and ``get_axis``): a cube is calibrated when it carries ``axis_corr``; without it
+        each pixel has its own axis, ``create_cm1_axis(step, order, corr = calib_map /
+        nm_laser)``, and the cube's reference axis is the one of the image centre's ``corr``.
+        Here each pixel's spectrum is resampled from its own axis onto the reference axis
+        as it is read (band-limited interpolation: a Lanczos kernel of
+        :data:`RESAMPLE_LOBES` lobes), so every fit sees one axis; the line width stays the
+        pixel's own (from its ``corr``)."""
+        key, _ = _lookup(attrs, _NAMES["axis_corr"])
+        if key is not None:
+            return attrs
+        cmap = self._full_calib_map(force=True)
+        if cmap is None:
+            return attrs  # header_from_attrs names the missing 'axis_corr'
+        knm, nm_laser = _lookup(attrs, _NAMES["nm_laser"])
+        if knm is None:
+            raise MissingHeaderError("nm_laser", self.path)
+        centre = float(cmap[nx // 2, ny // 2]) / float(nm_laser)
+        if _truthy(attrs.get("wavenumber_calibration")):
+            raise ValueError(f"{self.path}: 'wavenumber_calibration' is set but 'axis_corr' is missing "
+                             "(ORB refuses such a cube too)")
+        warnings.warn(f"{self.path}: no 'axis_corr': the cube has no wavenumber calibration; each pixel's "
+                      f"spectrum is resampled from its own axis (calib_map / nm_laser) onto the axis of the "
+                      f"image centre (axis_corr = {centre:.6f}), as ORB reads such cubes")
+        drop = {"axis_min", "AXIS_MIN", "axis_step", "AXIS_STEP", "CRVAL3", "CDELT3", "CRPIX3", "CD3_3"}
+        attrs = {k: v for k, v in attrs.items() if k not in drop}
+        attrs["axis_corr"] = centre
+        self._axis_scale_ref = centre
+        return attrs
+
     def _calibration_factor(self, attrs: Mapping[str, Any], nz: int):
         if "flambda" not in attrs or attrs["flambda"] is None:
             raise MissingHeaderError("flambda", self.path)
@@ -459,6 +495,10 @@ class OrbHDF5Cube(SpectralCube):
             out = np.asarray(raw, dtype=np.float32)
         if self._mask is not None:
             out *= np.asarray(self._mask[x0:x1, y0:y1], dtype=np.float32)[:, :, None]
+        if self._axis_scale_ref is not None:  # no wavenumber calibration: onto the reference axis
+            corr = self.read_calib_map(x0, x1, y0, y1) / float(self.header.nm_laser)
+            out = resample_spectra(out, corr / self._axis_scale_ref, self.header.order, self.header.axis_min_cm1,
+                                   self.header.axis_step_cm1)
         return np.ascontiguousarray(out)
 
     def _external_calib_path(self) -> str | None:
@@ -499,16 +539,17 @@ class OrbHDF5Cube(SpectralCube):
             cmap = cmap[xmin:xmax, ymin:ymax]
         return cmap
 
-    def _full_calib_map(self) -> np.ndarray | None:
+    def _full_calib_map(self, force: bool = False) -> np.ndarray | None:
         """The whole laser map when it must be prepared before slabs are cut from it (it
-        lives in another file, or its shape differs from the image: interpolated); None
-        when slabs are read straight from the ``calib_map`` dataset."""
+        lives in another file, or its shape differs from the image: interpolated; or
+        ``force``); None when slabs are read straight from the ``calib_map`` dataset (or
+        there is no map)."""
         if self._calib_map_full is not None:
             return self._calib_map_full
         f = self._f
         if "calib_map" in f and isinstance(f["calib_map"], h5py.Dataset):
             ds = f["calib_map"]
-            if ds.shape == (self.nx, self.ny):
+            if ds.shape == (self.nx, self.ny) and not force:
                 return None  # read slabs directly
             cmap, what = np.asarray(ds[()], dtype=np.float64), "'calib_map'"
         else:
@@ -560,6 +601,59 @@ class OrbHDF5Cube(SpectralCube):
                 f.close()
             finally:
                 self._f = None
+
+
+#: Lobes of the Lanczos kernel that resamples the spectra of a cube without wavenumber
+#: calibration (2 x lobes channels per output channel).
+RESAMPLE_LOBES = 16
+
+
+def resample_spectra(spectra: np.ndarray, scale, order: int, axis_min_cm1: float, axis_step_cm1: float,
+                     lobes: int = RESAMPLE_LOBES) -> np.ndarray:
+    """Spectra sampled on axes ``scale`` times the reference axis, resampled onto it.
+
+    ORB's axis of a pixel is linear in its calibration coefficient ``corr``
+    (:func:`lucijax.physics.instrument.spectral_axis_cm1`), so the axis of a pixel with
+    ``scale = corr / corr_ref`` is ``scale * axis_ref``: output channel ``k`` (wavenumber
+    ``axis_ref[k]``) lies at input channel ``(axis_ref[k] / scale - axis_ref[0]) / step``.
+    An FTS spectrum is band limited in channel space (its interferogram ends at the longest
+    path difference), so it is interpolated with a normalised Lanczos kernel. Output
+    channels that fall outside the input axis, or whose kernel touches a NaN, are NaN.
+
+    Parameters
+    ----------
+    spectra : ndarray, (..., n_channels)
+    scale : array_like, broadcastable to ``spectra.shape[:-1]``
+    order : int
+        Folding order (the axis formula's; kept for the signature's clarity).
+    axis_min_cm1, axis_step_cm1 : float
+        The reference axis.
+    """
+    del order  # the axis of every pixel is the reference axis scaled: the order is in it already
+    y = np.asarray(spectra)
+    shape = y.shape
+    n = shape[-1]
+    y2 = y.reshape(-1, n).astype(np.float64)
+    f = np.broadcast_to(np.asarray(scale, np.float64), shape[:-1]).reshape(-1)
+    axis = axis_min_cm1 + axis_step_cm1 * np.arange(n)
+    taps = np.arange(-lobes + 1, lobes + 1)  # 2 * lobes taps around floor(position)
+    out = np.empty_like(y2)
+    chunk = max(1, 2_000_000 // (n * taps.size))
+    for i in range(0, y2.shape[0], chunk):
+        pos = (axis[None, :] / f[i:i + chunk, None] - axis_min_cm1) / axis_step_cm1  # (b, n)
+        base = np.floor(pos)
+        j = base[..., None] + taps  # (b, n, taps)
+        x = pos[..., None] - j
+        w = np.sinc(x) * np.sinc(x / lobes)
+        w /= w.sum(axis=-1, keepdims=True)
+        inside = (j >= 0) & (j <= n - 1)
+        jj = np.clip(j, 0, n - 1).astype(np.intp)
+        rows = np.arange(pos.shape[0])[:, None, None]
+        vals = np.where(inside, y2[i:i + chunk][rows, jj], 0.0)
+        res = np.sum(w * vals, axis=-1)
+        res[(pos < 0) | (pos > n - 1)] = np.nan
+        out[i:i + chunk] = res
+    return out.reshape(shape).astype(y.dtype if np.issubdtype(y.dtype, np.floating) else np.float64)
 
 
 # ---------------------------------------------------------------------------
