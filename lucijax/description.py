@@ -188,16 +188,18 @@ def window_noise(spectra, weight=None) -> np.ndarray:
 
 
 def pixel_fwhm_cm1(header, calib_map=None) -> np.ndarray | float:
-    """Instrumental sinc FWHM of pixels (observed frame): from the calibration laser map when
-    there is one, else from the spectrum's own ``calib_coeff_orig``, else from
-    ``axis_corr``."""
+    """Instrumental line FWHM of pixels (observed frame): the sinc's, from the calibration
+    laser map when there is one, else from the spectrum's own ``calib_coeff_orig``, else from
+    ``axis_corr``; times the cube's ``apodization`` coefficient (1 for none), as ORB's
+    ``compute_line_fwhm`` gives the line width of an apodized cube."""
     if calib_map is not None:
         corr = instrument.corr_from_calib(calib_map, header.nm_laser)
     elif header.calib_coeff_orig is not None:
         corr = header.calib_coeff_orig
     else:
         corr = header.axis_corr
-    return instrument.sinc_fwhm_cm1(header.step_nm, header.step_nb, header.zpd_index, corr)
+    fwhm = instrument.sinc_fwhm_cm1(header.step_nm, header.step_nb, header.zpd_index, corr)
+    return fwhm * float(header.apodization) if header.apodization != 1.0 else fwhm
 
 
 def window_channels(header, window_cm1=None, what: str = "fit window") -> np.ndarray:

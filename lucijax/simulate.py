@@ -177,7 +177,9 @@ def make_cube(
     xs, ys = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
     corr_orig = AXIS_CORR * (1.0 + calib_spread * (0.5 * (xs**2 + ys**2) - 0.5))
     calib_map = corr_orig * NM_LASER  # [x, y]
-    fwhm = instrument.sinc_fwhm_cm1(header["step"], header["step_nb"], header["zpd_index"], corr_orig)
+    # an apodized cube's lines are wider by its apodization coefficient (ORB's line width)
+    fwhm = instrument.sinc_fwhm_cm1(header["step"], header["step_nb"], header["zpd_index"], corr_orig) \
+        * float(header.get("apodization", 1.0))
 
     n = nx * ny
     G = line_set.n_groups

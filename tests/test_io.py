@@ -320,10 +320,12 @@ def test_level3_vector_flambda_with_nans(tmp_path):
 
 @pytest.mark.parametrize("flag", [None, False, 0])
 def test_level3_uncalibrated_stays_in_counts(tmp_path, flag):
+    # ORB's rule: without 'flambda' a level-3 cube is in counts (with 'flambda' it is
+    # calibrated whatever the flag says: tests/test_orb_rules.py)
     nz = 10
     counts = distinct_cube(2, 3, nz)
     attrs = base_attrs(nz)
-    attrs.update(flambda=1e-17, exposure_time=10.0)
+    attrs.update(exposure_time=10.0)
     if flag is not None:
         attrs["flux_calibration"] = flag
     p = tmp_path / "l3c.hdf5"

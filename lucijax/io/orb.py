@@ -39,10 +39,12 @@ import numpy as np
 
 from lucijax.io.files import atomic_write
 from lucijax.io.header import (
+    _NAMES,
     COUNTS_UNIT,
     FLUX_UNIT,
     MissingHeaderError,
     SpectralCube,
+    _lookup,
     _truthy,
     check_range,
     header_from_attrs,
@@ -56,6 +58,7 @@ __all__ = [
     "get_quadrant_dims",
     "read_header_table",
     "make_header_table",
+    "resample_spectra",
 ]
 
 # ORB's translation of old FITS header keywords (orb.cube.HDFCube._read_old_header).
@@ -257,9 +260,11 @@ class OrbHDF5Cube(SpectralCube):
 
     * real-valued data (level 2, and ORB level 1) are already in
       erg/cm^2/s/A and are returned unchanged (``flux_unit = 'erg/cm2/s/A'``);
-    * complex data (level 3) are in counts. If the root attribute
-      ``flux_calibration`` is absent or false, ``real(data)`` is returned in
-      counts (``flux_unit = 'counts'``). If it is true,
+    * complex data (level 3) are in counts. ORB's rule (``orb/cube.py``,
+      ``SpectralCube.reset_params``) decides: a cube that carries ``flambda`` is
+      calibrated, whatever its ``flux_calibration`` attribute says; one without
+      ``flambda`` is returned in counts (``flux_unit = 'counts'``; with a warning
+      when ``flux_calibration`` claims otherwise). Calibrated,
       ``real(data) * flambda / n_channels / exposure_time`` is returned in
       erg/cm^2/s/A. ``flambda`` is a scalar or a per-channel vector; NaN
       entries give NaN channels. ``n_channels`` is ``dimz``, the length of the
@@ -285,12 +290,12 @@ class OrbHDF5Cube(SpectralCube):
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
             raise ValueError(f"{self.path}: not a readable HDF5 file ({exc})") from exc
+        self._calib_map_full: np.ndarray | None = None
         try:
             self._open()
         except Exception:
             self.close()
             raise
-        self._calib_map_full: np.ndarray | None = None
 
     # -- opening -------------------------------------------------------------
     def _open(self) -> None:
@@ -330,23 +335,34 @@ class OrbHDF5Cube(SpectralCube):
             )
         self.shape = (nx, ny, nz)
         self._attrs = attrs
+        self._axis_scale_ref: float | None = None
+        attrs = self._wavenumber_calibration(attrs, nx, ny)
 
-        # flux calibration
+        # flux calibration: ORB's rule (orb/cube.py, SpectralCube.reset_params) is that a
+        # level-3 cube is calibrated whenever it carries 'flambda', whatever its
+        # 'flux_calibration' attribute says; without 'flambda' it is in counts.
         self._factor: np.ndarray | float | None = None
         if self._complex:
-            if _truthy(attrs.get("flux_calibration")):
+            if attrs.get("flambda") is not None:
                 self._factor = self._calibration_factor(attrs, nz)
                 self._factor32 = np.asarray(self._factor, dtype=np.float32)
                 flux_unit = FLUX_UNIT
             else:
+                if _truthy(attrs.get("flux_calibration")):
+                    warnings.warn(f"{self.path}: 'flux_calibration' is set but there is no 'flambda': the spectra "
+                                  "stay in counts (ORB's rule: a cube is calibrated when it carries 'flambda')")
                 flux_unit = COUNTS_UNIT
         else:
             flux_unit = FLUX_UNIT
         self.header = header_from_attrs(attrs, nz, self.path, flux_unit=flux_unit)
-        if (nx, ny) != (1, 1) and "calib_map" not in f and self.header.calib_coeff_orig is None:
+        if (nx, ny) != (1, 1) and "calib_map" not in f and self.header.calib_coeff_orig is None \
+                and self._external_calib_path() is None:
             warnings.warn(f"{self.path}: no 'calib_map' dataset: every pixel gets the instrumental line width "
                           f"of axis_corr = {self.header.axis_corr:.6f} (the line width varies by a few per cent over "
                           "SITELLE's field)")
+
+        if "calib_map" not in f and self._external_calib_path() is not None:
+            self._full_calib_map()  # a missing or unreadable map stops here, not mid-run
 
         self._mask = None
         if "mask" in f and isinstance(f["mask"], h5py.Dataset) and f["mask"].shape == (nx, ny):
@@ -391,6 +407,37 @@ class OrbHDF5Cube(SpectralCube):
         self._ds = None
         self._complex = np.issubdtype(dsets[0].dtype, np.complexfloating)
         return dimx, dimy, dimz
+
+    def _wavenumber_calibration(self, attrs: dict, nx: int, ny: int) -> dict:
+        """ORB's rule for a cube without wavenumber calibration (``SpectralCube.reset_params``
+        and ``get_axis``): a cube is calibrated when it carries ``axis_corr``; without it
+        each pixel has its own axis, ``create_cm1_axis(step, order, corr = calib_map /
+        nm_laser)``, and the cube's reference axis is the one of the image centre's ``corr``.
+        Here each pixel's spectrum is resampled from its own axis onto the reference axis
+        as it is read (band-limited interpolation: a Lanczos kernel of
+        :data:`RESAMPLE_LOBES` lobes), so every fit sees one axis; the line width stays the
+        pixel's own (from its ``corr``)."""
+        key, _ = _lookup(attrs, _NAMES["axis_corr"])
+        if key is not None:
+            return attrs
+        cmap = self._full_calib_map(force=True)
+        if cmap is None:
+            return attrs  # header_from_attrs names the missing 'axis_corr'
+        knm, nm_laser = _lookup(attrs, _NAMES["nm_laser"])
+        if knm is None:
+            raise MissingHeaderError("nm_laser", self.path)
+        centre = float(cmap[nx // 2, ny // 2]) / float(nm_laser)
+        if _truthy(attrs.get("wavenumber_calibration")):
+            raise ValueError(f"{self.path}: 'wavenumber_calibration' is set but 'axis_corr' is missing "
+                             "(ORB refuses such a cube too)")
+        warnings.warn(f"{self.path}: no 'axis_corr': the cube has no wavenumber calibration; each pixel's "
+                      f"spectrum is resampled from its own axis (calib_map / nm_laser) onto the axis of the "
+                      f"image centre (axis_corr = {centre:.6f}), as ORB reads such cubes")
+        drop = {"axis_min", "AXIS_MIN", "axis_step", "AXIS_STEP", "CRVAL3", "CDELT3", "CRPIX3", "CD3_3"}
+        attrs = {k: v for k, v in attrs.items() if k not in drop}
+        attrs["axis_corr"] = centre
+        self._axis_scale_ref = centre
+        return attrs
 
     def _calibration_factor(self, attrs: Mapping[str, Any], nz: int):
         if "flambda" not in attrs or attrs["flambda"] is None:
@@ -448,45 +495,94 @@ class OrbHDF5Cube(SpectralCube):
             out = np.asarray(raw, dtype=np.float32)
         if self._mask is not None:
             out *= np.asarray(self._mask[x0:x1, y0:y1], dtype=np.float32)[:, :, None]
+        if self._axis_scale_ref is not None:  # no wavenumber calibration: onto the reference axis
+            corr = self.read_calib_map(x0, x1, y0, y1) / float(self.header.nm_laser)
+            out = resample_spectra(out, corr / self._axis_scale_ref, self.header.order, self.header.axis_min_cm1,
+                                   self.header.axis_step_cm1)
         return np.ascontiguousarray(out)
 
-    def _full_calib_map(self) -> np.ndarray | None:
+    def _external_calib_path(self) -> str | None:
+        """The FITS file of ``calibration_laser_map_path`` (ORB's rule, ``HDFCube.
+        get_calibration_laser_map``: used when the cube has no ``calib_map`` dataset; a
+        relative path that does not exist as given is taken from the cube's folder)."""
+        path = self._attrs.get("calibration_laser_map_path")
+        if path is None or (isinstance(path, str) and not path.strip()):
+            return None
+        path = os.fspath(str(path).strip())
+        if not os.path.exists(path) and not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(self.path)), path)
+        return path
+
+    def _read_external_calib_map(self, path: str) -> np.ndarray:
+        """The laser map of a FITS file, indexed ``[x, y]`` (FITS stores ``[y, x]``; ORB's
+        ``read_fits`` transposes), from the first HDU holding data, cut to the cube's
+        ``cropped_bbox`` when the cube was cropped from a larger one."""
+        from astropy.io import fits
+
+        if not os.path.exists(path):
+            raise ValueError(f"{self.path}: 'calibration_laser_map_path' names {path}, which does not exist "
+                             "(give the calibration laser map, or put it next to the cube)")
+        try:
+            with fits.open(path) as hdul:
+                data = next((h.data for h in hdul if h.data is not None), None)
+                if data is None:
+                    raise ValueError("no HDU holds data")
+                cmap = np.asarray(data, dtype=np.float64).T
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.path}: cannot read the calibration laser map {path} ({exc})") from exc
+        if cmap.ndim != 2:
+            raise ValueError(f"{self.path}: the calibration laser map {path} has shape {cmap.T.shape}; "
+                             "expected an image")
+        bbox = self._attrs.get("cropped_bbox")
+        if bbox is not None:
+            xmin, xmax, ymin, ymax = (int(v) for v in np.asarray(bbox).ravel()[:4])
+            cmap = cmap[xmin:xmax, ymin:ymax]
+        return cmap
+
+    def _full_calib_map(self, force: bool = False) -> np.ndarray | None:
+        """The whole laser map when it must be prepared before slabs are cut from it (it
+        lives in another file, or its shape differs from the image: interpolated; or
+        ``force``); None when slabs are read straight from the ``calib_map`` dataset (or
+        there is no map)."""
         if self._calib_map_full is not None:
             return self._calib_map_full
         f = self._f
-        if "calib_map" not in f or not isinstance(f["calib_map"], h5py.Dataset):
-            return None
-        ds = f["calib_map"]
-        if ds.shape == (self.nx, self.ny):
-            return None  # read slabs directly
-        cmap = np.asarray(ds[()], dtype=np.float64)
+        if "calib_map" in f and isinstance(f["calib_map"], h5py.Dataset):
+            ds = f["calib_map"]
+            if ds.shape == (self.nx, self.ny) and not force:
+                return None  # read slabs directly
+            cmap, what = np.asarray(ds[()], dtype=np.float64), "'calib_map'"
+        else:
+            path = self._external_calib_path()
+            if path is None:
+                return None
+            cmap, what = self._read_external_calib_map(path), f"the calibration laser map {path}"
         if cmap.ndim != 2:
-            raise ValueError(f"{self.path}: 'calib_map' has shape {cmap.shape}, expected ({self.nx}, {self.ny})")
-        warnings.warn(
-            f"{self.path}: 'calib_map' shape {cmap.shape} differs from the image ({self.nx}, {self.ny}); "
-            "it is interpolated (bicubic spline, as ORB does)"
-        )
-        from scipy.interpolate import RectBivariateSpline
+            raise ValueError(f"{self.path}: {what} has shape {cmap.shape}, expected ({self.nx}, {self.ny})")
+        if cmap.shape != (self.nx, self.ny):
+            warnings.warn(
+                f"{self.path}: {what} has shape {cmap.shape}, not the image's ({self.nx}, {self.ny}); "
+                "it is interpolated (bicubic spline, as ORB does)"
+            )
+            from scipy.interpolate import RectBivariateSpline
 
-        xi = np.linspace(0, cmap.shape[0], self.nx, endpoint=False)
-        yi = np.linspace(0, cmap.shape[1], self.ny, endpoint=False)
-        spl = RectBivariateSpline(np.arange(cmap.shape[0]), np.arange(cmap.shape[1]), cmap, kx=3, ky=3)
-        self._calib_map_full = spl(xi, yi)
-        return self._calib_map_full
+            xi = np.linspace(0, cmap.shape[0], self.nx, endpoint=False)
+            yi = np.linspace(0, cmap.shape[1], self.ny, endpoint=False)
+            spl = RectBivariateSpline(np.arange(cmap.shape[0]), np.arange(cmap.shape[1]), cmap, kx=3, ky=3)
+            cmap = spl(xi, yi)
+        self._calib_map_full = cmap
+        return cmap
 
     def read_calib_map(self, x0: int, x1: int, y0: int, y1: int) -> np.ndarray | None:
-        """Calibration-laser wavelength (nm) of ``[x0:x1, y0:y1]`` from ``calib_map``.
-
-        Returns ``None`` when the cube has no ``calib_map`` dataset (ORB may
-        instead point to an external FITS map via ``calibration_laser_map_path``,
-        which is not followed here).
-        """
+        """Calibration-laser wavelength (nm) of ``[x0:x1, y0:y1]``: from the ``calib_map``
+        dataset, else from the FITS file ``calibration_laser_map_path`` names (ORB's rule);
+        ``None`` when the cube has neither."""
         x0, x1, y0, y1 = self._check_box(x0, x1, y0, y1)
-        if "calib_map" not in self._f:
-            return None
         full = self._full_calib_map()
         if full is not None:
             return np.array(full[x0:x1, y0:y1], dtype=np.float64)
+        if "calib_map" not in self._f:
+            return None
         return np.asarray(self._f["calib_map"][x0:x1, y0:y1], dtype=np.float64)
 
     def read_deep_frame(self, x0: int, x1: int, y0: int, y1: int) -> np.ndarray | None:
@@ -505,6 +601,59 @@ class OrbHDF5Cube(SpectralCube):
                 f.close()
             finally:
                 self._f = None
+
+
+#: Lobes of the Lanczos kernel that resamples the spectra of a cube without wavenumber
+#: calibration (2 x lobes channels per output channel).
+RESAMPLE_LOBES = 16
+
+
+def resample_spectra(spectra: np.ndarray, scale, order: int, axis_min_cm1: float, axis_step_cm1: float,
+                     lobes: int = RESAMPLE_LOBES) -> np.ndarray:
+    """Spectra sampled on axes ``scale`` times the reference axis, resampled onto it.
+
+    ORB's axis of a pixel is linear in its calibration coefficient ``corr``
+    (:func:`lucijax.physics.instrument.spectral_axis_cm1`), so the axis of a pixel with
+    ``scale = corr / corr_ref`` is ``scale * axis_ref``: output channel ``k`` (wavenumber
+    ``axis_ref[k]``) lies at input channel ``(axis_ref[k] / scale - axis_ref[0]) / step``.
+    An FTS spectrum is band limited in channel space (its interferogram ends at the longest
+    path difference), so it is interpolated with a normalised Lanczos kernel. Output
+    channels that fall outside the input axis, or whose kernel touches a NaN, are NaN.
+
+    Parameters
+    ----------
+    spectra : ndarray, (..., n_channels)
+    scale : array_like, broadcastable to ``spectra.shape[:-1]``
+    order : int
+        Folding order (the axis formula's; kept for the signature's clarity).
+    axis_min_cm1, axis_step_cm1 : float
+        The reference axis.
+    """
+    del order  # the axis of every pixel is the reference axis scaled: the order is in it already
+    y = np.asarray(spectra)
+    shape = y.shape
+    n = shape[-1]
+    y2 = y.reshape(-1, n).astype(np.float64)
+    f = np.broadcast_to(np.asarray(scale, np.float64), shape[:-1]).reshape(-1)
+    axis = axis_min_cm1 + axis_step_cm1 * np.arange(n)
+    taps = np.arange(-lobes + 1, lobes + 1)  # 2 * lobes taps around floor(position)
+    out = np.empty_like(y2)
+    chunk = max(1, 2_000_000 // (n * taps.size))
+    for i in range(0, y2.shape[0], chunk):
+        pos = (axis[None, :] / f[i:i + chunk, None] - axis_min_cm1) / axis_step_cm1  # (b, n)
+        base = np.floor(pos)
+        j = base[..., None] + taps  # (b, n, taps)
+        x = pos[..., None] - j
+        w = np.sinc(x) * np.sinc(x / lobes)
+        w /= w.sum(axis=-1, keepdims=True)
+        inside = (j >= 0) & (j <= n - 1)
+        jj = np.clip(j, 0, n - 1).astype(np.intp)
+        rows = np.arange(pos.shape[0])[:, None, None]
+        vals = np.where(inside, y2[i:i + chunk][rows, jj], 0.0)
+        res = np.sum(w * vals, axis=-1)
+        res[(pos < 0) | (pos > n - 1)] = np.nan
+        out[i:i + chunk] = res
+    return out.reshape(shape).astype(y.dtype if np.issubdtype(y.dtype, np.floating) else np.float64)
 
 
 # ---------------------------------------------------------------------------

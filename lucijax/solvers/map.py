@@ -285,10 +285,12 @@ def network_one(bound, settings: FitSettings, predict, solver: MAP):
     bounded by a network (``predict(y, fwhm) -> (mean, sigma)`` runs in the same program),
     guarded by the matched filter (:func:`guarded_one`)."""
     G, has_b = bound.spec.n_groups, bound.spec.has_broadening
+    recipe = (getattr(predict, "config", None) or {}).get("recipe")
+    trained = None if recipe is None else (tuple(recipe.velocity_range_kms), tuple(recipe.broadening_range_kms))
 
     def propose(inp):
         mean, sigma = predict(inp["y"], inp["fwhm"])
-        theta, lo, hi = network_start(mean, sigma, settings, G, has_b, solver.network_sigmas)
+        theta, lo, hi = network_start(mean, sigma, settings, G, has_b, solver.network_sigmas, trained)
         return theta, lo, hi, sigma[0] > solver.max_network_sigma_kms, mean, sigma  # False for the CNN's NaN
 
     return guarded_one(bound, settings, solver, propose)

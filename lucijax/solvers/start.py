@@ -87,28 +87,45 @@ def start_inputs(model: LineModel, settings: FitSettings, templates, velocities)
 
 
 
-def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0):
+#: A network's bound that comes within this fraction of its training range of the range's
+#: edge is opened to the fit's physical range: beyond its training set a network does not
+#: know (broad lines of 250 km/s read as 200 by a network trained up to 200 would otherwise
+#: be clipped there).
+TRAINING_EDGE = 0.1
+
+
+def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0,
+                  trained=None):
     """Start and bounds of one pixel's fit from a network's posterior ``mean`` / ``sigma``
     = [velocity_kms, broadening_kms]: start at the mean, bounds mean +- ``n_sigma`` sigma
     clipped to the settings' physical ranges (the full range where sigma is not finite,
-    as for the point-estimate CNN, or where the network returned no finite answer)."""
+    as for the point-estimate CNN, or where the network returned no finite answer).
+    ``trained`` = ((vmin, vmax), (bmin, bmax)), the ranges of the network's training set: a
+    bound within :data:`TRAINING_EDGE` of their width from an edge opens to the settings'
+    limit on that side."""
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
     ok = jnp.all(jnp.isfinite(mean))
     mean = jnp.where(ok, mean, jnp.asarray([0.0, settings.broadening_start_kms], jnp.float32))
     has_sigma = jnp.isfinite(sigma) & ok
     half = jnp.where(has_sigma, n_sigma * jnp.where(has_sigma, sigma, 0.0), jnp.inf)
+    lo_raw, hi_raw = mean - half, mean + half
+    if trained is not None:
+        (tv0, tv1), (tb0, tb1) = trained
+        ev, eb = TRAINING_EDGE * (tv1 - tv0), TRAINING_EDGE * (tb1 - tb0)
+        lo_raw = jnp.where(lo_raw <= jnp.asarray([tv0 + ev, tb0 + eb], jnp.float32), -jnp.inf, lo_raw)
+        hi_raw = jnp.where(hi_raw >= jnp.asarray([tv1 - ev, tb1 - eb], jnp.float32), jnp.inf, hi_raw)
     v0 = jnp.clip(mean[0], vlo, vhi)
-    v_lo = jnp.clip(mean[0] - half[0], vlo, vhi)
-    v_hi = jnp.clip(mean[0] + half[0], vlo, vhi)
+    v_lo = jnp.clip(lo_raw[0], vlo, vhi)
+    v_hi = jnp.clip(hi_raw[0], vlo, vhi)
     # a bound interval must hold the start and keep some width
     v_lo = jnp.minimum(v_lo, v0 - 1e-3)
     v_hi = jnp.maximum(v_hi, v0 + 1e-3)
     start, lo, hi = [jnp.full(n_groups, v0)], [jnp.full(n_groups, v_lo)], [jnp.full(n_groups, v_hi)]
     if has_b:
         b0 = jnp.clip(mean[1], blo, bhi)
-        b_lo = jnp.clip(mean[1] - half[1], blo, bhi)
-        b_hi = jnp.clip(mean[1] + half[1], blo, bhi)
+        b_lo = jnp.clip(lo_raw[1], blo, bhi)
+        b_hi = jnp.clip(hi_raw[1], blo, bhi)
         b_hi = jnp.maximum(b_hi, jnp.minimum(b0 + 1.0, bhi))
         start.append(jnp.full(n_groups, b0))
         lo.append(jnp.full(n_groups, b_lo))
