@@ -37,7 +37,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ViewerData", "Viewer", "view", "serve"]
+__all__ = ["Viewer", "ViewerData", "serve", "view"]
 
 #: maps listed first in the chooser, after the line fluxes
 _FIRST = ("VELOCITY", "BROADENING", "STATUS", "CHI2", "SNR", "CONTINUUM", "NOISE")
@@ -320,7 +320,14 @@ class Viewer:
         """Build the viewer in Bokeh document ``doc`` (a Bokeh server's or a notebook's)."""
         from bokeh.events import Tap
         from bokeh.layouts import column, row
-        from bokeh.models import (BoxSelectTool, ColorBar, ColumnDataSource, Div, LinearColorMapper, Select)
+        from bokeh.models import (
+            BoxSelectTool,
+            ColorBar,
+            ColumnDataSource,
+            Div,
+            LinearColorMapper,
+            Select,
+        )
         from bokeh.palettes import Viridis256
         from bokeh.plotting import figure
 

@@ -28,7 +28,6 @@ import lucijax as lj
 from lucijax.engine import Execution
 from lucijax.simulate import make_cube
 
-
 LINES = ("Halpha", "NII6583", "NII6548")
 N = 8
 V_TRUE, B_TRUE = 60.0, 35.0
@@ -190,10 +189,10 @@ def test_the_page_in_headless_chromium_shows_a_clicked_pixel(fitted, tmp_path):
     cube, path, fit, maps, samples, draws, names = fitted
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "lucijax.cli", "view", str(maps), "--cube", str(path), "--samples",
-                               str(samples), "--port", str(port), "--no-browser"], stdout=log, stderr=subprocess.STDOUT,
-                              env=env)
+    with open(tmp_path / "server.log", "w") as log:  # the child keeps its own handle
+        server = subprocess.Popen([sys.executable, "-m", "lucijax.cli", "view", str(maps), "--cube", str(path), "--samples",
+                                   str(samples), "--port", str(port), "--no-browser"], stdout=log, stderr=subprocess.STDOUT,
+                                  env=env)
     driver = None
     try:
         def up():
@@ -206,7 +205,7 @@ def test_the_page_in_headless_chromium_shows_a_clicked_pixel(fitted, tmp_path):
         driver.get(f"http://localhost:{port}/")
         _wait(lambda: driver.execute_script(_READY), 120, "the page to render")
         time.sleep(0.5)
-        sx0, sy0, cx, cy, cw, ch = driver.execute_script(_WHERE, "spectrum", 0, 0)
+        cx, cy, cw, ch = driver.execute_script(_WHERE, "spectrum", 0, 0)[2:]
         before = _png(driver.get_screenshot_as_png())
         x, y = 3, 5
         px, py = driver.execute_script(_WHERE, "map", x, y)[:2]
@@ -240,4 +239,3 @@ def test_the_page_in_headless_chromium_shows_a_clicked_pixel(fitted, tmp_path):
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
-        log.close()
