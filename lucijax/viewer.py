@@ -105,6 +105,7 @@ class ViewerData:
         self.model = model if model is not None else bound.model
         self.samples = None if samples is None else Path(samples)
         self.map_names = map_order(maps)
+        self._profiles = None
         ny, nx = self.shape
         cx, cy = cube.shape[:2]
         if self.origin[0] < 0 or self.origin[1] < 0 or self.origin[0] + nx > cx or self.origin[1] + ny > cy:
@@ -187,9 +188,13 @@ class ViewerData:
         """The fitted model of map pixel ``(x, y)``, line by line and ``'continuum'``."""
         if self.result is not None:
             return {k: np.asarray(v, np.float64) for k, v in self.result.line_spectra(x, y)[1].items()}
+        import jax
         import jax.numpy as jnp
 
         from lucijax.results.maps import line_map_name
+
+        if self._profiles is None:  # compiled once: a click then costs milliseconds
+            self._profiles = jax.jit(self.bound.line_model.line_profiles)
 
         names = self.bound.line_set.names
         keys = [line_map_name(n) for n in names]
@@ -199,8 +204,7 @@ class ViewerData:
             theta += [m[f"{k}_BROADENING"][y, x] for k in keys]
         amp = np.array([m[f"{k}_AMPLITUDE"][y, x] for k in keys], np.float64)
         fwhm = float(m["FWHM"][y, x]) * (1.0 + self.bound.redshift)  # the fit's frame
-        prof = np.asarray(self.bound.line_model.line_profiles(jnp.asarray(theta, jnp.float32), jnp.float32(fwhm)),
-                          np.float64)
+        prof = np.asarray(self._profiles(jnp.asarray(theta, jnp.float32), jnp.float32(fwhm)), np.float64)
         parts = {n: prof[:, i] * amp[i] for i, n in enumerate(names)}
         parts["continuum"] = np.full(prof.shape[0], float(m["CONTINUUM"][y, x]))
         return parts

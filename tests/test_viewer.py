@@ -239,3 +239,41 @@ def test_the_page_in_headless_chromium_shows_a_clicked_pixel(fitted, tmp_path):
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.mark.timeout(300)
+def test_the_documents_callbacks_without_a_browser(fitted):
+    """The Bokeh document's own callbacks, driven from Python: a tap fills the spectrum,
+    posterior and marker; choosing a map swaps the image; a box selection fits the box."""
+    from bokeh.document import Document
+    from bokeh.events import Tap
+
+    cube, path, fit, maps, samples, draws, names = fitted
+    doc = Document()
+    lj.view(maps, cube=path, samples=samples).app(doc)
+    get = doc.get_model_by_name
+    fig, spec = get("map"), get("spectrum_source")
+    fig._trigger_event(Tap(fig, x=6.2, y=0.7))  # inside map pixel (6, 1)
+    np.testing.assert_array_equal(spec.data["data"], cube.data[6, 1, fit.bound.window])
+    _close(spec.data["model"], fit.model_spectrum(6, 1)[1])
+    np.testing.assert_allclose(spec.data["residual"], spec.data["data"] - spec.data["model"])
+    np.testing.assert_array_equal(get("posterior_source").data["velocity"],
+                                  draws[6, 1, ..., names.index("velocity_0")].ravel())
+    assert "pixel (6, 1)" in get("pixel_info").text
+    fig._trigger_event(Tap(fig, x=N + 3.0, y=1.0))  # off the map: nothing changes
+    assert "pixel (6, 1)" in get("pixel_info").text
+
+    get("map_select").value = "HALPHA_VELOCITY"
+    np.testing.assert_array_equal(get("map_image").data["image"][0], fit.maps["HALPHA_VELOCITY"].astype(np.float64))
+    assert fig.title.text.startswith("HALPHA_VELOCITY")
+
+    grid = get("pixel_grid")
+    pick = [i for i, (gx, gy) in enumerate(zip(grid.data["x"], grid.data["y"])) if 2 <= gx < 5 and 1 <= gy < 4]
+    grid.selected.indices = pick
+    assert "fitting" in get("box_info").text
+    for cb in list(doc.session_callbacks):  # the next-tick callback a server would run
+        cb.callback()
+    box = get("box_source").data
+    np.testing.assert_allclose(box["data"], cube.data[2:5, 1:4][..., fit.bound.window].sum(axis=(0, 1), dtype=np.float64),
+                               rtol=1e-5)
+    assert "box x 2:5, y 1:4" in get("box_info").text
