@@ -93,9 +93,12 @@ class ViewerData:
         The model the box fits use.
     samples : path, optional
         HDF5 file of every pixel's posterior draws (``lucijax fit --bayes-samples``).
+    solver : MAP or Components, optional
+        How the box fits are made (default ``MAP()``).
     """
 
-    def __init__(self, maps, units, cube, bound, *, origin=(0, 0), result=None, model=None, samples=None):
+    def __init__(self, maps, units, cube, bound, *, origin=(0, 0), result=None, model=None, samples=None,
+                 solver=None):
         self.maps = maps
         self.units = dict(units)
         self.cube = cube
@@ -104,6 +107,7 @@ class ViewerData:
         self.result = result
         self.model = model if model is not None else bound.model
         self.samples = None if samples is None else Path(samples)
+        self.solver = solver
         self.map_names = map_order(maps)
         self._profiles = None
         ny, nx = self.shape
@@ -116,8 +120,10 @@ class ViewerData:
     def from_result(cls, result, cube, *, samples=None) -> ViewerData:
         """Viewer data of a :class:`~lucijax.FitResult` or :class:`~lucijax.PosteriorResult`
         (its ``samples_path`` is used when ``samples`` is not given) and its cube (path or
-        open cube: the whole file the result's ``region`` refers to)."""
+        open cube: the whole file the result's ``region`` refers to). Box fits use the
+        result's model and, for a MAP or multi-component fit, its solver."""
         from lucijax.api import open_cube
+        from lucijax.solvers import MAP, Components
 
         c = cube if hasattr(cube, "read_spectra") else open_cube(cube)
         if result.region is not None:
@@ -129,7 +135,9 @@ class ViewerData:
                              "the viewer shows fits of the cube's own pixels")
         if samples is None:
             samples = getattr(result, "samples_path", None)
-        return cls(result.maps, result.units, c, result.bound, origin=origin, result=result, samples=samples)
+        solver = getattr(getattr(result, "fit", None) or result, "solver", None)
+        return cls(result.maps, result.units, c, result.bound, origin=origin, result=result, samples=samples,
+                   solver=solver if isinstance(solver, (MAP, Components)) else None)
 
     @classmethod
     def from_files(cls, maps_path, cube, *, samples=None, window=None) -> ViewerData:
@@ -254,7 +262,8 @@ class ViewerData:
 
     def fit_box(self, x0: int, x1: int, y0: int, y1: int, *, combine: str = "sum", solver=None) -> dict:
         """Fit the integrated spectrum of map pixels ``x0 <= x < x1``, ``y0 <= y < y1``
-        (:func:`lucijax.views.integrate` then :func:`lucijax.fit` with the viewer's model).
+        (:func:`lucijax.views.integrate` then :func:`lucijax.fit` with the viewer's model and
+        ``solver``, default the viewer's).
 
         Returns
         -------
@@ -274,7 +283,7 @@ class ViewerData:
         ox, oy = self.origin
         cube_box = (ox + x0, ox + x1, oy + y0, oy + y1)
         spec = integrate(self.cube, region=cube_box, combine=combine)
-        result = fit(spec, self.model, solver, execution=Execution(progress=False))
+        result = fit(spec, self.model, solver or self.solver, execution=Execution(progress=False))
         bound = result.bound
         data = np.asarray(spec.read_spectra(0, 1, 0, 1))[0, 0][bound.window].astype(np.float64)
         axis, model = result.model_spectrum(0, 0)
