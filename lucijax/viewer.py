@@ -331,7 +331,7 @@ class Viewer:
     # ------------------------------------------------------------------ the document
     def app(self, doc) -> None:
         """Build the viewer in Bokeh document ``doc`` (a Bokeh server's or a notebook's)."""
-        from bokeh.events import Tap
+        from bokeh.events import DoubleTap, Tap
         from bokeh.layouts import column, row
         from bokeh.models import (
             BoxSelectTool,
@@ -450,6 +450,7 @@ class Viewer:
 
         chooser.on_change("value", choose)
         fig.on_event(Tap, tap)
+        fig.on_event(DoubleTap, tap)  # two quick clicks (on two pixels) make a double tap
         grid.selected.on_change("indices", selected)
         doc.add_root(row(column(chooser, fig, info, pfig), column(sfig, rfig, bfig, box_info), name="viewer"))
         doc.title = "lucijax viewer"

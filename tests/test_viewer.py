@@ -195,6 +195,13 @@ def test_the_page_in_headless_chromium_shows_a_clicked_pixel(fitted, tmp_path):
                                    str(samples), "--port", str(port), "--no-browser"], stdout=log, stderr=subprocess.STDOUT,
                                   env=env)
     driver = None
+
+    def click(x, y):  # a real click, as the browser's input, on map pixel (x, y)
+        px, py = driver.execute_script(_WHERE, "map", x, y)[:2]
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            driver.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": kind, "x": px, "y": py, "button": "left",
+                                                                "clickCount": 1})
+
     try:
         def up():
             assert server.poll() is None, (tmp_path / "server.log").read_text()
@@ -209,10 +216,7 @@ def test_the_page_in_headless_chromium_shows_a_clicked_pixel(fitted, tmp_path):
         cx, cy, cw, ch = driver.execute_script(_WHERE, "spectrum", 0, 0)[2:]
         before = _png(driver.get_screenshot_as_png())
         x, y = 3, 5
-        px, py = driver.execute_script(_WHERE, "map", x, y)[:2]
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):  # a real click, as the browser's input
-            driver.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": kind, "x": px, "y": py, "button": "left",
-                                                                "clickCount": 1})
+        click(x, y)
         _wait(lambda: driver.execute_script(_SOURCE, "spectrum_source")["data"], 120, "the clicked pixel's spectrum")
         spec = driver.execute_script(_SOURCE, "spectrum_source")
         np.testing.assert_allclose(spec["data"], cube.data[x, y, fit.bound.window], rtol=1e-6)
@@ -232,6 +236,13 @@ def test_the_page_in_headless_chromium_shows_a_clicked_pixel(fitted, tmp_path):
         crimson = (np.abs(a[..., 0] - 220) < 40) & (a[..., 1] < 80) & (np.abs(a[..., 2] - 60) < 50)
         assert crimson.sum() > 50, "no model line (crimson) drawn in the spectrum panel"
         assert a.std() > 10 and b.std() < a.std()
+        # two quick clicks on two pixels (a double tap to the browser) show the second pixel
+        click(6, 1)
+        click(2, 6)
+        _wait(lambda: "pixel (2, 6)" in driver.execute_script(
+            "return Bokeh.documents[0].get_model_by_name('pixel_info').text"), 60, "the second pixel")
+        spec = driver.execute_script(_SOURCE, "spectrum_source")
+        np.testing.assert_allclose(spec["data"], cube.data[2, 6, fit.bound.window], rtol=1e-6)
     finally:
         if driver is not None:
             driver.quit()
