@@ -42,6 +42,7 @@ _PUBLIC = {
     "physics_maps": "lucijax.nebular",
     "narrowband": "lucijax.tools.narrowband",
     "map_pixels": "lucijax.engine",
+    "view": "lucijax.viewer",
     # results
     "FitResult": "lucijax.results",
     "PosteriorResult": "lucijax.results",

@@ -499,6 +499,21 @@ def cmd_physics(args) -> int:
     return 0
 
 
+def cmd_view(args) -> int:
+    from lucijax.viewer import serve
+
+    for path, what in ((args.maps, "maps.fits written by lucijax fit"), (args.cube, "the cube of the fit"),
+                       (args.samples, "--bayes-samples file")):
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such file (give the {what})")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: give 0..65535 (0: a free port)")
+    window = _range(args.window, "window") if args.window else None
+    serve(args.maps, args.cube, port=args.port, browser=not args.no_browser, samples=args.samples,
+          initial=args.map, window=window)
+    return 0
+
+
 # ------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     from lucijax import __version__
@@ -670,6 +685,17 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--no-plot", action="store_true", help="do not write physics.png")
     ph.set_defaults(func=cmd_physics)
+
+    vw = sub.add_parser("view", help="interactive viewer in the browser: click a pixel for its spectrum, model, "
+                        "residual and posterior; box-select to fit an integrated spectrum (needs lucijax[view])")
+    vw.add_argument("maps", help="maps.fits written by lucijax fit (of the cube's own pixels: not binned)")
+    vw.add_argument("--cube", required=True, help="the cube that was fitted (the whole file)")
+    vw.add_argument("--samples", metavar="FILE.h5", help="posterior draws of the same fit (lucijax fit --bayes-samples)")
+    vw.add_argument("--map", help="map shown first (default: the first line's flux)")
+    vw.add_argument("--window", metavar="SMIN:SMAX", help="the fit window in cm-1, if the fit was given --window")
+    vw.add_argument("--port", type=int, default=5006, help="local port (default 5006; 0: a free one)")
+    vw.add_argument("--no-browser", action="store_true", help="do not open a browser (print the address only)")
+    vw.set_defaults(func=cmd_view)
 
     pl = sub.add_parser("plot", help="plot maps of a maps.fits file")
     pl.add_argument("maps", help="maps.fits written by lucijax fit")
