@@ -33,8 +33,10 @@ CASES = {
                       broadening_range_kms=(100.0, 300.0)),
     "SN2": dict(filter_name="SN2", lines=("OIII5007", "OIII4959", "Hbeta")),
     "SN2-broad": dict(filter_name="SN2", lines=("OIII5007", "OIII4959", "Hbeta"), broadening_range_kms=(100.0, 300.0)),
-    "SN1": dict(filter_name="SN1", lines=("OII3726", "OII3729")),
-    "SN1-broad": dict(filter_name="SN1", lines=("OII3726", "OII3729"), broadening_range_kms=(100.0, 300.0)),
+    # [OII]3729/3726 between its high- and low-density limits (~0.35-1.5)
+    "SN1": dict(filter_name="SN1", lines=("OII3726", "OII3729"), ratio_ranges={"OII3729": (0.35, 1.5)}),
+    "SN1-broad": dict(filter_name="SN1", lines=("OII3726", "OII3729"), ratio_ranges={"OII3729": (0.35, 1.5)},
+                      broadening_range_kms=(100.0, 300.0)),
 }
 
 
@@ -106,6 +108,8 @@ def run_case(name, size, seed, out):
     row["flux scatter/CRB snr>=10"] = float(robust_std((flux[s] - flux_true[s]) / flux_crb[s]))
     row["flux pull std snr>=10"] = float(robust_std((flux[s] - flux_true[s]) / ferr[s]))
     row["STATUS 0"] = float(np.mean(res.maps["STATUS"] == 0))
+    codes, counts = np.unique(res.maps["STATUS"], return_counts=True)
+    row["status counts"] = " ".join(f"{int(c)}:{int(k)}" for c, k in zip(codes, counts))
     return row
 
 

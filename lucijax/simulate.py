@@ -152,6 +152,7 @@ def make_cube(
     broadening_kms=None,
     line_fluxes_cm1=None,
     header_overrides=None,
+    ratio_ranges=None,
 ) -> SyntheticCube:
     """A synthetic cube with random kinematics per pixel and known truth.
 
@@ -163,6 +164,9 @@ def make_cube(
     the truth fluxes (``*_FLUX_CM1``) are in the observed frame.
 
     Given fields replace the random draws (``[x, y]`` arrays): ``velocity_kms`` and
+    ``ratio_ranges`` (line name -> (lo, hi)) replaces the uniform range of a line's flux
+    ratio to the first line (e.g. ``{"OII3729": (0.35, 1.5)}``, the density-sensitive doublet).
+
     ``broadening_kms`` (every kinematic group), ``line_fluxes_cm1`` (line name -> observed
     flux of each primary line in cm^-1 units; tied lines follow their primary).
     ``header_overrides`` updates the header (e.g. another pointing: ``CRVAL1``, ``CDELT1``).
@@ -199,6 +203,8 @@ def make_cube(
             flux_ratio[:, i] = rng.uniform(0.05, 0.3, n)
         elif i > 0:
             flux_ratio[:, i] = rng.uniform(0.1, 0.5, n)
+        if ratio_ranges and name in ratio_ranges and i > 0:
+            flux_ratio[:, i] = rng.uniform(*ratio_ranges[name], n)
     ratio_cm1 = line_set.flux_ratio_cm1()
     for dep, prim, _ in line_set.ties:  # tied lines follow their primary, as in the model
         flux_ratio[:, dep] = ratio_cm1[dep] * flux_ratio[:, prim]
