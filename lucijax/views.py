@@ -8,6 +8,7 @@ another view) and returns a cube that :func:`lucijax.fit` fits like a file.
 
     cube = lj.open_cube("M31_SN3.hdf5")
     sky = views.background_spectrum(cube, "sky.reg")            # per-pixel median spectrum
+    bkg = views.background_pca(cube, "sky.reg", 4)               # or fit a varying sky: Model(background=bkg)
     v = views.subtract_background(views.region(cube, (800, 1056, 900, 1156)), sky)
     v = views.bin(v, 3)                                          # 3 x 3 bins, flux conserving
     fit = lj.fit(v, lj.Model(["Halpha", "NII6583", "NII6548"]))
@@ -40,6 +41,7 @@ from lucijax.io.views import (
     RegionsCube,
     VoronoiBinning,
     VoronoiCube,
+    background_pca,
     background_spectrum,
     integrated_spectrum,
     regions_spectra,
@@ -170,6 +172,6 @@ def voronoi(cube, target_snr: float, *, region=None, mask=None, combine: str = "
     return voronoi_cube(cube, binning, combine=combine, background=background)
 
 
-__all__ = ["region", "mask", "select", "bin", "subtract_background", "background_spectrum", "integrate",
+__all__ = ["region", "mask", "select", "bin", "subtract_background", "background_spectrum", "background_pca", "integrate",
            "integrate_regions", "voronoi", "unbin", "Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning",
            "RegionsCube", "regions_spectra", "voronoi_binning", "voronoi_cube", "COMBINE"]
