@@ -39,16 +39,16 @@ def sky_cube():
     c = make_sky_cube(16, 16, seed=2)
     sky = np.zeros((16, 16), bool)  # [y, x]
     sky[:, :5] = True
-    return c, MemoryCube.from_synthetic(c), sky
+    cube = MemoryCube.from_synthetic(c)
+    return c, cube, sky, views.background_pca(cube, sky, K)
 
 
 @pytest.fixture(scope="module")
 def fits(sky_cube):
-    c, cube, sky = sky_cube
+    c, cube, sky, bkg = sky_cube
     obj = c.truth["OBJECT"]
     ex = lucijax.Execution(progress=False)
     solver = lucijax.MAP(start="matched", ambiguity_chi2=None)
-    bkg = views.background_pca(cube, sky, K)
     pca = lucijax.fit(cube, lucijax.Model(LINES, background=bkg), solver, mask=obj, execution=ex)
     mean = views.background_spectrum(cube, sky, "mean")
     single = lucijax.fit(views.subtract_background(cube, mean), lucijax.Model(LINES), solver, mask=obj, execution=ex)
@@ -65,8 +65,7 @@ def _pulls(result, c, name):
 
 
 def test_background_pca_against_numpy(sky_cube):
-    c, cube, sky = sky_cube
-    bkg = views.background_pca(cube, sky, K)
+    c, _, sky, bkg = sky_cube
     assert bkg.spectra.shape == (K, c.data.shape[2])
     spectra = c.data.transpose(1, 0, 2)[sky].astype(np.float64)  # [y, x] mask on [x, y] data
     np.testing.assert_allclose(bkg.spectra[0], spectra.mean(axis=0), rtol=1e-9, atol=1e-9)
@@ -80,7 +79,8 @@ def test_background_pca_against_numpy(sky_cube):
     c1, *_ = np.linalg.lstsq(one, spectra.T, rcond=None)
     assert (spectra.T - one @ c1).std() > 1.15
     # equal by content; a model with it binds once per content
-    assert views.background_pca(cube, sky, K) == bkg and hash(views.background_pca(cube, sky, K)) == hash(bkg)
+    same = lucijax.Background(bkg.spectra.copy())
+    assert same == bkg and hash(same) == hash(bkg) and lucijax.Background(bkg.spectra[:2]) != bkg
     assert "sha256" in repr(lucijax.Model(LINES, background=bkg))
 
 
@@ -127,7 +127,7 @@ def test_background_is_a_part_of_the_model(fits, sky_cube):
 
 
 def test_background_options_are_checked(sky_cube):
-    _, cube, sky = sky_cube
+    _, cube, sky, _ = sky_cube
     with pytest.raises(ValueError, match="between 1 and 20"):
         views.background_pca(cube, sky, 0)
     with pytest.raises(ValueError, match="channels"):
