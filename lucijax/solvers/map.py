@@ -22,8 +22,8 @@ from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, ScaledCovariance, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.noise import adopt_noise
-from lucijax.solvers.start import (absorption_start, diff_noise2, running_median, grid_score, maps_start, network_start, projected_rss,
-                                   second_solution, start_inputs, start_templates, start_velocity)
+from lucijax.solvers.start import (absorption_start, diff_noise2, grid_score, maps_start, network_start, projected_rss,
+                                   running_median, second_solution, start_inputs, start_templates, start_velocity)
 from lucijax.status import GOOD, Status
 
 log = logging.getLogger(__name__)
