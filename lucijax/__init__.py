@@ -23,6 +23,7 @@ __version__ = "0.2.0"
 _PUBLIC = {
     # what to fit, how, where
     "Model": "lucijax.description",
+    "Background": "lucijax.description",
     "MAP": "lucijax.solvers",
     "Frozen": "lucijax.solvers",
     "Components": "lucijax.solvers",

@@ -171,6 +171,8 @@ def sample(cube, fit: FitResult, sampler=None, *, execution: Execution | None = 
     sampler = sampler if sampler is not None else MH()
     if not isinstance(fit.solver, MAP):
         raise ValueError(f"posteriors start from a one-component MAP fit, not from a {type(fit.solver).__name__} fit")
+    if fit.bound.line_set.absorption:
+        raise ValueError("posteriors of fits with absorption lines are not supported yet: use the MAP fit's errors")
     ex = execution or Execution()
     with _opened(cube) as c:
         view = _fitted_view(c, fit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -53,7 +54,10 @@ def build_model(args):
         redshift=args.redshift, flambda_weights=False if args.uniform_weights else None,
         noise_window=_range(args.noise_window, "noise window") if args.noise_window else None,
         velocity_range=_range(args.velocity_range, "velocity range") if args.velocity_range else None,
-        broadening_range=_range(args.broadening_range, "broadening range") if args.broadening_range else None))
+        broadening_range=_range(args.broadening_range, "broadening range") if args.broadening_range else None,
+        absorption=tuple(args.absorption) if args.absorption else None,
+        absorption_broadening_range=(_range(args.absorption_broadening_range, "absorption broadening range")
+                                     if args.absorption_broadening_range else None)))
 
 
 def _ambiguity(args) -> dict:
@@ -165,6 +169,11 @@ def check_view_options(args) -> None:
                                       ("--integrated", args.integrated), ("--regions", args.regions)) if given]
     if len(modes) > 1:
         raise ValueError(f"choose one of --bin, --voronoi-snr, --integrated and --regions (got {' and '.join(modes)})")
+    if args.background_pca and args.background_region:
+        raise ValueError("give --background-region (one subtracted spectrum) or --background-pca (a background "
+                         "fitted in every pixel), not both")
+    if args.background_pca and not 1 <= args.background_components <= 20:
+        raise ValueError(f"--background-components must be between 1 and 20, got {args.background_components}")
     if args.bin is not None and args.bin < 1:
         raise ValueError(f"--bin must be >= 1, got {args.bin}")
     if args.regions:
@@ -312,6 +321,10 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
     # one run at a time per output folder (released even after kill -9)
     with folder_lock(out, ".lucijax.lock") or contextlib.nullcontext(), open_cube(args.input) as cube:
         prep = build_view(args, cube)
+        if args.background_pca:
+            bkg = lucijax.views.background_pca(cube, args.background_pca, args.background_components)
+            model = dataclasses.replace(model, background=bkg)
+            prep.notes.append(f"background: {bkg.source}, fitted in every pixel")
         result = lucijax.fit(prep.view, model, solver, execution=execution)
         if sampler is not None:
             ex = build_execution(args, None if ckpt is None else str(ckpt / "sample"))
@@ -551,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="velocities searched and bounds, km/s (default {:g}:{:g})".format(*m.velocity_range))
     g.add_argument("--broadening-range", metavar="BMIN:BMAX",
                    help="broadening bounds, km/s (default {:g}:{:g})".format(*m.broadening_range))
+    g.add_argument("--absorption", nargs="+", metavar="LINE",
+                   help="also fit these lines in absorption (e.g. Halpha: stellar Balmer absorption under the "
+                        "emission), in one kinematic group of their own, amplitudes <= 0: maps {LINE}_ABS_FLUX, ...")
+    g.add_argument("--absorption-broadening-range", metavar="BMIN:BMAX",
+                   help="broadening bounds of the absorption lines, km/s (default {:g}:{:g})".format(
+                       *m.absorption_broadening_range))
 
     r = f.add_argument_group("region and views")
     r.add_argument("--region", metavar="X0:X1,Y0:Y1", help="pixel box (0-based, end excluded; default the whole cube)")
@@ -568,6 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --bin / --voronoi-snr / --regions combine pixels")
     r.add_argument("--background-region", help="subtract the background spectrum of this region (.reg, .fits, x0:x1,y0:y1)")
     r.add_argument("--background-statistic", default="median", choices=["median", "mean"])
+    r.add_argument("--background-pca", metavar="REGION",
+                   help="fit a background in every pixel: the mean and principal components of this sky region's "
+                        "spectra (.reg, .fits, x0:x1,y0:y1), with free coefficients per pixel (a sky that varies "
+                        "across the field); instead of --background-region")
+    r.add_argument("--background-components", type=int, default=4, metavar="K",
+                   help="background spectra of --background-pca, the mean included (default 4)")
 
     n = f.add_argument_group("noise")
     n.add_argument("--noise-window", metavar="SMIN:SMAX",

@@ -21,7 +21,7 @@ import numpy as np
 from lucijax.model import LineModel, ModelSpec, SpectralGrid, channel_weights
 from lucijax.physics import instrument
 from lucijax.physics.lineshapes import MODELS
-from lucijax.physics.lines import LineSet, join_line_sets, make_line_set, sky_line_set
+from lucijax.physics.lines import LineSet, absorption_line_set, join_line_sets, make_line_set, sky_line_set
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,49 @@ def parse_range(text, what: str, unit: str = "cm-1", example: str = "14700:15400
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"{what} {lo:g}:{hi:g}: the first value must be smaller than the second")
     return lo, hi
+
+
+class Background:
+    """Background spectra fitted in every pixel with free coefficients: extra linear
+    columns of the model beside the continuum, e.g. the mean and principal components of a
+    sky region's spectra (:func:`lucijax.views.background_pca`), for a sky that varies across
+    the field where one subtracted spectrum leaves residuals.
+
+    Parameters
+    ----------
+    spectra : (K, n_channels) array
+        The background spectra on the cube's whole spectral axis (NaN channels count as 0).
+    source : str
+        What they were made from (for the records).
+
+    Equal (and hashed) by content: two models with the same spectra bind to one line model.
+    """
+
+    def __init__(self, spectra, source: str = ""):
+        arr = np.atleast_2d(np.asarray(spectra, np.float64))
+        if arr.ndim != 2 or arr.shape[1] < 10:
+            raise ValueError(f"background spectra must be an array (K, n_channels), got shape {np.shape(spectra)}")
+        arr = np.where(np.isfinite(arr), arr, 0.0)
+        if not np.all(np.any(arr != 0.0, axis=1)):
+            raise ValueError("a background spectrum is zero (or not finite) in every channel")
+        arr.setflags(write=False)
+        self.spectra = arr
+        self.source = str(source)
+        self.digest = hashlib.sha256(arr.tobytes()).hexdigest()[:16]
+
+    @property
+    def n_components(self) -> int:
+        return int(self.spectra.shape[0])
+
+    def __eq__(self, other):
+        return isinstance(other, Background) and other.digest == self.digest
+
+    def __hash__(self):
+        return hash(self.digest)
+
+    def __repr__(self):
+        return (f"Background({self.n_components} spectra x {self.spectra.shape[1]} channels, "
+                f"sha256 {self.digest}" + (f", from {self.source}" if self.source else "") + ")")
 
 
 @dataclass(frozen=True)
@@ -86,6 +129,18 @@ class Model:
         broad prior of the samplers.
     broadening_range : (bmin, bmax)
         Bounds of the Gaussian broadening (km/s).
+    absorption : tuple of str
+        Catalogue lines to fit also in absorption (e.g. ``('Halpha',)``: the Balmer
+        absorption of the stars under the Halpha emission): a copy of each, named
+        ``{LINE}_ABS`` (maps ``HALPHA_ABS_FLUX``, ...), with a negative amplitude and flux,
+        all in one extra kinematic group (the stars' velocity and broadening). The
+        emission lines keep their own maps: the two components are separate.
+    absorption_broadening_range : (bmin, bmax)
+        Bounds of the absorption group's broadening (km/s; a stellar Balmer line is a few
+        hundred km/s wide); the fit starts at their geometric mean.
+    background : Background, optional
+        Background spectra fitted in every pixel with free coefficients
+        (:func:`lucijax.views.background_pca`: a sky region's mean and principal components).
     """
 
     lines: tuple[str, ...] = ()
@@ -102,6 +157,9 @@ class Model:
     noise_window: tuple[float, float] | None = None
     velocity_range: tuple[float, float] = (-600.0, 600.0)
     broadening_range: tuple[float, float] = (0.0, 300.0)
+    absorption: tuple[str, ...] = ()
+    absorption_broadening_range: tuple[float, float] = (50.0, 1000.0)
+    background: Background | None = None
 
     def __post_init__(self):
         def put(name, value):
@@ -128,6 +186,18 @@ class Model:
         put("redshift", float(self.redshift))
         if not (np.isfinite(self.redshift) and self.redshift > -1.0):
             raise ValueError(f"redshift must be > -1, got {self.redshift}")
+        absorption = (self.absorption,) if isinstance(self.absorption, str) else tuple(self.absorption or ())
+        put("absorption", tuple(str(v) for v in absorption))
+        put("absorption_broadening_range", parse_range(self.absorption_broadening_range, "absorption broadening range",
+                                                       "km/s", "50:1000"))
+        if self.absorption:
+            absorption_line_set(self.absorption)  # validates the names
+            if self.profile == "sinc":
+                raise ValueError("absorption lines need a profile with a broadening (sincgauss or gaussian), not sinc")
+            if self.absorption_broadening_range[0] < 0:
+                raise ValueError("absorption broadening range: a broadening is a Gaussian standard deviation, >= 0")
+        if self.background is not None and not isinstance(self.background, Background):
+            put("background", Background(self.background))
         put("continuum_order", int(self.continuum_order))
         put("continuum_spline", int(self.continuum_spline))
         ModelSpec(make_line_set(["Halpha"]), self.profile, self.continuum_order, self.continuum_spline)  # validates
@@ -141,8 +211,11 @@ class Model:
             ls = sky_line_set(self.sky_lines, band_cm1, fwhm_cm1)
             if self.lines:  # emission lines in front of the sky: their own groups after the sky's
                 ls = join_line_sets(ls, make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii))
-            return ls
-        return make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii)
+        else:
+            ls = make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii)
+        if self.absorption:  # absorption copies in one group of their own, after the emission lines
+            ls = join_line_sets(ls, absorption_line_set(self.absorption))
+        return ls
 
     def bind(self, header) -> BoundModel:
         """The model on a cube's spectral axis (``header``: a
@@ -350,10 +423,18 @@ def bind(model: Model, header) -> BoundModel:
                 f"line {name} ({rest_nm} nm, expected at {pos:.1f} cm-1 for redshift {z}) falls outside "
                 f"the fit window {lo_obs:.1f}-{hi_obs:.1f} cm-1"
                 + (f" of filter {header.filter_name}" if header.filter_name and model.window is None else ""))
-    spec = ModelSpec(line_set, model.profile, model.continuum_order, model.continuum_spline)
+    background = None
+    if model.background is not None:
+        n_axis = len(header.axis_cm1)
+        if model.background.spectra.shape[1] != n_axis:
+            raise ValueError(f"the background spectra have {model.background.spectra.shape[1]} channels, the cube's "
+                             f"axis {n_axis}: make them from this cube (lucijax.views.background_pca)")
+        background = np.ascontiguousarray(model.background.spectra[:, window].T)
+    spec = ModelSpec(line_set, model.profile, model.continuum_order, model.continuum_spline,
+                     0 if background is None else background.shape[1])
     axis_rest = axis_obs * (1.0 + z)
     ref = float(np.mean(axis_rest))
-    grid = SpectralGrid(axis_rest - ref, ref, z, noise_shape)
+    grid = SpectralGrid(axis_rest - ref, ref, z, noise_shape, background)
     bound = BoundModel(model, spec, grid, LineModel(spec, grid), window, typical_fwhm, header.flux_unit,
                        header.filter_name, noise_channels, noise_weight, key)
     if len(_BOUND) >= _MAX_BOUND:
@@ -362,4 +443,4 @@ def bind(model: Model, header) -> BoundModel:
     return bound
 
 
-__all__ = ["Model", "BoundModel", "bind", "pixel_fwhm_cm1", "window_noise", "MIN_NOISE_CHANNELS", "window_channels", "parse_range", "LineOutsideWindowError"]
+__all__ = ["Model", "Background", "BoundModel", "bind", "pixel_fwhm_cm1", "window_noise", "MIN_NOISE_CHANNELS", "window_channels", "parse_range", "LineOutsideWindowError"]

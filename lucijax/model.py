@@ -3,8 +3,11 @@
 The model is ``y(x) = sum_j alpha_j column_j(x; theta)``, linear in the amplitudes and
 continuum coefficients ``alpha`` and non-linear in ``theta`` = (velocity, broadening) of
 each kinematic group. ``column_j`` is the unit-amplitude profile of primary line ``j``
-plus its tied lines (flux ratios fixed), then the continuum basis (polynomials, or a cubic
-B-spline for continua with structure: starlight, filter-edge calibration).
+plus its tied lines (flux ratios fixed; the negative profile for an absorption line, so that
+every amplitude parameter is >= 0), then the continuum basis (polynomials, or a cubic
+B-spline for continua with structure: starlight, filter-edge calibration), then the
+background components, if any (spectra of a sky region: its mean and principal components,
+fitted per pixel with free coefficients; :mod:`lucijax.io.background`).
 
 Everything here is for ONE spectrum, in float32 ``jax.numpy``; the fit vectorises it.
 Wavenumbers are handled relative to a reference ``ref_cm1`` near the band centre so that
@@ -38,12 +41,16 @@ class ModelSpec:
         0: the continuum is the polynomial of ``continuum_order``. N > 0: a cubic B-spline
         with N equal intervals over the fit window (N + 3 coefficients), for continua with
         structure on scales of the window / N; ``continuum_order`` must then be 0.
+    background_components : int
+        Background spectra (columns of :attr:`SpectralGrid.background`) fitted per pixel
+        with free coefficients after the continuum; 0: none.
     """
 
     line_set: LineSet
     shape: str = "sincgauss"
     continuum_order: int = 0
     continuum_spline: int = 0
+    background_components: int = 0
 
     def __post_init__(self):
         get_model(self.shape)  # validates the name
@@ -77,8 +84,13 @@ class ModelSpec:
         return self.continuum_spline + 3 if self.continuum_spline else self.continuum_order + 1
 
     @property
+    def n_background(self) -> int:
+        """Background coefficients (after the continuum's)."""
+        return int(self.background_components)
+
+    @property
     def n_linear(self) -> int:
-        return self.n_amplitudes + self.n_continuum
+        return self.n_amplitudes + self.n_continuum + self.n_background
 
 
 @dataclass(frozen=True)
@@ -87,13 +99,15 @@ class SpectralGrid:
 
     ``axis_rel_cm1 = axis * (1 + z) - ref_cm1`` for the channels inside the window;
     ``noise_shape``: relative noise std of those channels (None: flat noise; see
-    :meth:`lucijax.io.header.CubeHeader.noise_shape`).
+    :meth:`lucijax.io.header.CubeHeader.noise_shape`); ``background``: background spectra
+    on those channels, shape (n_channels, K) (None: no background columns).
     """
 
     axis_rel_cm1: np.ndarray
     ref_cm1: float
     redshift: float = 0.0
     noise_shape: np.ndarray | None = None
+    background: np.ndarray | None = None
 
     @property
     def n_channels(self) -> int:
@@ -162,6 +176,8 @@ class LineModel:
         self.profile_fn, self.flux_fn, _ = get_model(spec.shape)
         self.rest_cm1 = jnp.asarray(ls.rest_cm1, jnp.float32)
         self.rest_rel_cm1 = jnp.asarray(ls.rest_cm1 - grid.ref_cm1, jnp.float32)
+        #: -1 for absorption lines, +1 for emission (None: emission lines only)
+        self.line_sign = jnp.asarray(ls.line_sign(), jnp.float32) if ls.absorption else None
         self.group = np.asarray(ls.groups, np.int32)
         # ordered components: group velocities = T @ velocity parameters (None: identity)
         self.velocity_matrix = jnp.asarray(ls.velocity_matrix(), jnp.float32) if ls.velocity_chain else None
@@ -183,6 +199,18 @@ class LineModel:
         #: weights of the continuum coefficients that give the continuum at the window centre
         self.continuum_centre = jnp.asarray(
             continuum_basis(np.zeros(1), spec.continuum_order, spec.continuum_spline)[0], jnp.float32)
+        #: background columns (n_channels, K), or None
+        self.background_basis = None
+        n_bg = 0 if grid.background is None else np.shape(grid.background)[1]
+        if n_bg != spec.n_background or (grid.background is not None and np.shape(grid.background)[0] != grid.n_channels):
+            raise ValueError(f"the grid holds {n_bg} background spectra, the model {spec.n_background}")
+        #: orthonormal basis (n_channels, K) of the background columns, for :meth:`without_background`
+        self.background_q = None
+        if spec.n_background:
+            bg = np.nan_to_num(np.asarray(grid.background, np.float64))
+            self.background_basis = jnp.asarray(bg, jnp.float32)
+            u, s, _ = np.linalg.svd(bg, full_matrices=False)
+            self.background_q = jnp.asarray(u[:, s > s[0] * 1e-6], jnp.float32)
 
     # -- parameters --------------------------------------------------------------
     def split_theta(self, theta):
@@ -219,9 +247,11 @@ class LineModel:
 
     def line_coefficients(self, theta, fwhm_cm1):
         """Amplitude of each line per unit of its column's amplitude parameter
-        (1 for primaries; ratio * fluxunit(primary)/fluxunit(line) for tied lines)."""
+        (1 for primaries; ratio * fluxunit(primary)/fluxunit(line) for tied lines; negative
+        for absorption lines)."""
         fu = self.unit_fluxes(theta, fwhm_cm1)
-        return jnp.where(self.is_primary, 1.0, self.flux_ratio * fu[self.primary_of] / fu)
+        coef = jnp.where(self.is_primary, 1.0, self.flux_ratio * fu[self.primary_of] / fu)
+        return coef if self.line_sign is None else coef * self.line_sign
 
     def line_profiles(self, theta, fwhm_cm1):
         """Unit-peak profile of every line on the grid, shape (n_channels, n_lines)."""
@@ -236,11 +266,22 @@ class LineModel:
         prof = self.line_profiles(theta, fwhm_cm1) * self.line_coefficients(theta, fwhm_cm1)
         # each column sums its lines (explicit adds: a tiny matmul per pixel is slower on CPU)
         lines = [sum(prof[:, i] for i in np.flatnonzero(self.column == j)) for j in range(self.spec.n_amplitudes)]
-        return jnp.concatenate([jnp.stack(lines, axis=1), self.continuum_basis], axis=1)
+        parts = [jnp.stack(lines, axis=1), self.continuum_basis]
+        if self.background_basis is not None:
+            parts.append(self.background_basis)
+        return jnp.concatenate(parts, axis=1)
 
     def spectrum(self, theta, alpha, fwhm_cm1):
         """Model spectrum on the grid."""
         return self.design_matrix(theta, fwhm_cm1) @ alpha
+
+    def without_background(self, y):
+        """``y`` (zeros in unusable channels) less its least-squares projection on the
+        background columns (``y`` itself without them): what the starts look at, so that
+        bright sky lines do not pull them."""
+        if self.background_q is None:
+            return y
+        return y - self.background_q @ (self.background_q.T @ y)
 
     def channel_mask(self, y):
         """(valid, weight) of the channels of a spectrum ``y`` (or of a batch: channels on
@@ -255,7 +296,19 @@ class LineModel:
 
     def continuum_at_centre(self, alpha):
         """Continuum at the window centre from the linear parameters ``alpha``."""
-        return alpha[self.spec.n_amplitudes:] @ self.continuum_centre
+        na = self.spec.n_amplitudes
+        return alpha[na:na + self.spec.n_continuum] @ self.continuum_centre
+
+    def continuum_spectrum(self, alpha):
+        """The continuum on the grid (without the background) from the linear parameters."""
+        na = self.spec.n_amplitudes
+        return self.continuum_basis @ alpha[na:na + self.spec.n_continuum]
+
+    def background_spectrum(self, alpha):
+        """The fitted background on the grid (zeros without background columns)."""
+        if self.background_basis is None:
+            return jnp.zeros(self.grid.n_channels, jnp.float32)
+        return self.background_basis @ alpha[self.spec.n_amplitudes + self.spec.n_continuum:]
 
     # -- derived quantities ---------------------------------------------------------
     def line_amplitudes(self, theta, alpha, fwhm_cm1):

@@ -481,3 +481,128 @@ def make_disk_cube(size: int = 48, seed: int = 42, *, lines=DEFAULT_LINES, model
     cube.truth["RADIUS"] = f["radius"]
     cube.truth["HII_FRACTION"] = f["hii_fraction"]
     return cube
+
+
+def _field(nx: int, ny: int, filter_name: str, calib_spread: float = 0.01):
+    """(header, axis cm^-1, calibration map [x, y], instrumental FWHM [x, y]) of a synthetic
+    field, as in :func:`make_cube`."""
+    header = filter_header(filter_name)
+    axis = header["axis_min"] + np.arange(header["step_nb"]) * header["axis_step"]
+    xs, ys = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
+    corr_orig = AXIS_CORR * (1.0 + calib_spread * (0.5 * (xs**2 + ys**2) - 0.5))
+    fwhm = instrument.sinc_fwhm_cm1(header["step"], header["step_nb"], header["zpd_index"], corr_orig)
+    return dict(header), axis, corr_orig * NM_LASER, fwhm
+
+
+def true_line_fluxes(line_set: LineSet, model: str, axis_cm1, fwhm_cm1, velocity_kms, broadening_kms, amplitudes):
+    """Flux (cm^-1 units, rest frame = observed for z = 0) of every line of a batch of pixels
+    with the parameters of :func:`render_spectra`, by the fit's own line model (negative
+    for absorption lines)."""
+    spec = ModelSpec(line_set, model, 0)
+    axis = np.asarray(axis_cm1, np.float64)
+    ref = float(np.mean(axis))
+    lm = LineModel(spec, SpectralGrid(axis - ref, ref))
+
+    def one(v, b, amp, fwhm):
+        theta = jnp.concatenate([v, b]) if spec.has_broadening else v
+        return lm.line_fluxes_cm1(theta, jnp.concatenate([amp, jnp.zeros(1)]), fwhm)
+
+    args = [np.asarray(a, np.float32) for a in (velocity_kms, broadening_kms, amplitudes, fwhm_cm1)]
+    return np.asarray(jax.jit(jax.vmap(one))(*args), np.float64)
+
+
+def make_absorption_cube(nx: int = 16, ny: int = 16, *, model: str = "sincgauss", filter_name: str = "SN3",
+                         noise: float = 1.0, continuum: float = 40.0, depth: float = 0.25,
+                         absorption_broadening_kms=(300.0, 500.0), emission_snr=(5.0, 30.0),
+                         emission_broadening_kms=(15.0, 50.0), seed: int = 0) -> SyntheticCube:
+    """A stellar continuum with a broad Balmer absorption under narrow Halpha + [NII] emission,
+    with known truth (item 4 of issue 21: ``Model(absorption=...)``).
+
+    Per pixel: continuum ``continuum`` x noise (flat), the Halpha absorption of peak depth
+    ``depth`` x continuum and Gaussian broadening uniform in ``absorption_broadening_kms``
+    at the stars' velocity (uniform +-150 km/s), and the emission (Halpha peak S/N
+    log-uniform in ``emission_snr``, [NII]6583/Halpha 0.2-0.6 in flux, [NII]6548 tied) at
+    the gas velocity (stars +- 50 km/s). Truth maps ``HALPHA_FLUX_CM1``,
+    ``NII6583_FLUX_CM1`` and ``HALPHA_ABS_FLUX_CM1`` (negative), ``VELOCITY``,
+    ``ABS_VELOCITY``, ``ABS_BROADENING``, ``CONTINUUM``; ``line_set`` is the fitted set
+    (emission lines, then ``Halpha_ABS``).
+    """
+    from lucijax.physics.lines import absorption_line_set, join_line_sets
+
+    rng = np.random.default_rng(seed)
+    ls = join_line_sets(make_line_set(["Halpha", "NII6583", "NII6548"]), absorption_line_set(["Halpha"]))
+    header, axis, calib_map, fwhm = _field(nx, ny, filter_name)
+    n = nx * ny
+    v_star = rng.uniform(-150.0, 150.0, n)
+    v_gas = v_star + rng.uniform(-50.0, 50.0, n)
+    velocity = np.stack([v_gas, v_star], axis=1)
+    broadening = np.stack([rng.uniform(*emission_broadening_kms, n), rng.uniform(*absorption_broadening_kms, n)], axis=1)
+    amp_ha = np.exp(rng.uniform(np.log(emission_snr[0]), np.log(emission_snr[1]), n)) * noise
+    # [NII]6583's peak from its flux ratio at its own (equal-width) profile: close to the ratio itself
+    amp_nii = amp_ha * rng.uniform(0.2, 0.6, n)
+    amp_abs = np.full(n, depth * continuum * noise)
+    amplitudes = np.stack([amp_ha, amp_nii, amp_abs], axis=1)
+    cont = np.full(n, continuum * noise)
+    clean = render_spectra(ls, model, axis, fwhm.reshape(n), velocity, broadening, amplitudes, cont)
+    data = (clean + rng.normal(0.0, noise, clean.shape)).reshape(nx, ny, -1)
+    flux = true_line_fluxes(ls, model, axis, fwhm.reshape(n), velocity, broadening, amplitudes)
+    truth = {"VELOCITY": v_gas.reshape(nx, ny).T, "ABS_VELOCITY": v_star.reshape(nx, ny).T,
+             "BROADENING": broadening[:, 0].reshape(nx, ny).T, "ABS_BROADENING": broadening[:, 1].reshape(nx, ny).T,
+             "CONTINUUM": cont.reshape(nx, ny).T, "NOISE": np.full((ny, nx), noise)}
+    for i, name in enumerate(ls.names):
+        truth[f"{name.upper()}_FLUX_CM1"] = flux[:, i].reshape(nx, ny).T
+    return SyntheticCube(data=data.astype(np.float32), attrs=header, calib_map=calib_map, axis_cm1=axis,
+                         fwhm_cm1=fwhm, truth=truth, line_set=ls, model=model)
+
+
+#: Sky lines of :func:`make_sky_cube` (air nm; OH lines of the SN3 band, two of them 1-2 nm
+#: from Halpha and [NII]6583) and their peaks relative to the first.
+SKY_LINES_NM = (649.85, 653.35, 655.36, 657.72, 661.84, 663.60)
+SKY_PEAKS = (1.0, 0.6, 1.2, 1.5, 0.8, 0.5)
+
+
+def make_sky_cube(nx: int = 16, ny: int = 16, *, model: str = "sincgauss", filter_name: str = "SN3",
+                  noise: float = 1.0, sky_peak: float = 30.0, sky_gradient: float = 0.6, sky_drift_kms: float = 12.0,
+                  object_snr=(8.0, 30.0), object_box=(8, 16, 4, 12), seed: int = 0) -> SyntheticCube:
+    """A sky whose lines brighten across the field and shift in velocity, under an object's
+    Halpha + [NII] emission, with known truth (item 5 of issue 21: a spatially varying
+    background).
+
+    Sky lines :data:`SKY_LINES_NM` (the first ``sky_peak`` x noise at peak) scaled by
+    ``1 + sky_gradient * X`` (X from 0 to 1 along x) and shifted by ``sky_drift_kms * Y``
+    (Y from -1 to 1 along y), with a sky continuum of 2 x noise, in every pixel; the
+    object (Halpha peak S/N log-uniform in ``object_snr``, [NII]6583/Halpha 0.2-0.6, at
+    +-100 km/s, broadening 10-40 km/s) fills ``object_box`` (x0, x1, y0, y1; end
+    excluded). Truth maps ``HALPHA_FLUX_CM1`` and ``NII6583_FLUX_CM1`` (0 outside the
+    object), ``OBJECT`` (bool), ``SKY_SCALE``, ``SKY_VELOCITY``; ``line_set`` is the
+    object's.
+    """
+    rng = np.random.default_rng(seed)
+    ls = make_line_set(["Halpha", "NII6583", "NII6548"])
+    sky = LineSet(tuple(f"SKY{i}" for i in range(len(SKY_LINES_NM))), tuple(SKY_LINES_NM), (0,) * len(SKY_LINES_NM))
+    header, axis, calib_map, fwhm = _field(nx, ny, filter_name)
+    n = nx * ny
+    X, Y = np.meshgrid(np.linspace(0.0, 1.0, nx), np.linspace(-1.0, 1.0, ny), indexing="ij")
+    scale = (1.0 + sky_gradient * X).reshape(n)
+    v_sky = (sky_drift_kms * Y).reshape(n)
+    sky_amp = scale[:, None] * sky_peak * noise * np.asarray(SKY_PEAKS)[None, :]
+    sky_spectra = render_spectra(sky, model, axis, fwhm.reshape(n), v_sky[:, None], np.full((n, 1), 5.0), sky_amp,
+                                 np.full(n, 2.0 * noise))
+    x0, x1, y0, y1 = object_box
+    inside = np.zeros((nx, ny), bool)
+    inside[x0:x1, y0:y1] = True
+    inside = inside.reshape(n)
+    velocity = rng.uniform(-100.0, 100.0, (n, 1))
+    broadening = rng.uniform(10.0, 40.0, (n, 1))
+    amp_ha = np.exp(rng.uniform(np.log(object_snr[0]), np.log(object_snr[1]), n)) * noise * inside
+    amplitudes = np.stack([amp_ha, amp_ha * rng.uniform(0.2, 0.6, n)], axis=1)
+    obj = render_spectra(ls, model, axis, fwhm.reshape(n), velocity, broadening, amplitudes, np.zeros(n))
+    data = (sky_spectra + obj + rng.normal(0.0, noise, obj.shape)).reshape(nx, ny, -1)
+    flux = true_line_fluxes(ls, model, axis, fwhm.reshape(n), velocity, broadening, amplitudes)
+    truth = {"OBJECT": inside.reshape(nx, ny).T, "SKY_SCALE": scale.reshape(nx, ny).T,
+             "SKY_VELOCITY": v_sky.reshape(nx, ny).T, "VELOCITY": velocity[:, 0].reshape(nx, ny).T,
+             "NOISE": np.full((ny, nx), noise)}
+    for i, name in enumerate(ls.names):
+        truth[f"{name.upper()}_FLUX_CM1"] = flux[:, i].reshape(nx, ny).T
+    return SyntheticCube(data=data.astype(np.float32), attrs=header, calib_map=calib_map, axis_cm1=axis,
+                         fwhm_cm1=fwhm, truth=truth, line_set=ls, model=model)

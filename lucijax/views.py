@@ -8,6 +8,7 @@ another view) and returns a cube that :func:`lucijax.fit` fits like a file.
 
     cube = lj.open_cube("M31_SN3.hdf5")
     sky = views.background_spectrum(cube, "sky.reg")            # per-pixel median spectrum
+    bkg = views.background_pca(cube, "sky.reg", 4)               # or fit a varying sky: Model(background=bkg)
     v = views.subtract_background(views.region(cube, (800, 1056, 900, 1156)), sky)
     v = views.bin(v, 3)                                          # 3 x 3 bins, flux conserving
     fit = lj.fit(v, lj.Model(["Halpha", "NII6583", "NII6548"]))
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lucijax.description import Background
+from lucijax.io.blocks import fold
 from lucijax.io.masks import (
     box_mask,
     ds9_region_masks,
@@ -109,6 +112,59 @@ def subtract_background(cube, background) -> BinnedCube:
     return BinnedCube(cube, 1, background=np.asarray(background, np.float64))
 
 
+def background_pca(cube, mask, n_components: int = 4, *, block: int = 64):
+    """Background spectra of a sky region to fit in every pixel (a
+    :class:`~lucijax.description.Background` for ``Model(background=...)``): the region's
+    mean spectrum per pixel, then its ``n_components - 1`` leading principal components.
+
+    Each pixel's background is then ``c_0 mean + c_1 pc_1 + ...`` with coefficients fitted
+    with the lines (free signs, errors propagated to the line fluxes): a sky whose lines
+    brighten, fade or shift across the field (airglow gradients, the calibration's velocity
+    drift) is followed pixel by pixel where one subtracted spectrum leaves residuals. The
+    components span the variations seen inside the region: pick a region that samples the
+    field (e.g. around the target), free of the target's own line emission, whose flux the
+    background would otherwise take; a star in it adds a component of its own.
+
+    Parameters
+    ----------
+    cube : SpectralCube
+    mask : bool [y, x] array, .reg/.fits file or 'x0:x1,y0:y1'
+        The sky region (at least ``n_components + 1`` pixels).
+    n_components : int
+        Background spectra, the mean included (1: the mean alone, with a fitted scale).
+
+    Returns
+    -------
+    Background
+        ``spectra`` (n_components, n_channels): the mean, then each principal component
+        scaled to its rms over the region (NaN channels count as 0).
+    """
+    k = int(n_components)
+    if not 1 <= k <= 20:
+        raise ValueError(f"background components must be between 1 and 20, got {n_components}")
+    nx, ny, nch = cube.shape
+    m = read_mask(mask, (ny, nx), cube.header.wcs)
+
+    def step(acc, b, spectra, calib):
+        y = np.nan_to_num(np.asarray(spectra, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        return acc[0] + y.shape[0], acc[1] + y.sum(axis=0), acc[2] + y.T @ y
+
+    n, s1, s2 = fold(cube, m, step, (0, np.zeros(nch), np.zeros((nch, nch))), block=block)
+    if n < k + 1:
+        raise ValueError(f"the background region holds {n} pixels: {k} components need at least {k + 1}")
+    mean = s1 / n
+    cov = (s2 - n * np.outer(mean, mean)) / max(n - 1, 1)
+    spectra = [mean]
+    if k > 1:
+        val, vec = np.linalg.eigh(cov)
+        order = np.argsort(val)[::-1][: k - 1]
+        for j in order:
+            pc = vec[:, j] * np.sqrt(max(val[j], 0.0))
+            spectra.append(pc if np.abs(pc).max() > 0 else vec[:, j])
+    source = mask if isinstance(mask, str) else f"{int(m.sum())} pixels"
+    return Background(np.stack(spectra), f"mean and {k - 1} principal components of {source} ({n} spectra)")
+
+
 def integrate(cube, mask=None, *, region=None, combine: str = "sum", background=None):
     """The summed (or mean) spectrum of ``mask`` (or ``region``, or the whole cube), as a
     one-spectrum cube (``is_single_spectrum``: its fit also writes ``fit.json``)."""
@@ -170,6 +226,6 @@ def voronoi(cube, target_snr: float, *, region=None, mask=None, combine: str = "
     return voronoi_cube(cube, binning, combine=combine, background=background)
 
 
-__all__ = ["region", "mask", "select", "bin", "subtract_background", "background_spectrum", "integrate",
+__all__ = ["region", "mask", "select", "bin", "subtract_background", "background_spectrum", "background_pca", "integrate",
            "integrate_regions", "voronoi", "unbin", "Cutout", "Masked", "BinnedCube", "VoronoiCube", "VoronoiBinning",
            "RegionsCube", "regions_spectra", "voronoi_binning", "voronoi_cube", "COMBINE"]

@@ -118,6 +118,10 @@ class LineSet:
         velocity of ``base_group`` (kinematic components ordered in velocity; see
         :mod:`lucijax.solvers.components`). Empty (default): every velocity parameter is the
         group's velocity itself.
+    absorption : tuple of int
+        Indices of absorption lines: their columns are the negative of the line profile,
+        so that a non-negative amplitude parameter (the depth) gives a negative amplitude
+        and flux (see :func:`absorption_line_set`). Empty (default): emission lines only.
     """
 
     names: tuple[str, ...]
@@ -125,6 +129,7 @@ class LineSet:
     groups: tuple[int, ...]
     ties: tuple[tuple[int, int, float], ...] = field(default=())
     velocity_chain: tuple[tuple[int, int], ...] = field(default=())
+    absorption: tuple[int, ...] = field(default=())
 
     def __post_init__(self):
         n = len(self.names)
@@ -152,6 +157,22 @@ class LineSet:
             if not (0 <= g < n_groups and 0 <= b < n_groups) or g == b:
                 raise ValueError(f"velocity chain ({g}, {b}) must link two different groups of 0..{n_groups - 1}")
         self.velocity_matrix()  # raises on a cycle
+        if any(not 0 <= i < n for i in self.absorption) or len(set(self.absorption)) != len(self.absorption):
+            raise ValueError(f"absorption lines {self.absorption} must be distinct indices of 0..{n - 1}")
+        for d, p, _ in self.ties:
+            if (d in self.absorption) != (p in self.absorption):
+                raise ValueError(f"tied lines {self.names[d]} and {self.names[p]} must both be emission or absorption")
+
+    def line_sign(self) -> np.ndarray:
+        """+1 for each emission line, -1 for each absorption line (float64)."""
+        sign = np.ones(self.n_lines)
+        sign[list(self.absorption)] = -1.0
+        return sign
+
+    @property
+    def absorption_groups(self) -> tuple[int, ...]:
+        """Kinematic groups that hold absorption lines."""
+        return tuple(sorted({self.groups[i] for i in self.absorption}))
 
     def velocity_matrix(self) -> np.ndarray:
         """(G, G) matrix ``T`` with group velocities ``= T @ velocity parameters`` (the
@@ -355,7 +376,24 @@ def join_line_sets(first: LineSet, second: LineSet) -> LineSet:
         first.groups + tuple(k + g for k in second.groups),
         first.ties + tuple((d + n, q + n, r) for d, q, r in second.ties),
         first.velocity_chain + tuple((a + g, b + g) for a, b in second.velocity_chain),
+        first.absorption + tuple(i + n for i in second.absorption),
     )
+
+
+#: Suffix of the name of an absorption line (``Halpha_ABS``: maps ``HALPHA_ABS_FLUX``, ...).
+ABSORPTION_SUFFIX = "_ABS"
+
+
+def absorption_line_set(lines) -> LineSet:
+    """Absorption copies of catalogue lines (e.g. the Balmer absorption of a stellar
+    population under Halpha emission): named ``{LINE}_ABS``, all in one kinematic group
+    (the stars' velocity and broadening), each with an amplitude of its own that is <= 0
+    (:attr:`LineSet.absorption`). Join it after the emission lines with
+    :func:`join_line_sets`."""
+    parsed = [parse_line(s) for s in lines]
+    _check_distinct(list(lines), parsed)
+    names = tuple(f"{n}{ABSORPTION_SUFFIX}" for n, _ in parsed)
+    return LineSet(names, tuple(w for _, w in parsed), (0,) * len(names), absorption=tuple(range(len(names))))
 
 
 #: Diagnostic ratios of line fluxes: map name -> (numerator lines, denominator lines), the

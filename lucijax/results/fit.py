@@ -126,8 +126,8 @@ class Result:
         axis : (n,) array
             Observed axis (cm^-1) of the fit window.
         parts : dict of (n,) arrays
-            Name -> model spectrum in the cube's flux unit, and ``'continuum'``. A line's part
-            summed over the channels times the observed channel width is its flux in the
+            Name -> model spectrum in the cube's flux unit, ``'continuum'`` and, with
+            ``Model(background=...)``, ``'background'``. A line's part summed over the channels times the observed channel width is its flux in the
             observed frame (``fields['flux_cm1'] / (1 + z)``; the ``{LINE}_FLUX`` map for a
             cube in counts).
         """
@@ -138,7 +138,7 @@ class Result:
         lm = self.bound.line_model
         theta, alpha, fwhm = self._parameters(x, y)
         lines = np.asarray(lm.line_profiles(theta, fwhm) * lm.line_amplitudes(theta, alpha, fwhm)[None, :])
-        continuum = np.asarray(lm.continuum_basis @ alpha[self.bound.spec.n_amplitudes:])
+        continuum = np.asarray(lm.continuum_spectrum(alpha))
         names = self.bound.line_set.names
         parts: dict[str, np.ndarray] = {}
         if by == "line":
@@ -151,6 +151,8 @@ class Result:
                 key = m.group(1)
                 parts[key] = parts[key] + lines[:, i] if key in parts else lines[:, i].copy()
         parts["continuum"] = continuum
+        if self.bound.spec.n_background:  # Model(background=...): the fitted background
+            parts["background"] = np.asarray(lm.background_spectrum(alpha))
         return self.bound.axis_obs_cm1, parts
 
     def header_cards(self) -> dict:
@@ -225,6 +227,7 @@ class FitResult(Result):
             names += [f"broadening_{g}" for g in range(spec.n_groups)]
         names += [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
         names += [f"continuum_{k}" for k in range(spec.n_continuum)]
+        names += [f"background_{k}" for k in range(spec.n_background)]
         return names
 
     def parameter_units(self) -> list[str]:

@@ -29,6 +29,7 @@ def sample_parameter_names(bound, ordered: bool = False) -> list[str]:
         names += [f"broadening_{g}" for g in range(G)]
     names += [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
     names += [f"continuum_{k}" for k in range(spec.n_continuum)]
+    names += [f"background_{k}" for k in range(spec.n_background)]
     return names
 
 

@@ -192,6 +192,9 @@ class Components:
 
     def program(self, bound, cube=None) -> Program:
         """The per-spectrum program of the component fit on ``bound``."""
+        if bound.line_set.absorption:
+            raise ValueError("kinematic components of absorption lines are not supported: fit Model(absorption=...) "
+                             "with MAP")
         one_pixel = component_fit(bound, self, with_one=self.select)
         out_bound = self.result_model(bound)
         nan2 = jnp.full(2, jnp.nan, jnp.float32)

@@ -52,7 +52,7 @@ class FitSettings:
     grid_step_kms : float
         Spacing of the velocity grid of the start.
     nonneg_amplitudes : bool
-        Constrain line amplitudes to be >= 0.
+        Constrain line amplitudes to be >= 0 (absorption lines' to be <= 0).
     line_free_fwhm : float
         Channels closer than this many instrumental FWHM (+3 broadening sigma) to a fitted
         line are excluded from the noise estimate.
@@ -66,6 +66,9 @@ class FitSettings:
     detection_chi2 : float
         STATUS is NO_LINE when the line amplitudes' joint significance (their chi2 against
         zero, :func:`detection_statistic`) is below this.
+    absorption_broadening_range_kms : (float, float)
+        Bounds of the broadening of the kinematic groups of absorption lines (its start:
+        their geometric mean).
     """
 
     n_iter: int = 8
@@ -78,6 +81,7 @@ class FitSettings:
     convergence_chi2: float = 1e-2
     stop_chi2: float = 1e-3
     detection_chi2: float = 9.0
+    absorption_broadening_range_kms: tuple[float, float] = (50.0, 1000.0)
 
 
 
@@ -167,7 +171,8 @@ def continuum_error(model: LineModel, cov_linear):
     from the covariance ``(K, K)`` of the linear parameters (amplitudes, then continuum
     coefficients): ``sqrt(w^T C w)``, ``w`` the continuum coefficients' weights at the centre."""
     w = model.continuum_centre
-    c = cov_linear[model.spec.n_amplitudes:, model.spec.n_amplitudes:]
+    lo, hi = model.spec.n_amplitudes, model.spec.n_amplitudes + model.spec.n_continuum
+    c = cov_linear[lo:hi, lo:hi]
     return jnp.sqrt(jnp.maximum(w @ (c @ w), 0.0))
 
 

@@ -22,8 +22,8 @@ from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, ScaledCovariance, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.noise import adopt_noise
-from lucijax.solvers.start import (diff_noise2, grid_score, maps_start, network_start, projected_rss, second_solution,
-                                   start_inputs, start_templates, start_velocity)
+from lucijax.solvers.start import (absorption_start, diff_noise2, grid_score, maps_start, network_start, projected_rss,
+                                   running_median, second_solution, start_inputs, start_templates, start_velocity)
 from lucijax.status import GOOD, Status
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 #: mean +- k sigma), the point-estimate network (start only), the matched filter, or given
 #: kinematic maps (an earlier run's, another filter's: start at their values, bounds around).
 STARTS = ("mdn", "cnn", "matched", "maps")
+
+#: Fewest Levenberg-Marquardt iterations of a fit with absorption lines (``Model(absorption=...)``):
+#: with 8, most pixels of a 300-500 km/s trough had not converged (``benchmarks/RESULTS.md``).
+ABSORPTION_MIN_ITER = 30
 
 
 class MapFit(NamedTuple):
@@ -79,7 +83,8 @@ class MAP:
         ``start_maps`` start every fit at their values and bound it to value +-
         max(``network_sigmas`` x their error, ``maps_halfwidth_kms``).
     max_iter : int
-        Most Levenberg-Marquardt iterations after the start.
+        Most Levenberg-Marquardt iterations after the start (at least
+        :data:`ABSORPTION_MIN_ITER` with absorption lines).
     stop_chi2 : float
         A pixel stops iterating once a further Gauss-Newton step would lower chi2 by less
         than this, in units of its residual variance.
@@ -158,16 +163,25 @@ class MAP:
 
     def settings(self, model) -> FitSettings:
         """The static settings of :func:`fit_spectrum` for a :class:`~lucijax.description.Model`."""
-        return FitSettings(n_iter=int(self.max_iter), velocity_range_kms=tuple(model.velocity_range),
+        n_iter = int(self.max_iter)
+        if getattr(model, "absorption", ()):  # a broad trough walks far from its start
+            n_iter = max(n_iter, ABSORPTION_MIN_ITER)
+        return FitSettings(n_iter=n_iter, velocity_range_kms=tuple(model.velocity_range),
                            broadening_range_kms=tuple(model.broadening_range),
                            broadening_start_kms=float(self.broadening_start_kms), grid_step_kms=float(self.grid_step_kms),
                            nonneg_amplitudes=bool(self.nonneg_amplitudes), line_free_fwhm=float(self.line_free_fwhm),
                            convergence_chi2=float(self.convergence_chi2), stop_chi2=float(self.stop_chi2),
-                           detection_chi2=float(self.detection_chi2))
+                           detection_chi2=float(self.detection_chi2),
+                           absorption_broadening_range_kms=tuple(getattr(model, "absorption_broadening_range",
+                                                                         (50.0, 1000.0))))
 
     def resolve_start(self, bound):
         """(start actually used, network predictor or None): the network when one ships
         for the filter and the line set holds its reference line, else the matched filter."""
+        if bound.line_set.absorption:  # the networks know emission lines only
+            if self.start == "maps":
+                raise ValueError("a maps start cannot start absorption lines: use start='matched'")
+            return "matched", None
         if self.start in ("matched", "maps"):
             return self.start, None
         if bound.model.sky_lines is not None:
@@ -228,12 +242,22 @@ def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
     templates, velocities = templates_for(bound, settings)
     templates, velocities, group_of_column, lo, hi = start_inputs(model, settings, templates, velocities)
     b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
+    baseline = None
+    if spec.line_set.absorption:  # the emission's start on the spectrum less its broad troughs
+        step = float(np.median(np.abs(np.diff(model.grid.axis_rel_cm1))))
+        half = int(np.ceil(2.0 * bound.typical_fwhm * (1 + bound.redshift) / max(step, 1e-9)))
+        baseline = max(2 * half + 1, 5)
 
     def one(y, fwhm):
         mask = jnp.isfinite(y)
         yz = jnp.where(mask, y, 0.0)
-        v0 = start_velocity(yz, mask, templates, velocities, group_of_column, G)
-        theta0 = jnp.concatenate([v0, jnp.full(G, b0, jnp.float32)]) if has_b else v0
+        y_start = model.without_background(yz)
+        y_start = y_start if baseline is None else y_start - running_median(y_start, baseline)
+        v0 = start_velocity(y_start, mask, templates, velocities, group_of_column, G)
+        b_start = jnp.full(G, b0, jnp.float32)
+        if spec.line_set.absorption:
+            v0, b_start = absorption_start(spec.line_set, settings, v0, b_start)
+        theta0 = jnp.concatenate([v0, b_start]) if has_b else v0
         return fit_spectrum(model, settings, y, fwhm, theta0, jnp.asarray(lo), jnp.asarray(hi), with_covariance)
 
     return one
@@ -261,9 +285,14 @@ def guarded_one(bound, settings: FitSettings, solver: MAP, propose):
 
     def one(inp):
         y, fwhm = inp["y"], inp["fwhm"]
-        theta_p, lo, hi, unsure, mean, sigma = propose(inp)
         mask = jnp.isfinite(y)
         yz = jnp.where(mask, y, 0.0)
+        if spec.n_background:  # the proposal sees the spectrum without its background
+            y_clean = model.without_background(yz)
+            theta_p, lo, hi, unsure, mean, sigma = propose(dict(inp, y=jnp.where(mask, y_clean, jnp.nan)))
+            yz = y_clean
+        else:
+            theta_p, lo, hi, unsure, mean, sigma = propose(inp)
         v_mf = start_velocity(yz, mask, templates, velocities, group_of_column, G)
         theta_mf = jnp.concatenate([v_mf, theta_p[G:]]) if has_b else v_mf
         scale = jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)
@@ -336,10 +365,13 @@ def ambiguity_check(bound, settings: FitSettings, threshold: float):
     min_sep = 2.0 * float(settings.grid_step_kms)
     ref = float(model.grid.ref_cm1)
     good = jnp.asarray([int(s) for s in GOOD], jnp.int32)
+    absorbing = None
+    if model.spec.line_set.absorption:
+        absorbing = np.isin(np.arange(G), model.spec.line_set.absorption_groups)
 
     def check(y, fwhm, fit: PixelFit):
         mask = jnp.isfinite(y)
-        yz = jnp.where(mask, y, 0.0)
+        yz = model.without_background(jnp.where(mask, y, 0.0))
         ys = yz / jnp.maximum(jnp.max(jnp.abs(yz)), 1e-30)  # of order 1: float32 squares of 1e-17 underflow
         score = jnp.max(jnp.stack([grid_score(ys, mask, t, group_of_column, G) for t in templates]), axis=0)
         sep = jnp.maximum(C_KMS * fwhm / ref, min_sep)
@@ -347,6 +379,8 @@ def ambiguity_check(bound, settings: FitSettings, threshold: float):
         velocity, delta = second_solution(score, velocities, v_fit, diff_noise2(ys, mask), sep)
         fitted = jnp.all(jnp.isfinite(fit.velocity_kms))  # invalid input: NaN like every other map
         velocity, delta = jnp.where(fitted, velocity, jnp.nan), jnp.where(fitted, delta, jnp.nan)
+        if absorbing is not None:  # a broad trough has no matched-filter peak: no check
+            velocity, delta = jnp.where(absorbing, jnp.nan, velocity), jnp.where(absorbing, jnp.inf, delta)
         ambiguous = jnp.any(delta < threshold) & jnp.any(fit.status == good)
         status = jnp.where(ambiguous, jnp.int32(Status.AMBIGUOUS), fit.status).astype(fit.status.dtype)
         return fit._replace(status=status), SecondSolution(velocity, delta)

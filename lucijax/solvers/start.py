@@ -75,7 +75,8 @@ def start_velocity(y, mask, templates, velocities, group_of_column, n_groups):
 
 def start_inputs(model: LineModel, settings: FitSettings, templates, velocities):
     """What the matched-filter start needs (templates, velocity grid, group of each
-    amplitude column) and the settings' full bounds of (velocities..., broadenings...)."""
+    amplitude column) and the settings' full bounds of (velocities..., broadenings...)
+    (the absorption groups' broadenings: ``settings.absorption_broadening_range_kms``)."""
     spec = model.spec
     G, has_b = spec.n_groups, spec.has_broadening
     group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
@@ -83,7 +84,41 @@ def start_inputs(model: LineModel, settings: FitSettings, templates, velocities)
     blo, bhi = settings.broadening_range_kms
     lo = np.array([vlo] * G + ([blo] * G if has_b else []), np.float32)
     hi = np.array([vhi] * G + ([bhi] * G if has_b else []), np.float32)
+    if has_b and spec.line_set.absorption:
+        ab = [G + g for g in spec.line_set.absorption_groups]
+        lo[ab], hi[ab] = settings.absorption_broadening_range_kms
     return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
+
+
+def running_median(y, width: int):
+    """Median of ``y`` over a window of ``width`` (odd) channels around each channel (the
+    window clipped at the ends by repeating the edge channels): a baseline that follows
+    features much wider than the window (a stellar absorption trough) and not narrower ones
+    (emission lines)."""
+    half = int(width) // 2
+    n = y.shape[0]
+    idx = jnp.clip(jnp.arange(n)[:, None] + jnp.arange(-half, half + 1)[None, :], 0, n - 1)
+    return jnp.median(y[idx], axis=1)
+
+
+def absorption_start(line_set, settings: FitSettings, v0, b0):
+    """Start of the absorption groups (:attr:`LineSet.absorption`) from the matched filter's
+    start of the emission groups: each absorption group starts at the velocity of the
+    emission group of its first line's namesake (group 0 when no emission line has its rest
+    wavelength) and at the geometric mean of ``settings.absorption_broadening_range_kms``
+    (a broad trough under narrow emission has no matched-filter peak of its own).
+    ``v0``, ``b0``: (G,) velocity and broadening starts; returns them updated."""
+    blo, bhi = settings.absorption_broadening_range_kms
+    b_abs = float(np.sqrt(max(blo, 1.0) * bhi))
+    source = np.arange(line_set.n_groups)
+    is_abs = np.zeros(line_set.n_groups, bool)
+    for g in line_set.absorption_groups:
+        first = min(i for i in line_set.absorption if line_set.groups[i] == g)
+        twins = [i for i in range(line_set.n_lines)
+                 if i not in line_set.absorption and abs(line_set.rest_nm[i] - line_set.rest_nm[first]) < 1e-6]
+        source[g] = line_set.groups[twins[0]] if twins else 0
+        is_abs[g] = True
+    return v0[source], jnp.where(is_abs, jnp.float32(b_abs), b0)
 
 
 
@@ -201,4 +236,5 @@ def projected_rss(model: LineModel, y, mask, fwhm, theta):
 
 
 
-__all__ = ["start_templates", "grid_score", "start_velocity", "diff_noise2", "second_solution", "start_inputs", "network_start", "maps_start", "projected_rss"]
+__all__ = ["start_templates", "grid_score", "start_velocity", "diff_noise2", "second_solution", "start_inputs", "network_start", "maps_start", "projected_rss",
+           "absorption_start", "running_median"]

@@ -281,7 +281,8 @@ def _narrowband(view, result, lines, width_kms, velocity, redshift, continuum, s
         mode = "fit"
         spec = bound.spec
         basis = continuum_basis(bound.grid.continuum_coordinate, spec.continuum_order, spec.continuum_spline)
-        given["coef"] = np.asarray(result.fields["linear"], np.float64)[..., spec.n_amplitudes:]
+        given["coef"] = np.asarray(result.fields["linear"], np.float64)[..., spec.n_amplitudes:spec.n_amplitudes
+                                                                           + spec.n_continuum]
         given["noise"] = np.asarray(result.fields["noise"], np.float64)
     else:
         mode = "given"
