@@ -23,14 +23,15 @@ import time
 os.environ.setdefault("LUCIJAX_CPU_DEVICES", "1")
 
 #: Epochs of the shipped networks (filter, kind) where they differ from TrainConfig's default.
-DEFAULT_EPOCHS = {("SN1", "mdn"): 24, ("SN2", "mdn"): 24, ("SN3", "mdn"): 24, ("SN3", "cnn"): 10}
+DEFAULT_EPOCHS = {("SN1", "mdn"): 24, ("SN2", "mdn"): 24, ("SN3", "mdn"): 24, ("SN3", "cnn"): 10,
+                  ("C1", "mdn"): 12, ("C2", "mdn"): 16, ("C3", "mdn"): 16, ("C4", "mdn"): 16}
 #: beta-NLL weight of the shipped MDNs where it differs from TrainConfig's default (0).
-DEFAULT_NLL_BETA = {"SN1": 0.5, "SN2": 0.5, "SN3": 0.5}
+DEFAULT_NLL_BETA = {"SN1": 0.5, "SN2": 0.5, "SN3": 0.5, "C1": 0.5, "C2": 0.5, "C3": 0.5, "C4": 0.5}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--filter", default="SN3", choices=["SN1", "SN2", "SN3"])
+    ap.add_argument("--filter", default="SN3", choices=["SN1", "SN2", "SN3", "C1", "C2", "C3", "C4"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cnn", action="store_true", help="point-estimate CNN trained by MSE (mdn=False)")
     ap.add_argument("--out", default=None, help="output folder (default: the package's weights folder)")
