@@ -78,7 +78,7 @@ def load_predictor(filter_name: str, axis_obs_cm1, redshift: float = 0.0, mdn: b
     Parameters
     ----------
     filter_name : str
-        'SN1', 'SN2' or 'SN3' (see :func:`available_filters`).
+        'SN1', 'SN2', 'SN3', 'C1'-'C4' (see :func:`available_filters`).
     axis_obs_cm1 : (n,) array
         Observed wavenumbers (cm^-1) of the channels the spectra will hold (the fit window).
     redshift : float

@@ -72,9 +72,10 @@ class MAP:
     ----------
     start : {'mdn', 'cnn', 'matched', 'maps'}
         'mdn': the filter's mixture density network starts every fit at its posterior mean
-        and bounds it to mean +- ``network_sigmas`` sigma (SN1, SN2, SN3 ship one; other
-        filters, sky-line fits and line sets without the network's reference line fall back
-        to the matched filter); 'cnn': the point-estimate network starts it; 'matched': a
+        and bounds it to mean +- ``network_sigmas`` sigma (SN1, SN2, SN3, C1-C4 ship one;
+        other filters, sky-line fits, line sets without the network's reference line and
+        redshifts that put the network's grid outside the axis fall back to the matched
+        filter); 'cnn': the point-estimate network starts it; 'matched': a
         matched filter over the whole velocity range; 'maps': the kinematic maps
         ``start_maps`` start every fit at their values and bound it to value +-
         max(``network_sigmas`` x their error, ``maps_halfwidth_kms``).
