@@ -24,7 +24,7 @@ os.environ.setdefault("LUCIJAX_CPU_DEVICES", "1")
 
 #: Epochs of the shipped networks (filter, kind) where they differ from TrainConfig's default.
 DEFAULT_EPOCHS = {("SN1", "mdn"): 24, ("SN2", "mdn"): 24, ("SN3", "mdn"): 24, ("SN3", "cnn"): 10,
-                  ("C1", "mdn"): 12, ("C2", "mdn"): 12, ("C3", "mdn"): 6, ("C4", "mdn"): 16}
+                  ("C1", "mdn"): 12, ("C2", "mdn"): 8, ("C3", "mdn"): 6, ("C4", "mdn"): 16}
 #: beta-NLL weight of the shipped MDNs where it differs from TrainConfig's default (0).
 DEFAULT_NLL_BETA = {"SN1": 0.5, "SN2": 0.5, "SN3": 0.5, "C1": 0.5, "C2": 0.5, "C3": 0.5, "C4": 0.5}
 

@@ -91,7 +91,7 @@ def c4_cube(tmp_path_factory):
     return c, path, lines
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 def test_map_fit_of_a_redshifted_c4_cube_started_by_its_network(c4_cube):
     """lucijax.fit picks the C4 network by the cube's filter; the fit converges to the truth
     with pulls of unit spread."""
