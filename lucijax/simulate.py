@@ -27,6 +27,12 @@ SETUPS = {
     "SN3": dict(step_nm=2943.025792, order=8, step_nb=840, zpd_index=168),
     "SN2": dict(step_nm=1680.0, order=6, step_nb=400, zpd_index=80),
     "SN1": dict(step_nm=1647.0, order=8, step_nb=300, zpd_index=60),
+    # typical set-ups of the C filters (R at the networks' reference lines: C1 ~ 700 at
+    # Hgamma, C2 ~ 1500 at HeI5876, C3 ~ 1800 at Hbeta z=0.08, C4 ~ 2600 at Halpha z=0.235)
+    "C1": dict(step_nm=570.0, order=2, step_nb=400, zpd_index=80),
+    "C2": dict(step_nm=1680.0, order=5, step_nb=400, zpd_index=80),
+    "C3": dict(step_nm=1785.0, order=6, step_nb=400, zpd_index=80),
+    "C4": dict(step_nm=5271.5, order=12, step_nb=300, zpd_index=60),
 }
 NM_LASER = 543.5
 AXIS_CORR = 1.0374712062298759

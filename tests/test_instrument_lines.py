@@ -160,8 +160,8 @@ def test_line_aliases(alias, name):
 def test_unknown_line_is_named_in_the_error():
     with pytest.raises(UnknownLineError, match="FeXIV5303"):
         canonical_line_name("FeXIV5303")
-    with pytest.raises(UnknownLineError, match="Hdelta"):
-        make_line_set(["Halpha", "Hdelta"])
+    with pytest.raises(UnknownLineError, match="Hepsilon"):  # (Hdelta is in the catalogue since issue 21)
+        make_line_set(["Halpha", "Hepsilon"])
     with pytest.raises(UnknownLineError, match="X=abc"):
         parse_line("X=abc")
 

@@ -120,8 +120,8 @@ def test_features_resample_the_continuum_subtracted_spectrum():
 
 # ------------------------------------------------------------------------------ predictor
 def test_unknown_filter_is_a_clear_error():
-    with pytest.raises(MissingWeightsError, match="no trained MDN for filter 'C4'.*--no-mdn"):
-        load_predictor("C4", np.linspace(12000, 12600, 100))
+    with pytest.raises(MissingWeightsError, match="no trained CNN for filter 'C4'.*--no-mdn"):
+        load_predictor("C4", np.linspace(12000, 12600, 100), mdn=False)
 
 
 @needs_sn3

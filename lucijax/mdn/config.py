@@ -155,6 +155,96 @@ RECIPES: dict[str, FilterRecipe] = {
     ),
 }
 
+#: Redshift at which the rest-frame band of the C3 and C4 networks is the filter's band
+#: de-redshifted (see :data:`C_RECIPES`).
+C3_REDSHIFT = 0.08
+C4_REDSHIFT = 0.235
+
+#: The networks of the C filters (issue 21 item 7). The grid of each covers its lines over
+#: +-500 km/s with a margin of about 1.5 sinc FWHM at the lowest resolution; the resolution
+#: range is the filter's (R = 2 N step sigma / (1.20671e7) for N = 150..700 steps).
+#:
+#: * **C1** (385-485 nm, step 570 nm, order 2: R ~ 300-1500): the blue lines at redshift 0,
+#:   Hgamma (reference: in every HII region and PN), Hdelta (Case B ratio 0.55, 0.4-0.65
+#:   with reddening), [NeIII]3869 (0.05-5, log: high-excitation PNe have it above Hgamma)
+#:   and the auroral [OIII]4363 (0.01-0.5, log). Hbeta (486.1 nm) is outside the band.
+#:   At this resolution the broadening (< 200 km/s, against a sinc FWHM of 200-1000 km/s)
+#:   is poorly constrained.
+#: * **C2** (559-626 nm, R ~ 700-3000): HeI5876 (reference) and the auroral [NII]5755
+#:   (0.05-5, log) at redshift 0; [OI]6300 and [SIII]6312 lie outside the band (625.5 nm).
+#: * **C3** (511-555 nm) is used mostly for redshifted Hbeta + [OIII]4959,5007: the
+#:   network is SN2's line set (same ratios) on the C3 band de-redshifted at z = 0.08; its
+#:   grid lies inside the band for 0.056 <= z <= 0.104. The rest-frame lines of C3
+#:   ([NI]5200, [FeII]...) are faint and not a network's job: those fits start from the
+#:   matched filter.
+#: * **C4** (798-823 nm, R ~ 1600-7500) is used for redshifted Halpha + [NII] (z ~ 0.22-
+#:   0.25): Halpha (reference), [NII]6583 (0.05-1.5, log) and [NII]6548 (6583/3) on the
+#:   C4 band de-redshifted at z = 0.235; the grid lies inside the band for 0.223 <= z <=
+#:   0.247. [SII]6716,6731 are not in the network: with Halpha and [NII] they fit the band
+#:   only at z ~ 0.22 (a fitted [SII] shares the start of its kinematic group).
+#:
+#: Redshift: the network sees the spectrum de-redshifted by the user's redshift
+#: (:func:`lucijax.mdn.load_predictor`: ``axis * (1 + z)``, FWHM times ``1 + z``, the
+#: resolution R is unchanged), so one rest-frame network serves every redshift at which
+#: its grid lies inside the band; the velocity it gives is the residual velocity.
+C_RECIPES: dict[str, FilterRecipe] = {
+    "C1": FilterRecipe(
+        filter_name="C1",
+        lines=("Hgamma", "Hdelta", "NeIII3869", "OIII4363"),
+        grid_min_cm1=22740.0,
+        grid_max_cm1=25940.0,
+        n_grid=512,
+        band_min_cm1=1e7 / 485.2,
+        band_max_cm1=1e7 / 385.4,
+        resolution_range=(250.0, 1500.0),
+        ratios={
+            "Hdelta": (None, 0.4, 0.65, False),
+            "NeIII3869": (None, 0.05, 5.0, True),
+            "OIII4363": (None, 0.01, 0.5, True),
+        },
+    ),
+    "C2": FilterRecipe(
+        filter_name="C2",
+        lines=("HeI5876", "NII5755"),
+        grid_min_cm1=16940.0,
+        grid_max_cm1=17460.0,
+        n_grid=256,
+        band_min_cm1=1e7 / 625.5,
+        band_max_cm1=1e7 / 559.3,
+        resolution_range=(500.0, 3000.0),
+        ratios={"NII5755": (None, 0.05, 5.0, True)},
+    ),
+    "C3": FilterRecipe(
+        filter_name="C3",
+        lines=("Hbeta", "OIII5007", "OIII4959"),
+        grid_min_cm1=19880.0,
+        grid_max_cm1=20665.0,
+        n_grid=256,
+        band_min_cm1=1e7 * (1 + C3_REDSHIFT) / 555.4,
+        band_max_cm1=1e7 * (1 + C3_REDSHIFT) / 511.0,
+        resolution_range=(500.0, 3000.0),
+        ratios={
+            "OIII5007": (None, 0.1, 10.0, True),
+            "OIII4959": ("OIII5007", 1 / 3.0, 1 / 3.0, False),
+        },
+    ),
+    "C4": FilterRecipe(
+        filter_name="C4",
+        lines=("Halpha", "NII6583", "NII6548"),
+        grid_min_cm1=15140.0,
+        grid_max_cm1=15320.0,
+        n_grid=128,
+        band_min_cm1=1e7 * (1 + C4_REDSHIFT) / 823.4,
+        band_max_cm1=1e7 * (1 + C4_REDSHIFT) / 798.5,
+        resolution_range=(1000.0, 7000.0),
+        ratios={
+            "NII6583": (None, 0.05, 1.5, True),
+            "NII6548": ("NII6583", 1 / 3.0, 1 / 3.0, False),
+        },
+    ),
+}
+RECIPES.update(C_RECIPES)
+
 
 def recipe_to_dict(recipe: FilterRecipe) -> dict:
     return dataclasses.asdict(recipe)

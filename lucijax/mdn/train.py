@@ -32,9 +32,12 @@ def loss_fn(net: SpectrumNet, params, x, s, t, mdn: bool, nll_beta: float = 0.0)
     return jnp.mean((t - mean) ** 2)
 
 
-def train(recipe: FilterRecipe, net_cfg: NetConfig, train_cfg: TrainConfig, progress: bool = True, log=print):
+def train(recipe: FilterRecipe, net_cfg: NetConfig, train_cfg: TrainConfig, progress: bool = True, log=print,
+          init_params=None):
     """Simulate the training set from ``train_cfg.seed`` and fit the network.
 
+    ``init_params``: start from these weights (a network of the same architecture and
+    input size, e.g. another filter's with the same lines) instead of a random draw.
     Returns ``(params, history)``; history holds the per-epoch train and validation losses.
     """
     from tqdm.auto import tqdm
@@ -52,6 +55,11 @@ def train(recipe: FilterRecipe, net_cfg: NetConfig, train_cfg: TrainConfig, prog
     net = SpectrumNet(net_cfg, recipe)
     key = jax.random.PRNGKey(train_cfg.seed)
     params = net.init(key, x[0], s[0])
+    if init_params is not None:
+        if jax.tree.structure(init_params) != jax.tree.structure(params) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(params))):
+            raise ValueError("init_params do not match the network's architecture and input size")
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), init_params)
     bs = train_cfg.batch_size
     steps_per_epoch = n_tr // bs
     total = steps_per_epoch * train_cfg.epochs

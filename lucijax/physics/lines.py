@@ -30,6 +30,12 @@ LINE_CATALOGUE_NM: dict[str, float] = {
     "HeI5876": 587.567,
     "HeII4686": 468.57,
     "OI6300": 630.0304,
+    # lines of the C filters' networks (issue 21 item 7): NIST ASD air wavelengths (Balmer
+    # lines as Hbeta/Hgamma above; forbidden lines as tabulated by Osterbrock & Ferland 2006)
+    "Hdelta": 410.1742,
+    "NeIII3869": 386.876,
+    "OIII4363": 436.3209,
+    "NII5755": 575.459,
 }
 
 #: Other spellings users type, mapped to the catalogue names.
@@ -40,6 +46,10 @@ LINE_ALIASES: dict[str, str] = {
     "HBETA": "Hbeta",
     "HG": "Hgamma",
     "HGAMMA": "Hgamma",
+    "HD": "Hdelta",
+    "HDELTA": "Hdelta",
+    "NEIII3868": "NeIII3869",
+    "NII5754": "NII5755",
     "NII6584": "NII6583",
     "NII6548": "NII6548",
     "NII6549": "NII6548",

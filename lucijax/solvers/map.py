@@ -76,9 +76,10 @@ class MAP:
     ----------
     start : {'mdn', 'cnn', 'matched', 'maps'}
         'mdn': the filter's mixture density network starts every fit at its posterior mean
-        and bounds it to mean +- ``network_sigmas`` sigma (SN1, SN2, SN3 ship one; other
-        filters, sky-line fits and line sets without the network's reference line fall back
-        to the matched filter); 'cnn': the point-estimate network starts it; 'matched': a
+        and bounds it to mean +- ``network_sigmas`` sigma (SN1, SN2, SN3, C1-C4 ship one;
+        other filters, sky-line fits, line sets without the network's reference line and
+        redshifts that put the network's grid outside the axis fall back to the matched
+        filter); 'cnn': the point-estimate network starts it; 'matched': a
         matched filter over the whole velocity range; 'maps': the kinematic maps
         ``start_maps`` start every fit at their values and bound it to value +-
         max(``network_sigmas`` x their error, ``maps_halfwidth_kms``).
@@ -186,18 +187,23 @@ class MAP:
             return self.start, None
         if bound.model.sky_lines is not None:
             return "matched", None  # the networks know emission lines, not the OH sky spectrum
-        from lucijax.mdn import available_filters, load_predictor
+        from lucijax.mdn import available_filters, load_network, load_predictor
 
         filt = (bound.filter_name or "").upper()
         if filt not in available_filters(mdn=self.start == "mdn"):
             log.warning("no shipped %s network for filter %s: the fit starts from the matched filter",
                         self.start.upper(), bound.filter_name)
             return "matched", None
-        predict = load_predictor(filt, bound.axis_obs_cm1, bound.redshift, mdn=self.start == "mdn")
-        reference = predict.config["recipe"].lines[0]
+        cfg, _ = load_network(filt, mdn=self.start == "mdn")
+        reference = cfg["recipe"].lines[0]
         if reference not in bound.line_set.names:
             log.warning("the %s network of %s was trained on spectra led by %s, which is not fitted: "
                         "the fit starts from the matched filter", self.start.upper(), bound.filter_name, reference)
+            return "matched", None
+        try:
+            predict = load_predictor(filt, bound.axis_obs_cm1, bound.redshift, mdn=self.start == "mdn")
+        except ValueError as err:  # e.g. a C3/C4 cube at a redshift the network's grid misses
+            log.warning("%s: the fit starts from the matched filter", err)
             return "matched", None
         return self.start, predict
 
