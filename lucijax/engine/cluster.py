@@ -272,5 +272,12 @@ def run_blocks(scheduler, cube, program, todo, mask, batch_size: int, finished, 
     return meta
 
 
-__all__ = ["connect", "local_cluster", "jobqueue_cluster", "parse_scheduler", "run_blocks", "worker_env",
-           "EVENT_TOPIC"]
+__all__ = [
+    "EVENT_TOPIC",
+    "connect",
+    "jobqueue_cluster",
+    "local_cluster",
+    "parse_scheduler",
+    "run_blocks",
+    "worker_env",
+]
