@@ -1,0 +1,274 @@
+"""Blocks on a Dask cluster (lucijax.engine.cluster) and survey runs (lucijax.survey).
+
+One LocalCluster of 2 single-threaded worker processes serves the whole module (workers
+start slowly: each imports JAX). Against a one-process run of the same cube: the maps of a
+distributed run are bit-identical, each block is written once, a run resumes from the
+checkpoint, a worker killed with SIGKILL mid-run costs only its in-flight blocks (re-run
+elsewhere, named in the log) and the maps stay identical; the command line's --scheduler
+and its errors; SLURM/PBS job scripts; a survey of 3 cubes x 2 line sets killed and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import distributed  # in the test extra: these tests never skip in CI
+import numpy as np
+import pytest
+
+import lucijax
+from lucijax import simulate
+from lucijax.engine import Execution, map_pixels
+from lucijax.engine.checkpoint import BlockCheckpoint
+from lucijax.engine.cluster import jobqueue_cluster, local_cluster
+from lucijax.results.fit import fit_result
+from lucijax.views import select
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parents[1]
+LINES = list(simulate.DEFAULT_LINES)
+BLOCK = 5  # 20x20 pixels: 16 blocks of 25
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = local_cluster(2)
+    c = distributed.Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def cube_path(tmp_path_factory):
+    return simulate.make_cube(20, 20, seed=17).write(tmp_path_factory.mktemp("cluster") / "cube.hdf5")
+
+
+def _program(view):
+    return lucijax.MAP(start="matched").program(lucijax.Model(LINES).bind(view.header), view)
+
+
+def _ex(**kw):
+    return Execution(block_size=BLOCK, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(cube_path):
+    """The one-process run (2 devices): (PixelMap, program, view) of the whole cube."""
+    with lucijax.open_cube(cube_path) as c:
+        view = select(c, None, None)
+        program = _program(view)
+        return map_pixels(view, program, _ex()), program
+
+
+def _leaves(values):
+    import jax
+
+    return jax.tree_util.tree_leaves(values)
+
+
+def _assert_identical(a, b):
+    la, lb = _leaves(a.values), _leaves(b.values)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_distributed_maps_bit_identical_each_block_written_once_and_resume(cube_path, reference, client, tmp_path,
+                                                                            monkeypatch):
+    ref, _ = reference
+    saves: list = []
+    save = BlockCheckpoint.save
+
+    def counting_save(self, box, *args, **kwargs):
+        saves.append(tuple(box))
+        return save(self, box, *args, **kwargs)
+
+    monkeypatch.setattr(BlockCheckpoint, "save", counting_save)
+    folder = tmp_path / "ckpt"
+    with lucijax.open_cube(cube_path) as c:
+        view = select(c, None, None)
+        program = _program(view)
+        pm = map_pixels(view, program, _ex(scheduler=client, checkpoint=folder))
+        _assert_identical(ref, pm)
+        assert sorted(saves) == sorted(set(saves)) and len(saves) == 16  # every block once, by this process
+        assert len(list(folder.glob("block_*.npz"))) == 16
+        assert pm.meta["cluster"]["blocks"] == 16 and pm.meta["cluster"]["rerun"] == []
+        assert pm.meta["cluster"]["n_devices"] >= 1
+        # a run killed after 10 blocks and started again: only the 6 missing blocks are computed
+        for f in sorted(folder.glob("block_*.npz"))[10:]:
+            f.unlink()
+        saves.clear()
+        again = map_pixels(view, program, _ex(scheduler=client, checkpoint=folder))
+    assert again.n_resumed == 10 * BLOCK * BLOCK and len(saves) == 6
+    _assert_identical(ref, again)
+
+
+def test_worker_killed_mid_run_loses_only_its_blocks(cube_path, reference, client, tmp_path, monkeypatch, caplog):
+    ref, _ = reference
+    killed: list = []
+    save = BlockCheckpoint.save
+
+    def save_then_kill(self, box, *args, **kwargs):
+        save(self, box, *args, **kwargs)
+        if not killed:  # after the first finished block: kill a worker that is computing one
+            busy = [w for w, keys in client.processing().items() if keys]
+            pids = client.run(os.getpid, workers=busy[:1])
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    monkeypatch.setattr(BlockCheckpoint, "save", save_then_kill)
+    caplog.set_level(logging.WARNING, logger="lucijax.engine.cluster")
+    folder = tmp_path / "ckpt"
+    with lucijax.open_cube(cube_path) as c:
+        view = select(c, None, None)
+        pm = map_pixels(view, _program(view), _ex(scheduler=client, checkpoint=folder))
+    assert killed
+    rerun = pm.meta["cluster"]["rerun"]
+    assert 1 <= len(rerun) <= 2  # a single-threaded worker holds at most its running block (and one queued)
+    assert "re-run after their worker was lost" in caplog.text
+    for b in rerun:
+        assert f"{b[0]}:{b[1]},{b[2]}:{b[3]}" in caplog.text
+    assert len(list(folder.glob("block_*.npz"))) == 16
+    _assert_identical(ref, pm)
+    client.wait_for_workers(2, timeout=120)  # the nanny restarted it
+
+
+def test_cli_scheduler_writes_the_one_process_maps(cube_path, reference, client, tmp_path, capsys):
+    from lucijax.cli import main
+    from lucijax.io import read_maps_fits
+
+    ref, program = reference
+    out = tmp_path / "out"
+    rc = main(["fit", str(cube_path), "--lines", *LINES, "--no-mdn", "--block-size", str(BLOCK), "--out", str(out),
+               "-q", "--scheduler", client.scheduler.address])
+    assert rc == 0, capsys.readouterr().err
+    with lucijax.open_cube(cube_path) as c:
+        expected = fit_result(ref, program, select(c, None, None)).maps
+    got = read_maps_fits(out / "maps.fits")
+    assert set(expected) <= set(got)
+    for k in expected:
+        np.testing.assert_array_equal(got[k], np.asarray(expected[k], got[k].dtype), err_msg=k)
+    assert not (out / "checkpoint").exists()
+
+
+def test_cli_cluster_errors_are_one_line(cube_path, tmp_path, capsys, monkeypatch):
+    from lucijax.cli import main
+
+    base = ["fit", str(cube_path), "--lines", "Halpha", "--out", str(tmp_path / "o"), "-q"]
+    cases = [(["--scheduler", "local:0"], "local:N with N >= 1"),
+             (["--scheduler", "local:2", "--cluster", "slurm"], "exclude each other"),
+             (["--cluster-cores", "4"], "give --cluster")]
+    for extra, text in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and text in err, err
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
+    assert main(base + ["--scheduler", "local:2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lucijax[cluster]" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_jobqueue_job_scripts_hold_the_sizes_asked_for():
+    from lucijax.cli import build_jobqueue, build_parser
+
+    args = build_parser().parse_args(["fit", "c.hdf5", "--cluster", "slurm", "--cluster-cores", "8", "--cluster-memory",
+                                      "32GB", "--cluster-walltime", "02:30:00", "--cluster-processes", "2",
+                                      "--cluster-queue", "gpu"])
+    with build_jobqueue(args) as slurm:
+        script = slurm.job_script()
+    assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH -t 02:30:00" in script
+    assert "#SBATCH -p gpu" in script and "#SBATCH --mem=30G" in script  # 32 GB = 29.8 GiB, rounded by jobqueue
+    assert "--nworkers 2" in script and "--nthreads 4" in script  # 2 processes of 4 cores each
+    with jobqueue_cluster("pbs", cores=4, memory="8GB", walltime="00:10:00") as pbs:
+        script = pbs.job_script()
+    assert "#PBS -l select=1:ncpus=4:mem=7630MB" in script and "#PBS -l walltime=00:10:00" in script
+    with pytest.raises(ValueError, match="cluster kind"):
+        jobqueue_cluster("lsf")
+
+
+# ------------------------------------------------------------------------ surveys
+def test_manifests_toml_and_csv(tmp_path):
+    from lucijax.survey import read_manifest
+
+    (tmp_path / "m.toml").write_text(
+        'out = "res"\n[options]\nblock_size = 8\n[line_sets]\nha = ["Halpha", "NII6583"]\nsii = ["SII6716", "SII6731"]\n'
+        '[[cube]]\npath = "a.hdf5"\n[[cube]]\npath = "sub/b.hdf5"\nname = "B"\nline_sets = ["sii"]\n'
+        'velocity_range = [-300, 300]\n')
+    entries, settings = read_manifest(tmp_path / "m.toml")
+    assert [e.name for e in entries] == ["a__ha", "a__sii", "B__sii"]
+    assert entries[2].cube == (tmp_path / "sub" / "b.hdf5").resolve() and entries[2].lines == ("SII6716", "SII6731")
+    assert entries[2].options == {"block_size": 8, "velocity_range": [-300, 300]}
+    assert settings["out"] == (tmp_path / "res").resolve()
+    (tmp_path / "m.csv").write_text("cube,line_set,lines,block_size,redshift\na.hdf5,ha,Halpha NII6583,16,\n"
+                                    "a.hdf5,,SII6716 SII6731,,0.001\n")
+    entries, _ = read_manifest(tmp_path / "m.csv")
+    assert [e.name for e in entries] == ["a__ha", "a__SII6716+SII6731"]
+    assert entries[0].options == {"block_size": 16} and entries[1].options == {"redshift": 0.001}
+    (tmp_path / "bad.csv").write_text("cube,lines,speed\na.hdf5,Halpha,3\n")
+    with pytest.raises(ValueError, match="unknown option 'speed'"):
+        read_manifest(tmp_path / "bad.csv")
+
+
+@pytest.mark.timeout(420)
+def test_survey_killed_and_resumed_on_the_cluster(client, tmp_path, capsys):
+    from astropy.table import Table
+
+    from lucijax.cli import main
+    from lucijax.io import read_maps_fits
+
+    for i in range(3):
+        simulate.make_cube(16, 16, seed=40 + i).write(tmp_path / f"field{i}.hdf5")
+    manifest = tmp_path / "survey.toml"
+    manifest.write_text('[options]\nblock_size = 4\nstart = "matched"\n[line_sets]\n'
+                        f'sn3 = {json.dumps(LINES)}\nha = ["Halpha", "NII6583", "NII6548"]\n'
+                        + "".join(f'[[cube]]\npath = "field{i}.hdf5"\n' for i in range(3)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lucijax.cli", "survey", str(manifest), "--out", str(out), "-q",
+           "--scheduler", client.scheduler.address]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t_end = time.time() + 300
+    half_done = None
+    while time.time() < t_end and proc.poll() is None and half_done is None:
+        for d in sorted(out.glob("*")) if out.exists() else []:  # an entry with blocks in its checkpoint, not done
+            if (not (d / "done.json").exists() and len(list((d / "checkpoint" / "fit").glob("block_*.npz"))) >= 2
+                    and any((e / "done.json").exists() for e in out.glob("*"))):
+                half_done = d.name
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert half_done is not None
+    finished_before = {d.name: (d / "done.json").stat().st_mtime_ns for d in out.glob("*") if (d / "done.json").exists()}
+    assert finished_before and half_done not in finished_before
+
+    assert main(["survey", str(manifest), "--out", str(out), "-q", "--scheduler", client.scheduler.address]) == 0
+    assert "6 entries, 0 failed" in capsys.readouterr().out
+    summary = Table.read(out / "survey_summary.ecsv")
+    assert len(summary) == 6 and set(summary["STATE"]) == {"done"}
+    assert sorted(summary["NAME"]) == sorted(f"field{i}__{s}" for i in range(3) for s in ("sn3", "ha"))
+    for name, mtime in finished_before.items():  # finished entries were skipped
+        assert (out / name / "done.json").stat().st_mtime_ns == mtime
+    row = summary[list(summary["NAME"]).index(half_done)]
+    assert 2 * 16 <= row["N_RESUMED"] < 256  # resumed from its checkpoint
+    for row in summary:
+        maps = read_maps_fits(out / row["NAME"] / "maps.fits")
+        status = maps["STATUS"]
+        assert row["N_PIXELS"] == 256 == sum(row[f"N_STATUS_{k}"] for k in range(9))
+        assert row["N_STATUS_0"] == int(np.sum(status == 0))
+        assert row["MEDIAN_CHI2"] == pytest.approx(float(np.nanmedian(maps["CHI2"][status == 0])), rel=1e-6)
+        assert 0.5 < row["MEDIAN_CHI2"] < 2.0
+        assert not (out / row["NAME"] / "checkpoint").exists()
