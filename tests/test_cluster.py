@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import cloudpickle
 import distributed  # in the test extra: these tests never skip in CI
 import numpy as np
 import pytest
@@ -28,14 +29,37 @@ from lucijax import simulate
 from lucijax.engine import Execution, map_pixels
 from lucijax.engine.checkpoint import BlockCheckpoint
 from lucijax.engine.cluster import jobqueue_cluster, local_cluster
-from lucijax.results.fit import fit_result
-from lucijax.views import select
+from lucijax.program import Program
 
 pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[1]
-LINES = list(simulate.DEFAULT_LINES)
 BLOCK = 5  # 20x20 pixels: 16 blocks of 25
+#: the real fit of the command-line test and of the survey's first line set (one compilation)
+FIT_LINES = ["Halpha", "NII6583", "NII6548"]
+FIT_OPTIONS = ["--model", "gaussian", "--no-mdn"]
+
+# the toy program's functions travel to the workers by value (the workers need not import this file)
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def toy_program(delay: float = 0.0) -> Program:
+    """A cheap per-spectrum program (compiles in a second): what the engine does with a
+    program does not depend on which program it is. ``delay``: seconds each block's
+    ``prepare`` waits (keeps blocks in flight)."""
+    import jax.numpy as jnp
+
+    def prepare(block):
+        if delay:
+            time.sleep(delay)
+        return {"y": np.asarray(block.spectra, np.float32), "xy": np.asarray(block.xy, np.float32)}
+
+    def one(inputs):
+        y = inputs["y"] * 1e17  # erg/cm2/s/A: squares of ~1e-17 would flush to zero in float32
+        return {"power": jnp.sum(y * y), "peak": jnp.argmax(y).astype(jnp.int32),
+                "mean": jnp.mean(y) * (1.0 + inputs["xy"][0] + 100.0 * inputs["xy"][1])}
+
+    return Program(name="toy", key=f"toy delay={delay}", prepare=prepare, one=one, stored=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,34 +78,32 @@ def cube_path(tmp_path_factory):
     return simulate.make_cube(20, 20, seed=17).write(tmp_path_factory.mktemp("cluster") / "cube.hdf5")
 
 
-def _program(view):
-    return lucijax.MAP(start="matched").program(lucijax.Model(LINES).bind(view.header), view)
-
-
 def _ex(**kw):
     return Execution(block_size=BLOCK, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
 def reference(cube_path):
-    """The one-process run (2 devices): (PixelMap, program, view) of the whole cube."""
-    with lucijax.open_cube(cube_path) as c:
-        view = select(c, None, None)
-        program = _program(view)
-        return map_pixels(view, program, _ex()), program
-
-
-def _leaves(values):
+    """The toy program's one-process run (one device) over the whole cube, and the truth
+    computed with numpy."""
     import jax
 
-    return jax.tree_util.tree_leaves(values)
+    with lucijax.open_cube(cube_path) as c:
+        pm = map_pixels(c, toy_program(), _ex(devices=jax.devices()[:1]))
+        data = c.read_spectra(0, 20, 0, 20)
+    return pm, data
 
 
 def _assert_identical(a, b):
-    la, lb = _leaves(a.values), _leaves(b.values)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert sorted(a.values) == sorted(b.values)
+    for k in a.values:
+        np.testing.assert_array_equal(a.values[k], b.values[k], err_msg=k)
+
+
+def test_reference_is_right(reference):
+    pm, data = reference
+    np.testing.assert_allclose(pm.values["power"], np.sum((data.astype(np.float64) * 1e17) ** 2, axis=-1), rtol=1e-4)
+    np.testing.assert_array_equal(pm.values["peak"], np.argmax(data, axis=-1))
 
 
 def test_distributed_maps_bit_identical_each_block_written_once_and_resume(cube_path, reference, client, tmp_path,
@@ -96,20 +118,19 @@ def test_distributed_maps_bit_identical_each_block_written_once_and_resume(cube_
 
     monkeypatch.setattr(BlockCheckpoint, "save", counting_save)
     folder = tmp_path / "ckpt"
+    program = toy_program()
     with lucijax.open_cube(cube_path) as c:
-        view = select(c, None, None)
-        program = _program(view)
-        pm = map_pixels(view, program, _ex(scheduler=client, checkpoint=folder))
+        pm = map_pixels(c, program, _ex(scheduler=client, checkpoint=folder))
         _assert_identical(ref, pm)
         assert sorted(saves) == sorted(set(saves)) and len(saves) == 16  # every block once, by this process
         assert len(list(folder.glob("block_*.npz"))) == 16
         assert pm.meta["cluster"]["blocks"] == 16 and pm.meta["cluster"]["rerun"] == []
-        assert pm.meta["cluster"]["n_devices"] >= 1
+        assert pm.n_devices == pm.meta["cluster"]["n_devices"] >= 1
         # a run killed after 10 blocks and started again: only the 6 missing blocks are computed
         for f in sorted(folder.glob("block_*.npz"))[10:]:
             f.unlink()
         saves.clear()
-        again = map_pixels(view, program, _ex(scheduler=client, checkpoint=folder))
+        again = map_pixels(c, program, _ex(scheduler=client, checkpoint=folder))
     assert again.n_resumed == 10 * BLOCK * BLOCK and len(saves) == 6
     _assert_identical(ref, again)
 
@@ -132,11 +153,10 @@ def test_worker_killed_mid_run_loses_only_its_blocks(cube_path, reference, clien
     caplog.set_level(logging.WARNING, logger="lucijax.engine.cluster")
     folder = tmp_path / "ckpt"
     with lucijax.open_cube(cube_path) as c:
-        view = select(c, None, None)
-        pm = map_pixels(view, _program(view), _ex(scheduler=client, checkpoint=folder))
+        pm = map_pixels(c, toy_program(delay=0.3), _ex(scheduler=client, checkpoint=folder))
     assert killed
     rerun = pm.meta["cluster"]["rerun"]
-    assert 1 <= len(rerun) <= 2  # a single-threaded worker holds at most its running block (and one queued)
+    assert 1 <= len(rerun) <= 2  # a single-threaded worker holds its running block (and at most one queued)
     assert "re-run after their worker was lost" in caplog.text
     for b in rerun:
         assert f"{b[0]}:{b[1]},{b[2]}:{b[3]}" in caplog.text
@@ -145,22 +165,27 @@ def test_worker_killed_mid_run_loses_only_its_blocks(cube_path, reference, clien
     client.wait_for_workers(2, timeout=120)  # the nanny restarted it
 
 
-def test_cli_scheduler_writes_the_one_process_maps(cube_path, reference, client, tmp_path, capsys):
+def test_cli_scheduler_fit_is_the_one_process_fit(cube_path, client, tmp_path, capsys):
+    """A real fit (3 lines, Gaussian, matched-filter start) through ``lucijax fit
+    --scheduler``: maps.fits bit-identical to the one-process fit's."""
+    import jax
+
     from lucijax.cli import main
     from lucijax.io import read_maps_fits
 
-    ref, program = reference
     out = tmp_path / "out"
-    rc = main(["fit", str(cube_path), "--lines", *LINES, "--no-mdn", "--block-size", str(BLOCK), "--out", str(out),
-               "-q", "--scheduler", client.scheduler.address])
+    rc = main(["fit", str(cube_path), "--lines", *FIT_LINES, *FIT_OPTIONS, "--block-size", str(BLOCK),
+               "--out", str(out), "-q", "--scheduler", client.scheduler.address])
     assert rc == 0, capsys.readouterr().err
-    with lucijax.open_cube(cube_path) as c:
-        expected = fit_result(ref, program, select(c, None, None)).maps
-    got = read_maps_fits(out / "maps.fits")
-    assert set(expected) <= set(got)
-    for k in expected:
-        np.testing.assert_array_equal(got[k], np.asarray(expected[k], got[k].dtype), err_msg=k)
     assert not (out / "checkpoint").exists()
+    local = lucijax.fit(cube_path, lucijax.Model(FIT_LINES, profile="gaussian"), lucijax.MAP(start="matched"),
+                        execution=_ex(devices=jax.devices()[:1]))
+    local.write(tmp_path / "local")
+    expected = read_maps_fits(tmp_path / "local" / "maps.fits")
+    got = read_maps_fits(out / "maps.fits")
+    assert sorted(got) == sorted(expected) and np.mean(got["STATUS"] == 0) > 0.8
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
 
 
 def test_cli_cluster_errors_are_one_line(cube_path, tmp_path, capsys, monkeypatch):
@@ -232,8 +257,8 @@ def test_survey_killed_and_resumed_on_the_cluster(client, tmp_path, capsys):
     for i in range(3):
         simulate.make_cube(16, 16, seed=40 + i).write(tmp_path / f"field{i}.hdf5")
     manifest = tmp_path / "survey.toml"
-    manifest.write_text('[options]\nblock_size = 4\nstart = "matched"\n[line_sets]\n'
-                        f'sn3 = {json.dumps(LINES)}\nha = ["Halpha", "NII6583", "NII6548"]\n'
+    manifest.write_text('[options]\nblock_size = 4\nstart = "matched"\nprofile = "gaussian"\n[line_sets]\n'
+                        f'ha = {json.dumps(FIT_LINES)}\nsii = ["SII6716", "SII6731"]\n'
                         + "".join(f'[[cube]]\npath = "field{i}.hdf5"\n' for i in range(3)))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lucijax.cli", "survey", str(manifest), "--out", str(out), "-q",
@@ -259,7 +284,7 @@ def test_survey_killed_and_resumed_on_the_cluster(client, tmp_path, capsys):
     assert "6 entries, 0 failed" in capsys.readouterr().out
     summary = Table.read(out / "survey_summary.ecsv")
     assert len(summary) == 6 and set(summary["STATE"]) == {"done"}
-    assert sorted(summary["NAME"]) == sorted(f"field{i}__{s}" for i in range(3) for s in ("sn3", "ha"))
+    assert sorted(summary["NAME"]) == sorted(f"field{i}__{s}" for i in range(3) for s in ("ha", "sii"))
     for name, mtime in finished_before.items():  # finished entries were skipped
         assert (out / name / "done.json").stat().st_mtime_ns == mtime
     row = summary[list(summary["NAME"]).index(half_done)]
@@ -270,5 +295,5 @@ def test_survey_killed_and_resumed_on_the_cluster(client, tmp_path, capsys):
         assert row["N_PIXELS"] == 256 == sum(row[f"N_STATUS_{k}"] for k in range(9))
         assert row["N_STATUS_0"] == int(np.sum(status == 0))
         assert row["MEDIAN_CHI2"] == pytest.approx(float(np.nanmedian(maps["CHI2"][status == 0])), rel=1e-6)
-        assert 0.5 < row["MEDIAN_CHI2"] < 2.0
+        assert np.isfinite(row["MEDIAN_CHI2"]) and row["MEDIAN_CHI2"] > 0.5
         assert not (out / row["NAME"] / "checkpoint").exists()

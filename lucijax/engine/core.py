@@ -123,7 +123,9 @@ class PixelMap:
     batch_size: int = 0
     n_devices: int = 1
     #: ``'progress_note'``: the program's :class:`~lucijax.program.ProgressNote` totals
-    #: ``(n_ok, n_total)`` over the pixels computed in this run (resumed ones not counted)
+    #: ``(n_ok, n_total)`` over the pixels computed in this run (resumed ones not counted);
+    #: ``'cluster'`` (a run on a Dask cluster): blocks, workers, devices, the blocks re-run
+    #: after a lost worker (:func:`lucijax.engine.cluster.run_blocks`)
     meta: dict = field(default_factory=dict)
 
 
