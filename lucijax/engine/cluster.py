@@ -107,7 +107,7 @@ def jobqueue_cluster(kind: str, *, cores: int = 1, memory: str = "4GB", walltime
         raise ValueError(f"a job needs cores >= 1 and processes >= 1, got {cores} and {processes}")
     opts = dict(cores=int(cores), memory=str(memory), walltime=str(walltime), processes=int(processes),
                 job_extra_directives=list(job_extra_directives), job_script_prologue=list(prologue),
-                scheduler_options={"dashboard_address": None}, **kwargs)
+                scheduler_options={"dashboard_address": ":0"}, **kwargs)
     if queue:
         opts["queue"] = queue
     if account:
@@ -159,7 +159,7 @@ def _payload(blob: bytes) -> bytes:
     return blob
 
 
-def _worker_run(blob: bytes, token: str, batch_size: int):
+def _worker_run(blob: bytes, token: str, batch_size: int, make_runner):
     state = _RUNS.get(token)
     if state is not None:
         _RUNS.move_to_end(token)
@@ -174,42 +174,26 @@ def _worker_run(blob: bytes, token: str, batch_size: int):
             from lucijax.config import enable_compilation_cache
 
             enable_compilation_cache(cache_dir)
-    from lucijax.engine.core import BatchRunner, local_devices
-
-    state = (cube, program, mask, BatchRunner(program, batch_size, local_devices()))
+    state = (cube, program, mask, make_runner(program, batch_size))
     while len(_RUNS) >= _MAX_RUNS:
         _RUNS.popitem(last=False)
     _RUNS[token] = state
     return state
 
 
-def _compute_block(blob: bytes, token: str, box, batch_size: int, want_digest: bool) -> dict:
-    """One block on this worker: its outputs (one row per computed pixel) and what the
-    calling process needs to write and report it."""
+def _compute_block(blob: bytes, token: str, box, batch_size: int, want_digest: bool, compute, make_runner) -> dict:
+    """One block on this worker (``compute``: :func:`lucijax.engine.core.compute_box`): its
+    outputs (one row per computed pixel) and what the calling process needs to write and
+    report it."""
     from distributed import get_worker
-
-    from lucijax.engine.checkpoint import data_digest
-    from lucijax.engine.core import read_block, run_block
 
     worker = get_worker()
     worker.log_event(EVENT_TOPIC, {"token": token, "box": tuple(box), "worker": worker.address, "pid": os.getpid()})
-    cube, program, mask, runner = _worker_run(blob, token, batch_size)
+    cube, program, mask, runner = _worker_run(blob, token, batch_size, make_runner)
     t0 = time.perf_counter()
-    block = read_block(cube, program, mask, tuple(box))
-    note = program.progress_note
-    counted = [0, 0]
-
-    def on_batch(out, n):
-        if note is not None:
-            ok, total = note.count(out)
-            counted[0] += int(ok)
-            counted[1] += int(total)
-
-    out, bulk = run_block(program, runner, block, on_batch)
-    return {"box": tuple(box), "index": block.index, "out": out, "bulk": bulk,
-            "digest": data_digest(block.spectra, block.calib) if want_digest else None,
-            "counted": None if note is None else tuple(counted), "worker": worker.address, "pid": os.getpid(),
-            "n_devices": len(runner.devices), "seconds": time.perf_counter() - t0}
+    res = compute(cube, program, mask, tuple(box), runner, want_digest)
+    res.update(box=tuple(box), worker=worker.address, pid=os.getpid(), seconds=time.perf_counter() - t0)
+    return res
 
 
 # ------------------------------------------------------------------------ client side
@@ -218,8 +202,12 @@ def _box_text(b) -> str:
 
 
 def run_blocks(scheduler, cube, program, todo, mask, batch_size: int, finished, progressed, *,
-               want_digest: bool = False) -> dict:
-    """Compute the blocks ``todo`` of ``cube`` on a Dask cluster.
+               want_digest: bool = False, compute, make_runner) -> dict:
+    """Compute the blocks ``todo`` of ``cube`` on a Dask cluster: each task calls
+    ``compute(cube, program, mask, box, runner, want_digest)`` on a worker, with the
+    ``make_runner(program, batch_size)`` that worker built once for the run (the engine
+    passes :func:`~lucijax.engine.core.compute_box` and
+    :func:`~lucijax.engine.core.block_runner`).
 
     ``finished(box, index, out, bulk, digest)`` is called in this process once per block,
     as it arrives (the engine writes it to the checkpoint or places it into the maps);
@@ -242,8 +230,8 @@ def run_blocks(scheduler, cube, program, todo, mask, batch_size: int, finished, 
     devices: dict = {}
     with connect(scheduler) as client:
         payload = client.submit(_payload, blob, key=f"lucijax-run-{token}", pure=False)
-        futures = {client.submit(_compute_block, payload, token, b, int(batch_size), bool(want_digest),
-                                 key=f"lucijax-block-{token}-{b[0]}-{b[2]}", pure=False): b for b in todo}
+        futures = {client.submit(_compute_block, payload, token, b, int(batch_size), bool(want_digest), compute,
+                                 make_runner, key=f"lucijax-block-{token}-{b[0]}-{b[2]}", pure=False): b for b in todo}
         try:
             for future in distributed.as_completed(list(futures)):
                 res = future.result()

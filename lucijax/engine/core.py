@@ -395,7 +395,7 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
             from lucijax.engine.cluster import run_blocks
 
             cluster_meta = run_blocks(ex.scheduler, cube, program, todo, mask, batch_size, finished, progressed,
-                                      want_digest=ckpt is not None)
+                                      want_digest=ckpt is not None, compute=compute_box, make_runner=block_runner)
             n_devices = cluster_meta["n_devices"]
         else:
             cluster_meta = None
@@ -440,6 +440,31 @@ def read_block(cube, program: Program, mask, b, header=None) -> Block:
     given = {k: np.asarray(v[b[0]:b[1], b[2]:b[3]]).reshape((-1,) + np.shape(v)[2:])[idx]
              for k, v in program.given.items()}
     return Block(b, idx, xy, spectra, calib, given, cube.header if header is None else header)
+
+
+def block_runner(program: Program, batch_size: int) -> BatchRunner:
+    """A :class:`BatchRunner` of ``program`` on every local device (a cluster worker's)."""
+    return BatchRunner(program, batch_size, local_devices())
+
+
+def compute_box(cube, program: Program, mask, box, runner: BatchRunner, want_digest: bool = False) -> dict:
+    """Read and compute block ``box`` here (what a cluster worker runs for one task):
+    ``index``, ``out``, ``bulk`` as :func:`run_block` gives them, the data ``digest``
+    (``want_digest``) and the program's progress-note count over the block (``counted``)."""
+    block = read_block(cube, program, mask, tuple(box))
+    note = program.progress_note
+    counted = [0, 0]
+
+    def on_batch(out, n):
+        if note is not None:
+            ok, total = note.count(out)
+            counted[0] += int(ok)
+            counted[1] += int(total)
+
+    out, bulk = run_block(program, runner, block, on_batch)
+    return {"index": block.index, "out": out, "bulk": bulk,
+            "digest": data_digest(block.spectra, block.calib) if want_digest else None,
+            "counted": None if note is None else tuple(counted), "n_devices": len(runner.devices)}
 
 
 def _check_finished(ckpt, boxes, todo, read, digests) -> list:
