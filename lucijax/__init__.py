@@ -44,6 +44,7 @@ _PUBLIC = {
     "narrowband": "lucijax.tools.narrowband",
     "map_pixels": "lucijax.engine",
     "view": "lucijax.viewer",
+    "run_survey": "lucijax.survey",
     # results
     "FitResult": "lucijax.results",
     "PosteriorResult": "lucijax.results",
@@ -58,7 +59,7 @@ _PUBLIC = {
     "enable_compilation_cache": "lucijax.config",
 }
 
-_MODULES = ("views", "io", "tools", "results", "bayes", "solvers", "engine", "physics", "simulate", "plots", "mdn")
+_MODULES = ("views", "io", "tools", "results", "bayes", "solvers", "engine", "physics", "simulate", "plots", "mdn", "survey")
 
 
 def __getattr__(name):  # lazy: importing lucijax stays cheap and imports no JAX

@@ -1,4 +1,4 @@
-"""Command line: ``lucijax fit``, ``lucijax skycal``, ``lucijax demo``, ``lucijax plot``.
+"""Command line: ``lucijax fit``, ``lucijax survey``, ``lucijax skycal``, ``lucijax demo``, ``lucijax plot``.
 
 Thin: it translates options into the objects of the Python API (:class:`~lucijax.Model`,
 a solver, a sampler, views, :class:`~lucijax.Execution`), whose defaults it shows but never
@@ -145,8 +145,63 @@ def build_sampler(args):
 def build_execution(args, folder: str | None):
     from lucijax.engine import Execution
 
-    return Execution(**_given(batch_size=args.batch_size, block_size=args.block_size), checkpoint=folder,
-                     progress=not args.quiet)
+    return Execution(**_given(batch_size=args.batch_size, block_size=args.block_size,
+                              scheduler=getattr(args, "client", None)), checkpoint=folder, progress=not args.quiet)
+
+
+def check_cluster_options(args) -> None:
+    """``--scheduler`` and ``--cluster`` (and its sizes) are consistent (before any work)."""
+    from lucijax.engine.cluster import parse_scheduler
+
+    if args.scheduler and args.cluster:
+        raise ValueError("--scheduler and --cluster exclude each other (a jobqueue cluster has its own scheduler)")
+    if args.scheduler:
+        parse_scheduler(args.scheduler)
+    sizes = [f for f, v in (("--cluster-jobs", args.cluster_jobs), ("--cluster-cores", args.cluster_cores),
+                            ("--cluster-memory", args.cluster_memory), ("--cluster-walltime", args.cluster_walltime),
+                            ("--cluster-processes", args.cluster_processes), ("--cluster-queue", args.cluster_queue))
+             if v is not None]
+    if sizes and not args.cluster:
+        raise ValueError(f"{sizes[0]} sizes the jobs of --cluster slurm|pbs: give --cluster")
+    for flag, v in (("--cluster-jobs", args.cluster_jobs), ("--cluster-cores", args.cluster_cores),
+                    ("--cluster-processes", args.cluster_processes)):
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} must be >= 1, got {v}")
+
+
+def build_jobqueue(args):
+    """The ``dask-jobqueue`` cluster of ``--cluster`` (not started: jobs are submitted by
+    ``scale``)."""
+    from lucijax.engine.cluster import jobqueue_cluster
+
+    return jobqueue_cluster(args.cluster, **_given(cores=args.cluster_cores, memory=args.cluster_memory,
+                                                   walltime=args.cluster_walltime, processes=args.cluster_processes,
+                                                   queue=args.cluster_queue))
+
+
+@contextlib.contextmanager
+def cluster_client(args):
+    """The Dask client of ``--scheduler`` / ``--cluster`` for the whole command (None
+    without either), in ``args.client``; the cluster it started is closed at the end."""
+    if not args.scheduler and not args.cluster:
+        args.client = None
+        yield None
+        return
+    from lucijax.engine.cluster import connect
+
+    if not args.verbose:  # Dask logs every worker start and stop at INFO
+        for name in ("distributed", "dask_jobqueue"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    if args.cluster:
+        jobs = build_jobqueue(args)
+        jobs.scale(jobs=args.cluster_jobs or 1)
+        with jobs, connect(jobs) as client:
+            args.client = client
+            yield client
+    else:
+        with connect(args.scheduler) as client:
+            args.client = client
+            yield client
 
 
 class Prepared:
@@ -292,6 +347,7 @@ def cmd_fit(args) -> int:
         sampler = build_sampler(args)
         build_execution(args, None)
         check_view_options(args)
+        check_cluster_options(args)
         if args.narrowband is not None:
             if not args.narrowband > 0:
                 raise ValueError(f"--narrowband takes a half-width > 0 km/s, got {args.narrowband:g}")
@@ -304,7 +360,8 @@ def cmd_fit(args) -> int:
     if args.bayes_samples:
         writable_folder(Path(args.bayes_samples).resolve().parent, "--bayes-samples")
     try:
-        return _fit_into(args, out, model, solver, sampler, t0)
+        with cluster_client(args):
+            return _fit_into(args, out, model, solver, sampler, t0)
     except BaseException:
         if created and {p.name for p in out.iterdir()} <= {".lucijax.lock"}:
             shutil.rmtree(out, ignore_errors=True)  # nothing of this run to keep
@@ -443,6 +500,38 @@ def _write_extras(args, result, prep, out: Path) -> list[Path]:
         fits.writeto(out / "deep.fits", deep.astype("float32"), hdr, overwrite=True)
         written += [out / "snr.fits", out / "deep.fits"]
     return written
+
+
+def cmd_survey(args) -> int:
+    """``lucijax survey MANIFEST``: every cube x line set of a manifest, resumable."""
+    import math
+
+    from lucijax.survey import SUMMARY, read_manifest, run_survey
+
+    check_cluster_options(args)
+    entries, settings = read_manifest(args.manifest)
+    out = Path(args.out) if args.out else settings.get("out") or Path(args.manifest).with_name(
+        Path(args.manifest).stem + "_out")
+    writable_folder(out, "--out")
+    n_failed = [0]
+
+    def report(row):
+        if row["STATE"] != "done":
+            n_failed[0] += 1
+            print(f"{row['NAME']}: {row['STATE']}")
+        elif args.quiet:
+            return
+        else:
+            rate = row["SPECTRA_PER_S"]
+            rate = "resumed" if math.isnan(rate) else f"{rate:.1f} spectra/s"
+            print(f"{row['NAME']}: {row['N_PIXELS']} pixels ({row['N_RESUMED']} from the checkpoint), {rate}, "
+                  f"{row['N_STATUS_0']} converged, median reduced chi2 {row['MEDIAN_CHI2']:.3f}")
+
+    with cluster_client(args) as client:
+        run_survey(entries, out, scheduler=client, progress=not args.quiet, keep_checkpoint=args.keep_checkpoint,
+                   on_entry=report)
+    print(f"wrote {out / SUMMARY} ({len(entries)} entries, {n_failed[0]} failed)")
+    return 1 if n_failed[0] else 0
 
 
 def cmd_demo(args) -> int:
@@ -668,6 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--velocity-correction", metavar="CORR.fits",
                    help="subtract this sky velocity-correction map (lucijax skycal) from the velocity maps")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_cluster_options(f)
     f.set_defaults(func=cmd_fit, select_components=False)
 
     sc = sub.add_parser("skycal", help="velocity-correction map from the OH sky lines of binned sky regions")
@@ -682,6 +772,18 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", default="lucijax_skycal", help="output folder (velocity_correction.fits, sky_bins.txt)")
     sc.add_argument("--quiet", "-q", action="store_true")
     sc.set_defaults(func=cmd_skycal)
+
+    sv = sub.add_parser("survey", help="fit every cube x line set of a manifest (TOML or CSV), resumable, with a "
+                        "summary table", description="Fit every entry (cube x line set) of a manifest into its own "
+                        "folder OUT/NAME (maps.fits) and write OUT/survey_summary.ecsv (per entry: pixels, spectra/s, "
+                        "STATUS counts, median reduced chi2). A rerun skips finished entries and resumes a half-done "
+                        "one from its checkpoint. See lucijax.survey for the manifest format.")
+    sv.add_argument("manifest", help="survey manifest (.toml or .csv)")
+    sv.add_argument("--out", help="output folder (default: the manifest's 'out', else MANIFEST_out beside it)")
+    sv.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/NAME/checkpoint after each entry")
+    sv.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no line per entry")
+    add_cluster_options(sv)
+    sv.set_defaults(func=cmd_survey)
 
     d = sub.add_parser("demo", help="simulate a small SN3 cube, fit it, write maps and a figure")
     d.add_argument("--out", default="lucijax_demo", help="output folder")
@@ -728,6 +830,24 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--output", "-o", help="PNG file (default: next to maps.fits)")
     pl.set_defaults(func=cmd_plot)
     return p
+
+
+def add_cluster_options(parser) -> None:
+    """``--scheduler`` and ``--cluster`` with its job sizes (``fit`` and ``survey``)."""
+    k = parser.add_argument_group("cluster (Dask distributed: pip install 'lucijax[cluster]')")
+    k.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                   help="run the blocks as tasks of a Dask cluster: the address of a running scheduler "
+                        "(tcp://host:8786), or local:N for N single-threaded worker processes on this machine, each "
+                        "with its own JAX device; each finished block is written once to OUT/checkpoint by this "
+                        "process, a lost worker's blocks are re-run elsewhere")
+    k.add_argument("--cluster", choices=["slurm", "pbs"],
+                   help="start the workers as batch jobs (dask-jobqueue); sized by the --cluster-* options")
+    k.add_argument("--cluster-jobs", type=int, help="batch jobs to submit (default 1)")
+    k.add_argument("--cluster-cores", type=int, help="cores per job (default 1)")
+    k.add_argument("--cluster-memory", help="memory per job, e.g. 16GB (default 4GB)")
+    k.add_argument("--cluster-walltime", help="wall time per job, HH:MM:SS (default 01:00:00)")
+    k.add_argument("--cluster-processes", type=int, help="worker processes per job: one per GPU (default 1)")
+    k.add_argument("--cluster-queue", help="queue (SLURM partition) of the jobs")
 
 
 def _join_negative_ranges(argv: list[str]) -> list[str]:

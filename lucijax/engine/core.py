@@ -63,6 +63,11 @@ class Execution:
         arguments computes only the missing blocks.
     progress : bool
         Show a progress bar (tqdm: terminal or notebook).
+    scheduler : distributed.Client, str, optional
+        Run the blocks as tasks of a Dask distributed cluster (:mod:`lucijax.engine.cluster`):
+        a ``Client`` (or a cluster object), a scheduler address (``'tcp://host:8786'``) or
+        ``'local:N'`` (a ``LocalCluster`` of ``N`` single-threaded worker processes, started
+        and stopped by this call). None: this process's devices.
     """
 
     batch_size: int | None = None
@@ -70,6 +75,7 @@ class Execution:
     devices: Sequence | None = None
     checkpoint: str | os.PathLike | None = None
     progress: bool = True
+    scheduler: Any = None
 
     def __post_init__(self):
         if self.batch_size is not None and int(self.batch_size) < 1:
@@ -117,7 +123,9 @@ class PixelMap:
     batch_size: int = 0
     n_devices: int = 1
     #: ``'progress_note'``: the program's :class:`~lucijax.program.ProgressNote` totals
-    #: ``(n_ok, n_total)`` over the pixels computed in this run (resumed ones not counted)
+    #: ``(n_ok, n_total)`` over the pixels computed in this run (resumed ones not counted);
+    #: ``'cluster'`` (a run on a Dask cluster): blocks, workers, devices, the blocks re-run
+    #: after a lost worker (:func:`lucijax.engine.cluster.run_blocks`)
     meta: dict = field(default_factory=dict)
 
 
@@ -345,27 +353,15 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
         digests: dict = {}
 
         def read(b):
-            idx = selected(mask, b)
-            spectra = None
-            if program.reads_spectra:
-                spectra = cube.read_spectra(*b)
-                spectra = spectra.reshape(-1, spectra.shape[-1])[idx]
-            calib = cube.read_calib_map(*b)
-            calib = None if calib is None else np.asarray(calib, np.float64).reshape(-1)[idx]
+            block = read_block(cube, program, mask, b, header)
             if ckpt is not None:
-                digests[b] = data_digest(spectra, calib)
-            gx, gy = np.meshgrid(np.arange(b[0], b[1]), np.arange(b[2], b[3]), indexing="ij")
-            xy = np.stack([gx.reshape(-1)[idx], gy.reshape(-1)[idx]], axis=1).astype(np.int32)
-            given = {k: np.asarray(v[b[0]:b[1], b[2]:b[3]]).reshape((-1,) + np.shape(v)[2:])[idx]
-                     for k, v in program.given.items()}
-            return Block(b, idx, xy, spectra, calib, given, header)
+                digests[b] = data_digest(block.spectra, block.calib)
+            return block
 
         todo = [b for b in boxes if ckpt is None or not ckpt.has(b)]
         if ckpt is not None and len(todo) < len(boxes):
             todo = _check_finished(ckpt, boxes, todo, read, digests)
         n_batches = sum(-(-selected(mask, b).size // batch_size) for b in todo)
-        devices = local_devices(ex.devices)[: max(1, n_batches)]
-        runner = BatchRunner(program, batch_size, devices)
         maps = _Maps((nx, ny))
         n_resumed = n_pix - sum(selected(mask, b).size for b in todo)
         bar = tqdm(total=n_pix, initial=n_resumed, unit="spectra", desc=program.name, smoothing=0.1,
@@ -373,26 +369,42 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
         note = program.progress_note
         tally = [0, 0]  # the note's running (n_ok, n_total) over the pixels computed in this run
 
-        def on_batch(out, n):
-            if note is not None:
-                ok, total = note.count(out)
-                tally[0] += int(ok)
-                tally[1] += int(total)
+        def progressed(n, counted=None):
+            if counted is not None:
+                tally[0] += int(counted[0])
+                tally[1] += int(counted[1])
                 bar.set_postfix_str(note.text(*tally), refresh=False)
             bar.update(n)
 
+        def on_batch(out, n):
+            progressed(n, None if note is None else note.count(out))
+
         import jax
 
-        for b, block in read_ahead(todo, read):
-            out, bulk = run_block(program, runner, block, on_batch)
+        def finished(b, index, out, bulk, digest):
             leaves, treedef = jax.tree_util.tree_flatten((out, bulk))
             if ckpt is not None:
-                ckpt.save(b, leaves, treedef, digests.pop(b, None))
+                ckpt.save(b, leaves, treedef, digest)
             else:
                 out_leaves, out_def = jax.tree_util.tree_flatten(out)
-                maps.place(b, block.index, out_leaves, out_def)
+                maps.place(b, index, out_leaves, out_def)
                 if sink is not None and bulk:
-                    sink.write(b, block.index, bulk)
+                    sink.write(b, index, bulk)
+
+        if ex.scheduler is not None:  # the blocks as tasks of a Dask cluster, each written here once
+            from lucijax.engine.cluster import run_blocks
+
+            cluster_meta = run_blocks(ex.scheduler, cube, program, todo, mask, batch_size, finished, progressed,
+                                      want_digest=ckpt is not None, compute=compute_box, make_runner=block_runner)
+            n_devices = cluster_meta["n_devices"]
+        else:
+            cluster_meta = None
+            devices = local_devices(ex.devices)[: max(1, n_batches)]
+            n_devices = len(devices)
+            runner = BatchRunner(program, batch_size, devices)
+            for b, block in read_ahead(todo, read):
+                out, bulk = run_block(program, runner, block, on_batch)
+                finished(b, block.index, out, bulk, digests.pop(b, None))
         bar.close()
         if ckpt is not None:  # every block from disk, one at a time (bounded memory)
             for b in boxes:
@@ -407,7 +419,52 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
             ckpt.close()
     computed = np.ones((nx, ny), bool) if mask is None else mask.copy()
     meta = {"progress_note": tuple(tally)} if note is not None else {}
-    return PixelMap(maps.values(), computed, n_resumed, time.perf_counter() - t0, batch_size, len(devices), meta)
+    if cluster_meta is not None:
+        meta["cluster"] = cluster_meta
+    return PixelMap(maps.values(), computed, n_resumed, time.perf_counter() - t0, batch_size, n_devices, meta)
+
+
+def read_block(cube, program: Program, mask, b, header=None) -> Block:
+    """The :class:`~lucijax.program.Block` of box ``b`` of ``cube``: the pixels ``mask``
+    keeps, their spectra (when the program reads any), calibration wavelengths, view
+    coordinates and rows of the program's ``given`` inputs."""
+    idx = selected(mask, b)
+    spectra = None
+    if program.reads_spectra:
+        spectra = cube.read_spectra(*b)
+        spectra = spectra.reshape(-1, spectra.shape[-1])[idx]
+    calib = cube.read_calib_map(*b)
+    calib = None if calib is None else np.asarray(calib, np.float64).reshape(-1)[idx]
+    gx, gy = np.meshgrid(np.arange(b[0], b[1]), np.arange(b[2], b[3]), indexing="ij")
+    xy = np.stack([gx.reshape(-1)[idx], gy.reshape(-1)[idx]], axis=1).astype(np.int32)
+    given = {k: np.asarray(v[b[0]:b[1], b[2]:b[3]]).reshape((-1,) + np.shape(v)[2:])[idx]
+             for k, v in program.given.items()}
+    return Block(b, idx, xy, spectra, calib, given, cube.header if header is None else header)
+
+
+def block_runner(program: Program, batch_size: int) -> BatchRunner:
+    """A :class:`BatchRunner` of ``program`` on every local device (a cluster worker's)."""
+    return BatchRunner(program, batch_size, local_devices())
+
+
+def compute_box(cube, program: Program, mask, box, runner: BatchRunner, want_digest: bool = False) -> dict:
+    """Read and compute block ``box`` here (what a cluster worker runs for one task):
+    ``index``, ``out``, ``bulk`` as :func:`run_block` gives them, the data ``digest``
+    (``want_digest``) and the program's progress-note count over the block (``counted``)."""
+    block = read_block(cube, program, mask, tuple(box))
+    note = program.progress_note
+    counted = [0, 0]
+
+    def on_batch(out, n):
+        if note is not None:
+            ok, total = note.count(out)
+            counted[0] += int(ok)
+            counted[1] += int(total)
+
+    out, bulk = run_block(program, runner, block, on_batch)
+    return {"index": block.index, "out": out, "bulk": bulk,
+            "digest": data_digest(block.spectra, block.calib) if want_digest else None,
+            "counted": None if note is None else tuple(counted), "n_devices": len(runner.devices)}
 
 
 def _check_finished(ckpt, boxes, todo, read, digests) -> list:
@@ -448,5 +505,5 @@ def map_rows(program: Program, inputs: dict, execution: Execution | None = None)
     return out if not bulk else (out, bulk)
 
 
-__all__ = ["Execution", "PixelMap", "BatchRunner", "map_pixels", "map_rows", "run_block", "fingerprint",
+__all__ = ["Execution", "PixelMap", "BatchRunner", "map_pixels", "map_rows", "run_block", "read_block", "fingerprint",
            "default_batch_size", "local_devices"]

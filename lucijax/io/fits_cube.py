@@ -77,6 +77,11 @@ class FitsCube(SpectralCube):
             self.close()
             raise
 
+    def __reduce__(self):
+        """Pickled as its path: unpickling opens the file again (a cluster's workers
+        rebuild a cube view this way, :mod:`lucijax.engine.cluster`)."""
+        return (type(self), (self.path,))
+
     def _open(self) -> None:
         hdul = self._hdul
         self._hdu = None

@@ -297,6 +297,11 @@ class OrbHDF5Cube(SpectralCube):
             self.close()
             raise
 
+    def __reduce__(self):
+        """Pickled as its path: unpickling opens the file again (a cluster's workers
+        rebuild a cube view this way, :mod:`lucijax.engine.cluster`)."""
+        return (type(self), (self.path,))
+
     # -- opening -------------------------------------------------------------
     def _open(self) -> None:
         f = self._f
