@@ -33,7 +33,7 @@ Usage (repository root, lucijax's environment)::
 
 4. Calibration on the INDEPENDENT simulator (``--filters C1 C2 C3 C4``, default every
    shipped MDN): ``--n-eval`` spectra of each network's lines drawn by
-   :func:`lucijax.mdn.calibrate.independent_spectra` (``lucijax.simulate.render_spectra``
+   :func:`lucijax.network_calibration.independent_spectra` (``lucijax.simulate.render_spectra``
    on the observed band axis of the filter's synthetic set-up, C3 at z = 0.08 and C4 at
    z = 0.235, velocity +-400 km/s, broadening 0-150 km/s, SNR 2-100) and read through
    ``load_predictor`` as a fit reads them: the same table as part 1.
@@ -91,7 +91,7 @@ def part1(n_eval: int, log, filters=None):
 
 def part4(filters, n_eval: int, log, seed: int = 4):
     from lucijax.mdn import available_filters, load_network
-    from lucijax.mdn.calibrate import independent_spectra, predict_independent
+    from lucijax.network_calibration import independent_spectra, predict_independent
     from lucijax.mdn.train import format_table, snr_rows
     from lucijax.physics.lines import LINE_CATALOGUE_NM
     from lucijax.simulate import SETUPS

@@ -30,7 +30,7 @@ LAYERS = [
     (5, ("lucijax.engine",)),
     (6, ("lucijax.results",)),
     (7, ("lucijax.api", "lucijax.views", "lucijax.tools", "lucijax.plots", "lucijax.demo", "lucijax.simulate",
-         "lucijax.nebular", "lucijax.viewer", "lucijax.survey")),
+         "lucijax.nebular", "lucijax.viewer", "lucijax.survey", "lucijax.network_calibration")),
     (8, ("lucijax.cli",)),
 ]
 

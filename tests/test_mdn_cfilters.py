@@ -19,7 +19,7 @@ import lucijax
 from lucijax.io import open_cube
 from lucijax.mdn import available_filters, load_predictor
 from lucijax.mdn import predictor as predictor_module
-from lucijax.mdn.calibrate import independent_spectra, predict_independent
+from lucijax.network_calibration import independent_spectra, predict_independent
 from lucijax.simulate import make_cube
 from lucijax.status import Status
 
