@@ -224,7 +224,7 @@ def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
     from the matched-filter start over the settings' whole ranges."""
     model = bound.line_model
     spec = model.spec
-    G, has_b = spec.n_groups, spec.has_broadening
+    G, B, has_b = spec.n_groups, spec.n_broadening, spec.has_broadening
     templates, velocities = templates_for(bound, settings)
     templates, velocities, group_of_column, lo, hi = start_inputs(model, settings, templates, velocities)
     b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
@@ -233,7 +233,7 @@ def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
         mask = jnp.isfinite(y)
         yz = jnp.where(mask, y, 0.0)
         v0 = start_velocity(yz, mask, templates, velocities, group_of_column, G)
-        theta0 = jnp.concatenate([v0, jnp.full(G, b0, jnp.float32)]) if has_b else v0
+        theta0 = jnp.concatenate([v0, jnp.full(B, b0, jnp.float32)]) if has_b else v0
         return fit_spectrum(model, settings, y, fwhm, theta0, jnp.asarray(lo), jnp.asarray(hi), with_covariance)
 
     return one
@@ -284,11 +284,17 @@ def network_one(bound, settings: FitSettings, predict, solver: MAP):
     """``one(inputs) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
     bounded by a network (``predict(y, fwhm) -> (mean, sigma)`` runs in the same program),
     guarded by the matched filter (:func:`guarded_one`)."""
-    G, has_b = bound.spec.n_groups, bound.spec.has_broadening
+    G, has_b, B = bound.spec.n_groups, bound.spec.has_broadening, bound.spec.n_broadening
+    # separate broadening groups: the network's one broadening (the brightest line's) starts
+    # every group, and the groups are bounded by the settings' range only
+    separate = has_b and bound.line_set.broadening_groups is not None
+    blo, bhi = settings.broadening_range_kms
 
     def propose(inp):
         mean, sigma = predict(inp["y"], inp["fwhm"])
-        theta, lo, hi = network_start(mean, sigma, settings, G, has_b, solver.network_sigmas)
+        theta, lo, hi = network_start(mean, sigma, settings, G, has_b, solver.network_sigmas, n_broadening=B)
+        if separate:
+            lo, hi = lo.at[G:].set(blo), hi.at[G:].set(bhi)
         return theta, lo, hi, sigma[0] > solver.max_network_sigma_kms, mean, sigma  # False for the CNN's NaN
 
     return guarded_one(bound, settings, solver, propose)
@@ -298,12 +304,12 @@ def maps_one(bound, settings: FitSettings, solver: MAP):
     """``one(inputs) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
     bounded by its given kinematics ``inputs['theta']`` (+- ``inputs['theta_err']``),
     guarded by the matched filter (:func:`guarded_one`); mean and sigma are NaN."""
-    G, has_b = bound.spec.n_groups, bound.spec.has_broadening
+    G, has_b, B = bound.spec.n_groups, bound.spec.has_broadening, bound.spec.n_broadening
     nan2 = jnp.full(2, jnp.nan, jnp.float32)
 
     def propose(inp):
         theta, lo, hi, ok = maps_start(inp["theta"], inp["theta_err"], settings, G, has_b, solver.network_sigmas,
-                                       solver.maps_halfwidth_kms)
+                                       solver.maps_halfwidth_kms, n_broadening=B)
         return theta, lo, hi, ~ok, nan2, nan2
 
     return guarded_one(bound, settings, solver, propose)

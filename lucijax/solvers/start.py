@@ -30,11 +30,11 @@ def start_templates(model: LineModel, fwhm_cm1: float, settings: FitSettings) ->
     vmin, vmax = settings.velocity_range_kms
     n_v = max(3, int(np.ceil((vmax - vmin) / settings.grid_step_kms)) + 1)
     velocities = np.linspace(vmin, vmax, n_v).astype(np.float32)
-    G = spec.n_groups
+    G, B = spec.n_groups, spec.n_broadening
     b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
 
     def columns(v):
-        theta = jnp.concatenate([jnp.full(G, v), jnp.full(G, b0)]) if spec.has_broadening else jnp.full(G, v)
+        theta = jnp.concatenate([jnp.full(G, v), jnp.full(B, b0)]) if spec.has_broadening else jnp.full(G, v)
         return model.design_matrix(theta, jnp.float32(fwhm_cm1))[:, : spec.n_amplitudes].T
 
     tmpl = np.asarray(jax.jit(jax.vmap(columns))(jnp.asarray(velocities)), np.float64)
@@ -77,21 +77,25 @@ def start_inputs(model: LineModel, settings: FitSettings, templates, velocities)
     """What the matched-filter start needs (templates, velocity grid, group of each
     amplitude column) and the settings' full bounds of (velocities..., broadenings...)."""
     spec = model.spec
-    G, has_b = spec.n_groups, spec.has_broadening
+    G, B = spec.n_groups, spec.n_broadening
     group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
-    lo = np.array([vlo] * G + ([blo] * G if has_b else []), np.float32)
-    hi = np.array([vhi] * G + ([bhi] * G if has_b else []), np.float32)
+    lo = np.array([vlo] * G + [blo] * B, np.float32)
+    hi = np.array([vhi] * G + [bhi] * B, np.float32)
     return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
 
 
 
-def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0):
+def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0, *,
+                  n_broadening: int | None = None):
     """Start and bounds of one pixel's fit from a network's posterior ``mean`` / ``sigma``
     = [velocity_kms, broadening_kms]: start at the mean, bounds mean +- ``n_sigma`` sigma
     clipped to the settings' physical ranges (the full range where sigma is not finite,
-    as for the point-estimate CNN, or where the network returned no finite answer)."""
+    as for the point-estimate CNN, or where the network returned no finite answer). Every
+    kinematic group gets the velocity's, every broadening group (``n_broadening``,
+    default ``n_groups``) the broadening's."""
+    n_broadening = n_groups if n_broadening is None else int(n_broadening)
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
     ok = jnp.all(jnp.isfinite(mean))
@@ -110,28 +114,30 @@ def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool
         b_lo = jnp.clip(mean[1] - half[1], blo, bhi)
         b_hi = jnp.clip(mean[1] + half[1], blo, bhi)
         b_hi = jnp.maximum(b_hi, jnp.minimum(b0 + 1.0, bhi))
-        start.append(jnp.full(n_groups, b0))
-        lo.append(jnp.full(n_groups, b_lo))
-        hi.append(jnp.full(n_groups, b_hi))
+        start.append(jnp.full(n_broadening, b0))
+        lo.append(jnp.full(n_broadening, b_lo))
+        hi.append(jnp.full(n_broadening, b_hi))
     return tuple(jnp.concatenate(p).astype(jnp.float32) for p in (start, lo, hi))
 
 
 def maps_start(theta, err, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0,
-               halfwidth_kms: float = 10.0):
-    """Start and bounds of one pixel's fit from given kinematics ``theta`` (velocities then
-    broadenings of each group, km/s) with errors ``err``: start at ``theta`` (clipped to
+               halfwidth_kms: float = 10.0, *, n_broadening: int | None = None):
+    """Start and bounds of one pixel's fit from given kinematics ``theta`` (velocities of
+    each kinematic group then broadenings of each broadening group, ``n_broadening``,
+    default ``n_groups``; km/s) with errors ``err``: start at ``theta`` (clipped to
     the settings' ranges), bounds ``theta`` +- max(``n_sigma`` x ``err``, ``halfwidth_kms``)
     (errors that are not finite count as 0). Returns ``(start, lo, hi, ok)``; ``ok`` is
     False where a value is not finite (start and bounds are then the settings' defaults and
     full ranges, for the caller to replace)."""
     G = n_groups
+    B = (G if n_broadening is None else int(n_broadening)) if has_b else 0
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
     theta = jnp.asarray(theta, jnp.float32)
     ok = jnp.all(jnp.isfinite(theta))
-    rlo = jnp.asarray([vlo] * G + ([blo] * G if has_b else []), jnp.float32)
-    rhi = jnp.asarray([vhi] * G + ([bhi] * G if has_b else []), jnp.float32)
-    default = jnp.asarray([0.0] * G + ([settings.broadening_start_kms] * G if has_b else []), jnp.float32)
+    rlo = jnp.asarray([vlo] * G + [blo] * B, jnp.float32)
+    rhi = jnp.asarray([vhi] * G + [bhi] * B, jnp.float32)
+    default = jnp.asarray([0.0] * G + [settings.broadening_start_kms] * B, jnp.float32)
     theta = jnp.where(ok, theta, jnp.clip(default, rlo, rhi))
     err = jnp.where(jnp.isfinite(err), jnp.asarray(err, jnp.float32), 0.0)
     half = jnp.where(ok, jnp.maximum(n_sigma * err, halfwidth_kms), jnp.inf)
