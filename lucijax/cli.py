@@ -48,7 +48,8 @@ def build_model(args):
     broadening_groups = tuple(args.broadening_groups) if getattr(args, "broadening_groups", None) else None
     return Model(**_given(
         lines=tuple(args.lines) if args.lines else (),
-        profile=args.model, groups=groups, broadening_groups=broadening_groups, tie_nii=False if args.no_nii_tie else None,
+        profile=args.model, groups=groups, broadening_groups=broadening_groups,
+        tie_nii=False if args.no_nii_tie else None,
         tie_oiii=True if args.oiii_tie else None, sky_lines=args.sky_lines, continuum_order=args.continuum_order,
         continuum_spline=args.continuum_spline, window=_range(args.window, "window") if args.window else None,
         redshift=args.redshift, flambda_weights=False if args.uniform_weights else None,

@@ -148,11 +148,13 @@ class Model:
                 raise ValueError("a sky-line model needs the band and the instrumental FWHM: bind it to a cube")
             ls = sky_line_set(self.sky_lines, band_cm1, fwhm_cm1)
             if self.lines:  # emission lines in front of the sky: their own groups after the sky's
-                ls = join_line_sets(ls, make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii,
-                                 broadening_groups=self.broadening_groups))
+                ls = join_line_sets(ls, self._emission_lines())
             return ls
+        return self._emission_lines()
+
+    def _emission_lines(self) -> LineSet:
         return make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii,
-                                 broadening_groups=self.broadening_groups)
+                             broadening_groups=self.broadening_groups)
 
     def bind(self, header) -> BoundModel:
         """The model on a cube's spectral axis (``header``: a

@@ -3,8 +3,8 @@
 The model is ``y(x) = sum_j alpha_j column_j(x; theta)``, linear in the amplitudes and
 continuum coefficients ``alpha`` and non-linear in ``theta`` = (the velocity of each
 kinematic group, then the broadening of each broadening group: the kinematic groups
-themselves unless the line set has separate ``broadening_groups``). ``column_j`` is the unit-amplitude profile of primary line ``j``
-plus its tied lines (flux ratios fixed), then the continuum basis (polynomials, or a cubic
+themselves unless the line set has separate ``broadening_groups``). ``column_j`` is the
+unit-amplitude profile of primary line ``j`` plus its tied lines (flux ratios fixed), then the continuum basis (polynomials, or a cubic
 B-spline for continua with structure: starlight, filter-edge calibration).
 
 Everything here is for ONE spectrum, in float32 ``jax.numpy``; the fit vectorises it.
@@ -195,8 +195,8 @@ class LineModel:
     # -- parameters --------------------------------------------------------------
     def split_theta(self, theta):
         """(velocity_kms[G], broadening_kms[B]) from the non-linear vector (B broadening
-        groups; broadening 0 of each kinematic group for the sinc, which has none). With a velocity chain in the line set, the velocity
-        parameters of chained groups are offsets from their base group, and the returned
+        groups; broadening 0 of each kinematic group for the sinc, which has none). With a
+        velocity chain in the line set, the velocity parameters of chained groups are offsets from their base group, and the returned
         velocities are the groups' own."""
         g = self.spec.n_groups
         if self.spec.has_broadening:

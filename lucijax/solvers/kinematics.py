@@ -33,8 +33,8 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
     freeze : path or dict
         ``maps.fits`` of a previous fit, or a dict of FITS-ordered ``[y, x]`` arrays. Group
         ``g`` takes ``{LINE}_VELOCITY`` (and ``_ERR``) of its first line, broadening group
-        ``b`` ``{LINE}_BROADENING`` (and ``_ERR``) of its first line, else plain ``VELOCITY`` / ``BROADENING`` maps (then all groups share
-        them), else the maps of other lines when they all share one kinematics (another
+        ``b`` ``{LINE}_BROADENING`` (and ``_ERR``) of its first line, else plain
+        ``VELOCITY`` / ``BROADENING`` maps (then all groups share them), else the maps of other lines when they all share one kinematics (another
         filter's fit). Maps cover either the region or the whole cube.
     line_set : LineSet
     region : (x0, x1, y0, y1)
