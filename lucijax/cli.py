@@ -46,9 +46,11 @@ def build_model(args):
     from lucijax.description import Model
 
     groups = tuple(args.groups) if args.groups else None
+    broadening_groups = tuple(args.broadening_groups) if getattr(args, "broadening_groups", None) else None
     return Model(**_given(
         lines=tuple(args.lines) if args.lines else (),
-        profile=args.model, groups=groups, tie_nii=False if args.no_nii_tie else None,
+        profile=args.model, groups=groups, broadening_groups=broadening_groups,
+        tie_nii=False if args.no_nii_tie else None,
         tie_oiii=True if args.oiii_tie else None, sky_lines=args.sky_lines, continuum_order=args.continuum_order,
         continuum_spline=args.continuum_spline, window=_range(args.window, "window") if args.window else None,
         redshift=args.redshift, flambda_weights=False if args.uniform_weights else None,
@@ -641,6 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(first kinematic group); --lines then adds emission lines with their own velocity")
     g.add_argument("--model", choices=["sincgauss", "sinc", "gaussian"], help=f"line profile (default {m.profile})")
     g.add_argument("--groups", nargs="+", type=int, help="kinematic group of each line (default: all share one)")
+    g.add_argument("--broadening-groups", nargs="+", type=int,
+                   help="broadening group of each line, apart from the velocity groups (e.g. --groups 0 0 0 "
+                        "--broadening-groups 0 1 1: Halpha and [NII] share a velocity, not a broadening; "
+                        "default: one broadening per --groups group)")
     g.add_argument("--no-nii-tie", action="store_true", help="free the [NII]6583/6548 flux ratio (default: 3)")
     g.add_argument("--oiii-tie", action="store_true", help="fix [OIII]5007/4959 = 3 in flux")
     g.add_argument("--continuum-order", type=int, help=f"degree of the continuum polynomial (default {m.continuum_order})")

@@ -103,6 +103,11 @@ class Model:
         Line shape: the instrumental sinc, a Gaussian, or their convolution.
     groups : tuple of int, optional
         Kinematic group of each line (default: one velocity and broadening for all).
+    broadening_groups : tuple of int, optional
+        Broadening group of each line, independent of ``groups`` (LUCI's ``sigma_rel``,
+        ORCS's ``sigma_def``): e.g. ``groups=(0, 0, 0), broadening_groups=(0, 1, 1)`` for
+        Halpha and the [NII] doublet with one velocity and two broadenings. Default (None):
+        one broadening per kinematic group. The sinc has no broadening and ignores them.
     tie_nii, tie_oiii : bool
         3:1 flux ratio of [NII]6583/6548 (default on) and of [OIII]5007/4959 (default off).
     sky_lines : path, optional
@@ -146,6 +151,7 @@ class Model:
     lines: tuple[str, ...] = ()
     profile: str = "sincgauss"
     groups: tuple[int, ...] | None = None
+    broadening_groups: tuple[int, ...] | None = None
     tie_nii: bool = True
     tie_oiii: bool = False
     sky_lines: str | None = None
@@ -169,6 +175,8 @@ class Model:
         put("lines", tuple(str(v) for v in lines))
         if self.groups is not None:
             put("groups", tuple(int(g) for g in self.groups))
+        if self.broadening_groups is not None:
+            put("broadening_groups", tuple(int(g) for g in self.broadening_groups))
         if self.sky_lines is not None:
             put("sky_lines", str(self.sky_lines))
         if not self.lines and self.sky_lines is None:
@@ -210,12 +218,16 @@ class Model:
                 raise ValueError("a sky-line model needs the band and the instrumental FWHM: bind it to a cube")
             ls = sky_line_set(self.sky_lines, band_cm1, fwhm_cm1)
             if self.lines:  # emission lines in front of the sky: their own groups after the sky's
-                ls = join_line_sets(ls, make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii))
+                ls = join_line_sets(ls, self._emission_lines())
         else:
-            ls = make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii)
+            ls = self._emission_lines()
         if self.absorption:  # absorption copies in one group of their own, after the emission lines
             ls = join_line_sets(ls, absorption_line_set(self.absorption))
         return ls
+
+    def _emission_lines(self) -> LineSet:
+        return make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii,
+                             broadening_groups=self.broadening_groups)
 
     def bind(self, header) -> BoundModel:
         """The model on a cube's spectral axis (``header``: a

@@ -1,13 +1,15 @@
 """One pixel's spectrum from its parameters: the line model of a fit.
 
 The model is ``y(x) = sum_j alpha_j column_j(x; theta)``, linear in the amplitudes and
-continuum coefficients ``alpha`` and non-linear in ``theta`` = (velocity, broadening) of
-each kinematic group. ``column_j`` is the unit-amplitude profile of primary line ``j``
-plus its tied lines (flux ratios fixed; the negative profile for an absorption line, so that
-every amplitude parameter is >= 0), then the continuum basis (polynomials, or a cubic
-B-spline for continua with structure: starlight, filter-edge calibration), then the
-background components, if any (spectra of a sky region: its mean and principal components,
-fitted per pixel with free coefficients; :mod:`lucijax.io.background`).
+continuum coefficients ``alpha`` and non-linear in ``theta`` = (the velocity of each
+kinematic group, then the broadening of each broadening group: the kinematic groups
+themselves unless the line set has separate ``broadening_groups``). ``column_j`` is the
+unit-amplitude profile of primary line ``j`` plus its tied lines (flux ratios fixed; the
+negative profile for an absorption line, so that every amplitude parameter is >= 0), then
+the continuum basis (polynomials, or a cubic B-spline for continua with structure:
+starlight, filter-edge calibration), then the background components, if any (spectra of a
+sky region: its mean and principal components, fitted per pixel with free coefficients;
+:mod:`lucijax.io.background`).
 
 Everything here is for ONE spectrum, in float32 ``jax.numpy``; the fit vectorises it.
 Wavenumbers are handled relative to a reference ``ref_cm1`` near the band centre so that
@@ -70,9 +72,14 @@ class ModelSpec:
         return self.line_set.n_groups
 
     @property
+    def n_broadening(self) -> int:
+        """Broadening parameters: one per broadening group (0 for the sinc)."""
+        return self.line_set.n_broadening_groups if self.has_broadening else 0
+
+    @property
     def n_nonlinear(self) -> int:
-        """Velocity (and broadening) per kinematic group."""
-        return self.n_groups * (2 if self.has_broadening else 1)
+        """A velocity per kinematic group, then a broadening per broadening group."""
+        return self.n_groups + self.n_broadening
 
     @property
     def n_amplitudes(self) -> int:
@@ -179,6 +186,8 @@ class LineModel:
         #: -1 for absorption lines, +1 for emission (None: emission lines only)
         self.line_sign = jnp.asarray(ls.line_sign(), jnp.float32) if ls.absorption else None
         self.group = np.asarray(ls.groups, np.int32)
+        # broadening parameter of each line (the sinc's zero broadenings: its kinematic group)
+        self.broadening_group = np.asarray(ls.broadening_of if spec.has_broadening else ls.groups, np.int32)
         # ordered components: group velocities = T @ velocity parameters (None: identity)
         self.velocity_matrix = jnp.asarray(ls.velocity_matrix(), jnp.float32) if ls.velocity_chain else None
         self.column = ls.amplitude_column()
@@ -214,9 +223,9 @@ class LineModel:
 
     # -- parameters --------------------------------------------------------------
     def split_theta(self, theta):
-        """(velocity_kms[G], broadening_kms[G]) from the non-linear vector (broadening 0
-        for the sinc, which has none). With a velocity chain in the line set, the velocity
-        parameters of chained groups are offsets from their base group, and the returned
+        """(velocity_kms[G], broadening_kms[B]) from the non-linear vector (B broadening
+        groups; broadening 0 of each kinematic group for the sinc, which has none). With a
+        velocity chain in the line set, the velocity parameters of chained groups are offsets from their base group, and the returned
         velocities are the groups' own."""
         g = self.spec.n_groups
         if self.spec.has_broadening:
@@ -233,7 +242,7 @@ class LineModel:
         broadening's Gaussian sigma (cm^-1)."""
         velocity, broadening = self.split_theta(theta)
         v_line = velocity[self.group]
-        b_line = broadening[self.group]
+        b_line = broadening[self.broadening_group]
         shift = self.rest_cm1 * velocity_factor_minus_one(v_line)
         x0_rel = self.rest_rel_cm1 + shift
         x0 = self.rest_cm1 + shift

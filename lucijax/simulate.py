@@ -107,7 +107,7 @@ RENDER_BATCH = 4096
 def render_spectra(line_set: LineSet, model: str, axis_cm1, fwhm_cm1, velocity_kms, broadening_kms, amplitudes, continuum, redshift=0.0):
     """Noise-free spectra on ``axis_cm1`` for a batch of pixels.
 
-    ``velocity_kms``/``broadening_kms`` are (B, G), ``amplitudes`` (B, n_primary) peak
+    ``velocity_kms`` is (B, G), ``broadening_kms`` (B, n_broadening_groups), ``amplitudes`` (B, n_primary) peak
     amplitudes of the primary lines (tied lines follow their flux ratio), ``continuum``
     (B,), ``fwhm_cm1`` (B,). Evaluated by the fit's own line model (float32, positions
     relative to the band centre); the line shapes themselves are tested against
@@ -159,6 +159,7 @@ def make_cube(
     line_fluxes_cm1=None,
     header_overrides=None,
     ratio_ranges=None,
+    broadening_groups=None,
 ) -> SyntheticCube:
     """A synthetic cube with random kinematics per pixel and known truth.
 
@@ -176,9 +177,14 @@ def make_cube(
     ``broadening_kms`` (every kinematic group), ``line_fluxes_cm1`` (line name -> observed
     flux of each primary line in cm^-1 units; tied lines follow their primary).
     ``header_overrides`` updates the header (e.g. another pointing: ``CRVAL1``, ``CDELT1``).
+
+    ``broadening_groups``: broadening group of each line (one velocity, a broadening per
+    group, drawn independently; see :class:`~lucijax.physics.lines.LineSet`); a given
+    ``broadening_kms`` is then ``[x, y]`` (every group) or ``[x, y, n_broadening_groups]``,
+    and the truth holds ``BROADENING_{b}`` of each group (``BROADENING``: group 0's).
     """
     rng = np.random.default_rng(seed)
-    line_set = make_line_set(lines)
+    line_set = make_line_set(lines, broadening_groups=broadening_groups)
     spec = ModelSpec(line_set, model)
     header = filter_header(filter_name)
     header.update(header_overrides or {})
@@ -193,13 +199,19 @@ def make_cube(
 
     n = nx * ny
     G = line_set.n_groups
+    B = line_set.n_broadening_groups if spec.has_broadening else G  # the sinc: zeros per group
+    bgroups = list(line_set.broadening_of if spec.has_broadening else line_set.groups)
     snr = np.exp(rng.uniform(np.log(snr_range[0]), np.log(snr_range[1]), n))
     velocity = rng.uniform(*velocity_range_kms, size=(n, G))
-    broadening = rng.uniform(*broadening_range_kms, size=(n, G)) if spec.has_broadening else np.zeros((n, G))
+    broadening = rng.uniform(*broadening_range_kms, size=(n, B)) if spec.has_broadening else np.zeros((n, B))
     if velocity_kms is not None:
         velocity = np.repeat(np.asarray(velocity_kms, np.float64).reshape(n, 1), G, axis=1)
     if broadening_kms is not None and spec.has_broadening:
-        broadening = np.repeat(np.asarray(broadening_kms, np.float64).reshape(n, 1), G, axis=1)
+        given_b = np.asarray(broadening_kms, np.float64)
+        if given_b.shape == (nx, ny, B):
+            broadening = given_b.reshape(n, B)
+        else:
+            broadening = np.repeat(given_b.reshape(n, 1), B, axis=1)
     # flux ratios relative to the first line, then converted to primary amplitudes
     flux_ratio = np.ones((n, line_set.n_lines))
     for i, name in enumerate(line_set.names):
@@ -217,7 +229,7 @@ def make_cube(
     amp_first = snr * noise
     # observed line positions: residual velocity on top of the redshift
     x0 = line_set.rest_cm1[None, :] * np.sqrt((1 - velocity[:, line_set.groups] / 299792.458) / (1 + velocity[:, line_set.groups] / 299792.458)) / (1.0 + redshift)
-    sg = x0 * broadening[:, line_set.groups] / 299792.458
+    sg = x0 * broadening[:, bgroups] / 299792.458
 
     _, flux_fn, _ = get_model(model)
     unit_flux = np.asarray(flux_fn(jnp.asarray(fwhm.reshape(n)[:, None]), jnp.asarray(sg)), np.float64)
@@ -246,6 +258,9 @@ def make_cube(
         "NOISE": np.full((ny, nx), noise),
         "CONTINUUM": continuum.reshape(nx, ny).T,
     }
+    if line_set.broadening_groups is not None and spec.has_broadening:
+        for b in range(B):
+            truth[f"BROADENING_{b}"] = broadening[:, b].reshape(nx, ny).T
     for i, name in enumerate(line_set.names):
         truth[f"{name.upper()}_AMPLITUDE"] = amp_all[:, i].reshape(nx, ny).T
         truth[f"{name.upper()}_FLUX_CM1"] = flux[:, i].reshape(nx, ny).T

@@ -38,6 +38,8 @@ def two_component_line_set(line_set: LineSet, suffix: str = "_2") -> LineSet:
     group 1 (component 2, names + ``suffix``), with the flux ties repeated per component."""
     if line_set.n_groups != 1:
         raise ValueError("evidence selection needs a line set with one kinematic group")
+    if line_set.broadening_groups is not None:
+        raise ValueError("evidence selection is not supported with broadening_groups yet")
     n = line_set.n_lines
     names = tuple(line_set.names) + tuple(f"{nm}{suffix}" for nm in line_set.names)
     rest = tuple(line_set.rest_nm) * 2

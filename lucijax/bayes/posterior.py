@@ -208,7 +208,7 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
     sampler.check(problem)
     spec = bound.spec
     has_b = spec.has_broadening
-    use_network = network is not None and has_b and spec.n_groups == 1
+    use_network = network is not None and has_b and spec.n_nonlinear == 2  # one velocity, one broadening
     prior: Prior = sampler.prior
     ranges = (tuple(bound.model.velocity_range), tuple(bound.model.broadening_range))
     nested = getattr(sampler, "name", "") == "nested"

@@ -177,7 +177,7 @@ class PixelProblem:
 
     # -- derived quantities -------------------------------------------------------------
     def derived(self, x, d: PixelData):
-        """Per sample: velocities (G), broadenings (G), line amplitudes (L), fluxes (L, cm-1),
+        """Per sample: velocities (G), broadenings (B), line amplitudes (L), fluxes (L, cm-1),
         continuum at the window centre."""
         lm = self.line_model
         theta, alpha = self.theta_alpha(x)
@@ -192,7 +192,7 @@ class MapValues(NamedTuple):
 
     velocity_kms: jax.Array  # (G,)
     velocity_err_kms: jax.Array
-    broadening_kms: jax.Array  # (G,)
+    broadening_kms: jax.Array  # (B,): per broadening group
     broadening_err_kms: jax.Array
     linear: jax.Array  # (K,)
     noise: jax.Array  # ()
@@ -235,15 +235,15 @@ def pixel_data(problem: PixelProblem, prior: Prior, ranges, y, fwhm, fit: MapVal
     y = jnp.asarray(y, f32)
     finite, mask = problem.line_model.channel_mask(y)  # mask: the channel weights
     P, K = problem.n_nonlinear, problem.n_linear
-    G = problem.spec.n_groups
+    G, B = problem.spec.n_groups, problem.spec.n_broadening
     has_b = problem.spec.has_broadening
     if broad is None:
         broad = prior.kind == "broad"
     if prior_mean is None:
         prior_mean, prior_sigma = map_fallback_prior(fit, prior, has_b)
     (vlo, vhi), (blo, bhi) = ranges
-    phys_lo = jnp.asarray([vlo] * G + ([max(blo, 0.0)] * G if has_b else []), f32)
-    phys_hi = jnp.asarray([vhi] * G + ([bhi] * G if has_b else []), f32)
+    phys_lo = jnp.asarray([vlo] * G + [max(blo, 0.0)] * B, f32)
+    phys_hi = jnp.asarray([vhi] * G + [bhi] * B, f32)
     if broad:
         t_lo, t_hi = phys_lo, phys_hi
     else:

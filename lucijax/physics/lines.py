@@ -119,7 +119,7 @@ class LineSet:
         Air rest wavelength of each line (nm).
     groups : tuple of int
         Kinematic group of each line (0..n_groups-1): lines of a group share one velocity
-        and one broadening.
+        (and, without ``broadening_groups``, one broadening).
     ties : tuple of (int, int, float)
         ``(dependent, primary, ratio)``: flux(dependent) = ratio * flux(primary); the
         dependent line has no amplitude of its own.
@@ -140,9 +140,17 @@ class LineSet:
     ties: tuple[tuple[int, int, float], ...] = field(default=())
     velocity_chain: tuple[tuple[int, int], ...] = field(default=())
     absorption: tuple[int, ...] = field(default=())
+    broadening_groups: tuple[int, ...] | None = None
 
     def __post_init__(self):
         n = len(self.names)
+        if self.broadening_groups is not None:
+            bg = tuple(int(b) for b in self.broadening_groups)
+            if len(bg) != n:
+                raise ValueError(f"{len(bg)} broadening groups given for {n} lines")
+            if sorted(set(bg)) != list(range(max(bg) + 1)):
+                raise ValueError(f"broadening groups must be numbered 0..B-1, got {bg}")
+            object.__setattr__(self, "broadening_groups", None if bg == tuple(self.groups) else bg)
         if n == 0:
             raise ValueError("the line set is empty: give at least one line")
         if len(self.rest_nm) != n or len(self.groups) != n:
@@ -159,6 +167,8 @@ class LineSet:
                 raise ValueError(f"line {self.names[p]} is tied to another line and cannot be a primary")
             if self.groups[d] != self.groups[p]:
                 raise ValueError(f"tied lines {self.names[d]} and {self.names[p]} must share a kinematic group")
+            if self.broadening_of[d] != self.broadening_of[p]:
+                raise ValueError(f"tied lines {self.names[d]} and {self.names[p]} must share a broadening group")
         chained = [g for g, _ in self.velocity_chain]
         if len(set(chained)) != len(chained):
             raise ValueError(f"a group is offset from two base groups: {self.velocity_chain}")
@@ -183,6 +193,11 @@ class LineSet:
     def absorption_groups(self) -> tuple[int, ...]:
         """Kinematic groups that hold absorption lines."""
         return tuple(sorted({self.groups[i] for i in self.absorption}))
+
+    @property
+    def absorption_broadening_groups(self) -> tuple[int, ...]:
+        """Broadening groups that hold absorption lines."""
+        return tuple(sorted({self.broadening_of[i] for i in self.absorption}))
 
     def velocity_matrix(self) -> np.ndarray:
         """(G, G) matrix ``T`` with group velocities ``= T @ velocity parameters`` (the
@@ -209,6 +224,15 @@ class LineSet:
     @property
     def n_groups(self) -> int:
         return max(self.groups) + 1
+
+    @property
+    def broadening_of(self) -> tuple[int, ...]:
+        """Broadening group of each line (its kinematic group without ``broadening_groups``)."""
+        return self.groups if self.broadening_groups is None else self.broadening_groups
+
+    @property
+    def n_broadening_groups(self) -> int:
+        return max(self.broadening_of) + 1
 
     @property
     def rest_cm1(self) -> np.ndarray:
@@ -257,6 +281,7 @@ def make_line_set(
     tie_nii: bool = True,
     tie_oiii: bool = False,
     extra_ties=(),
+    broadening_groups=None,
 ) -> LineSet:
     """Build a :class:`LineSet` from line names.
 
@@ -272,6 +297,9 @@ def make_line_set(
         when both lines of the doublet are fitted in the same group.
     extra_ties : sequence of (dependent_name, primary_name, ratio)
         More flux ties.
+    broadening_groups : sequence of int, optional
+        Broadening group of each line, independent of ``groups`` (default: one broadening
+        per kinematic group). Lines are tied only within one kinematic and broadening group.
     """
     parsed = [parse_line(s) for s in lines]
     _check_distinct(list(lines), parsed)
@@ -282,13 +310,19 @@ def make_line_set(
     groups = tuple(int(g) for g in groups)
     if len(groups) != len(names):
         raise ValueError(f"{len(groups)} kinematic groups given for {len(names)} lines")
+    if broadening_groups is not None:
+        broadening_groups = tuple(int(b) for b in broadening_groups)
+        if len(broadening_groups) != len(names):
+            raise ValueError(f"{len(broadening_groups)} broadening groups given for {len(names)} lines")
+    same_b = groups if broadening_groups is None else broadening_groups
     index = {n: i for i, n in enumerate(names)}
     ties = []
     wanted = ([NII_TIE] if tie_nii else []) + ([OIII_TIE] if tie_oiii else []) + list(extra_ties)
     for dep, prim, ratio in wanted:
-        if dep in index and prim in index and groups[index[dep]] == groups[index[prim]]:
-            ties.append((index[dep], index[prim], float(ratio)))
-    return LineSet(names, rest, groups, tuple(ties))
+        i, j = index.get(dep), index.get(prim)
+        if i is not None and j is not None and groups[i] == groups[j] and same_b[i] == same_b[j]:
+            ties.append((i, j, float(ratio)))
+    return LineSet(names, rest, groups, tuple(ties), broadening_groups=broadening_groups)
 
 
 def _check_distinct(specs: list, parsed: list) -> None:
@@ -379,14 +413,15 @@ def join_line_sets(first: LineSet, second: LineSet) -> LineSet:
     """The lines of ``first`` then those of ``second``, whose kinematic groups, ties and
     velocity chain are renumbered after ``first``'s (e.g. a sky spectrum's OH lines, group
     0, and the emission lines of the gas in front of it, groups 1...)."""
-    n, g = first.n_lines, first.n_groups
+    n, g, nb = first.n_lines, first.n_groups, first.n_broadening_groups
     return LineSet(
         first.names + second.names,
         first.rest_nm + second.rest_nm,
         first.groups + tuple(k + g for k in second.groups),
         first.ties + tuple((d + n, q + n, r) for d, q, r in second.ties),
         first.velocity_chain + tuple((a + g, b + g) for a, b in second.velocity_chain),
-        first.absorption + tuple(i + n for i in second.absorption),
+        absorption=first.absorption + tuple(i + n for i in second.absorption),
+        broadening_groups=first.broadening_of + tuple(k + nb for k in second.broadening_of),
     )
 
 

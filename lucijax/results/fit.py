@@ -223,8 +223,7 @@ class FitResult(Result):
         spec = self.bound.spec
         ls = spec.line_set
         names = [f"velocity_{g}" for g in range(spec.n_groups)]
-        if spec.has_broadening:
-            names += [f"broadening_{g}" for g in range(spec.n_groups)]
+        names += [f"broadening_{b}" for b in range(spec.n_broadening)]
         names += [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
         names += [f"continuum_{k}" for k in range(spec.n_continuum)]
         names += [f"background_{k}" for k in range(spec.n_background)]
@@ -234,8 +233,7 @@ class FitResult(Result):
         """Units of the parameters along the covariance's axes (velocities and broadenings
         in km/s, line amplitudes and continuum coefficients in the cube's flux unit)."""
         spec = self.bound.spec
-        n_kin = spec.n_groups * (2 if spec.has_broadening else 1)
-        return ["km/s"] * n_kin + [self.bound.flux_unit] * spec.n_linear
+        return ["km/s"] * spec.n_nonlinear + [self.bound.flux_unit] * spec.n_linear
 
     def write(self, out_dir) -> Path:
         """Write ``out_dir/maps.fits`` (``fit.json`` for a single spectrum) and, with

@@ -82,9 +82,11 @@ def build_maps(fit: Mapping, bound, fwhm_cm1, network=None) -> tuple[dict[str, n
         units[name] = unit
 
     groups = np.asarray(ls.groups)
+    # each line's broadening: its broadening group's (the sinc's NaN: its kinematic group's)
+    bgroups = np.asarray(ls.broadening_of if bound.spec.has_broadening else ls.groups)
     rest_cm1 = ls.rest_cm1
     for i, line in enumerate(ls.names):
-        g = groups[i]
+        g, gb = groups[i], bgroups[i]
         v = fit["velocity_kms"][..., g]
         x0_obs = observed_position_cm1(rest_cm1[i], v, z)
         conv = 1.0 / (1 + z)
@@ -99,8 +101,8 @@ def build_maps(fit: Mapping, bound, fwhm_cm1, network=None) -> tuple[dict[str, n
             put(f"{key}_FLUX_LIMIT", DETECTION_SIGMAS * fit["flux_null_err_cm1"][..., i] * conv, flux_unit)
         put(f"{key}_VELOCITY", v, "km/s")
         put(f"{key}_VELOCITY_ERR", fit["velocity_err_kms"][..., g], "km/s")
-        put(f"{key}_BROADENING", fit["broadening_kms"][..., g], "km/s")
-        put(f"{key}_BROADENING_ERR", fit["broadening_err_kms"][..., g], "km/s")
+        put(f"{key}_BROADENING", fit["broadening_kms"][..., gb], "km/s")
+        put(f"{key}_BROADENING_ERR", fit["broadening_err_kms"][..., gb], "km/s")
     put_detections(maps, units, ls.names)
     corr = fit.get("flux_corr")
     if corr is not None and np.shape(corr)[-1]:

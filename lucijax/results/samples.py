@@ -25,8 +25,7 @@ def sample_parameter_names(bound, ordered: bool = False) -> list[str]:
     names = [f"velocity_{g}" for g in range(G)]
     if ordered:
         names[1] = "delta_velocity_1"
-    if spec.has_broadening:
-        names += [f"broadening_{g}" for g in range(G)]
+    names += [f"broadening_{b}" for b in range(spec.n_broadening)]
     names += [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
     names += [f"continuum_{k}" for k in range(spec.n_continuum)]
     names += [f"background_{k}" for k in range(spec.n_background)]

@@ -74,6 +74,8 @@ def component_line_set(base: LineSet, n_components: int, *, ordered: bool = True
         raise ValueError("n_components must be >= 1")
     if base.velocity_chain:
         raise ValueError("the base line set already has components")
+    if base.broadening_groups is not None:
+        raise ValueError("kinematic components are not supported with broadening_groups yet")
     L, G = base.n_lines, base.n_groups
     names = tuple(component_name(name, c + 1) for c in range(n) for name in base.names)
     rest = tuple(base.rest_nm) * n

@@ -32,9 +32,9 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
     ----------
     freeze : path or dict
         ``maps.fits`` of a previous fit, or a dict of FITS-ordered ``[y, x]`` arrays. Group
-        ``g`` takes ``{LINE}_VELOCITY`` / ``{LINE}_BROADENING`` (and their ``_ERR``) of its
-        first line, else plain ``VELOCITY`` / ``BROADENING`` maps (then all groups share
-        them), else the maps of other lines when they all share one kinematics (another
+        ``g`` takes ``{LINE}_VELOCITY`` (and ``_ERR``) of its first line, broadening group
+        ``b`` ``{LINE}_BROADENING`` (and ``_ERR``) of its first line, else plain
+        ``VELOCITY`` / ``BROADENING`` maps (then all groups share them), else the maps of other lines when they all share one kinematics (another
         filter's fit). Maps cover either the region or the whole cube.
     line_set : LineSet
     region : (x0, x1, y0, y1)
@@ -42,8 +42,8 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
 
     Returns
     -------
-    theta, theta_err : arrays of shape (x1 - x0, y1 - y0, 2 G) indexed [x, y]: velocities
-    then broadenings (km/s).
+    theta, theta_err : arrays of shape (x1 - x0, y1 - y0, G + B) indexed [x, y]: velocities
+    of the G kinematic groups then broadenings of the B broadening groups (km/s).
     """
     if isinstance(freeze, (str, Path)):
         maps = read_maps_fits(freeze)
@@ -75,12 +75,16 @@ def kinematic_maps(freeze, line_set, region, cube_shape_xy) -> tuple[np.ndarray,
                              f"maps given: {', '.join(sorted(maps))}")
         return np.full((x1 - x0, y1 - y0), np.nan)
 
-    groups = np.asarray(line_set.groups)
-    first = [line_set.names[int(np.nonzero(groups == g)[0][0])] for g in range(line_set.n_groups)]
+    def first_lines(groups, n):
+        groups = np.asarray(groups)
+        return [line_set.names[int(np.nonzero(groups == g)[0][0])] for g in range(n)]
+
+    first = first_lines(line_set.groups, line_set.n_groups)
+    first_b = first_lines(line_set.broadening_of, line_set.n_broadening_groups)  # each broadening group's
     vel = [find(n, "VELOCITY") for n in first]
     vel_err = [find(n, "VELOCITY_ERR", False) for n in first]
-    b = [find(n, "BROADENING", False) for n in first]
-    b_err = [find(n, "BROADENING_ERR", False) for n in first]
+    b = [find(n, "BROADENING", False) for n in first_b]
+    b_err = [find(n, "BROADENING_ERR", False) for n in first_b]
     theta = np.stack(vel + b, axis=-1)
     err = np.stack(vel_err + b_err, axis=-1)
     return theta, err

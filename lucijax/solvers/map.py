@@ -244,7 +244,7 @@ def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
     from the matched-filter start over the settings' whole ranges."""
     model = bound.line_model
     spec = model.spec
-    G, has_b = spec.n_groups, spec.has_broadening
+    G, B, has_b = spec.n_groups, spec.n_broadening, spec.has_broadening
     templates, velocities = templates_for(bound, settings)
     templates, velocities, group_of_column, lo, hi = start_inputs(model, settings, templates, velocities)
     b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
@@ -260,7 +260,7 @@ def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
         y_start = model.without_background(yz)
         y_start = y_start if baseline is None else y_start - running_median(y_start, baseline)
         v0 = start_velocity(y_start, mask, templates, velocities, group_of_column, G)
-        b_start = jnp.full(G, b0, jnp.float32)
+        b_start = jnp.full(B, b0, jnp.float32)
         if spec.line_set.absorption:
             v0, b_start = absorption_start(spec.line_set, settings, v0, b_start)
         theta0 = jnp.concatenate([v0, b_start]) if has_b else v0
@@ -319,13 +319,19 @@ def network_one(bound, settings: FitSettings, predict, solver: MAP):
     """``one(inputs) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
     bounded by a network (``predict(y, fwhm) -> (mean, sigma)`` runs in the same program),
     guarded by the matched filter (:func:`guarded_one`)."""
-    G, has_b = bound.spec.n_groups, bound.spec.has_broadening
+    G, has_b, B = bound.spec.n_groups, bound.spec.has_broadening, bound.spec.n_broadening
     recipe = (getattr(predict, "config", None) or {}).get("recipe")
     trained = None if recipe is None else (tuple(recipe.velocity_range_kms), tuple(recipe.broadening_range_kms))
+    # separate broadening groups: the network's one broadening (the brightest line's) starts
+    # every group, and the groups are bounded by the settings' range only
+    separate = has_b and bound.line_set.broadening_groups is not None
+    blo, bhi = settings.broadening_range_kms
 
     def propose(inp):
         mean, sigma = predict(inp["y"], inp["fwhm"])
-        theta, lo, hi = network_start(mean, sigma, settings, G, has_b, solver.network_sigmas, trained)
+        theta, lo, hi = network_start(mean, sigma, settings, G, has_b, solver.network_sigmas, trained, n_broadening=B)
+        if separate:
+            lo, hi = lo.at[G:].set(blo), hi.at[G:].set(bhi)
         return theta, lo, hi, sigma[0] > solver.max_network_sigma_kms, mean, sigma  # False for the CNN's NaN
 
     return guarded_one(bound, settings, solver, propose)
@@ -335,12 +341,12 @@ def maps_one(bound, settings: FitSettings, solver: MAP):
     """``one(inputs) -> (PixelFit, mean, sigma)``: the fit of one spectrum started and
     bounded by its given kinematics ``inputs['theta']`` (+- ``inputs['theta_err']``),
     guarded by the matched filter (:func:`guarded_one`); mean and sigma are NaN."""
-    G, has_b = bound.spec.n_groups, bound.spec.has_broadening
+    G, has_b, B = bound.spec.n_groups, bound.spec.has_broadening, bound.spec.n_broadening
     nan2 = jnp.full(2, jnp.nan, jnp.float32)
 
     def propose(inp):
         theta, lo, hi, ok = maps_start(inp["theta"], inp["theta_err"], settings, G, has_b, solver.network_sigmas,
-                                       solver.maps_halfwidth_kms)
+                                       solver.maps_halfwidth_kms, n_broadening=B)
         return theta, lo, hi, ~ok, nan2, nan2
 
     return guarded_one(bound, settings, solver, propose)

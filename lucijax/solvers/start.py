@@ -30,11 +30,11 @@ def start_templates(model: LineModel, fwhm_cm1: float, settings: FitSettings) ->
     vmin, vmax = settings.velocity_range_kms
     n_v = max(3, int(np.ceil((vmax - vmin) / settings.grid_step_kms)) + 1)
     velocities = np.linspace(vmin, vmax, n_v).astype(np.float32)
-    G = spec.n_groups
+    G, B = spec.n_groups, spec.n_broadening
     b0 = float(np.clip(settings.broadening_start_kms, *settings.broadening_range_kms))
 
     def columns(v):
-        theta = jnp.concatenate([jnp.full(G, v), jnp.full(G, b0)]) if spec.has_broadening else jnp.full(G, v)
+        theta = jnp.concatenate([jnp.full(G, v), jnp.full(B, b0)]) if spec.has_broadening else jnp.full(G, v)
         return model.design_matrix(theta, jnp.float32(fwhm_cm1))[:, : spec.n_amplitudes].T
 
     tmpl = np.asarray(jax.jit(jax.vmap(columns))(jnp.asarray(velocities)), np.float64)
@@ -78,14 +78,14 @@ def start_inputs(model: LineModel, settings: FitSettings, templates, velocities)
     amplitude column) and the settings' full bounds of (velocities..., broadenings...)
     (the absorption groups' broadenings: ``settings.absorption_broadening_range_kms``)."""
     spec = model.spec
-    G, has_b = spec.n_groups, spec.has_broadening
+    G, B = spec.n_groups, spec.n_broadening
     group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
-    lo = np.array([vlo] * G + ([blo] * G if has_b else []), np.float32)
-    hi = np.array([vhi] * G + ([bhi] * G if has_b else []), np.float32)
-    if has_b and spec.line_set.absorption:
-        ab = [G + g for g in spec.line_set.absorption_groups]
+    lo = np.array([vlo] * G + [blo] * B, np.float32)
+    hi = np.array([vhi] * G + [bhi] * B, np.float32)
+    if B and spec.line_set.absorption:
+        ab = [G + k for k in spec.line_set.absorption_broadening_groups]
         lo[ab], hi[ab] = settings.absorption_broadening_range_kms
     return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
 
@@ -107,17 +107,18 @@ def absorption_start(line_set, settings: FitSettings, v0, b0):
     emission group of its first line's namesake (group 0 when no emission line has its rest
     wavelength) and at the geometric mean of ``settings.absorption_broadening_range_kms``
     (a broad trough under narrow emission has no matched-filter peak of its own).
-    ``v0``, ``b0``: (G,) velocity and broadening starts; returns them updated."""
+    ``v0``: (G,) velocity starts, ``b0``: (B,) broadening starts of the broadening groups;
+    returns them updated."""
     blo, bhi = settings.absorption_broadening_range_kms
     b_abs = float(np.sqrt(max(blo, 1.0) * bhi))
     source = np.arange(line_set.n_groups)
-    is_abs = np.zeros(line_set.n_groups, bool)
     for g in line_set.absorption_groups:
         first = min(i for i in line_set.absorption if line_set.groups[i] == g)
         twins = [i for i in range(line_set.n_lines)
                  if i not in line_set.absorption and abs(line_set.rest_nm[i] - line_set.rest_nm[first]) < 1e-6]
         source[g] = line_set.groups[twins[0]] if twins else 0
-        is_abs[g] = True
+    is_abs = np.zeros(line_set.n_broadening_groups, bool)
+    is_abs[list(line_set.absorption_broadening_groups)] = True
     return v0[source], jnp.where(is_abs, jnp.float32(b_abs), b0)
 
 
@@ -130,14 +131,16 @@ TRAINING_EDGE = 0.1
 
 
 def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0,
-                  trained=None):
+                  trained=None, *, n_broadening: int | None = None):
     """Start and bounds of one pixel's fit from a network's posterior ``mean`` / ``sigma``
     = [velocity_kms, broadening_kms]: start at the mean, bounds mean +- ``n_sigma`` sigma
     clipped to the settings' physical ranges (the full range where sigma is not finite,
     as for the point-estimate CNN, or where the network returned no finite answer).
     ``trained`` = ((vmin, vmax), (bmin, bmax)), the ranges of the network's training set: a
     bound within :data:`TRAINING_EDGE` of their width from an edge opens to the settings'
-    limit on that side."""
+    limit on that side. Every kinematic group gets the velocity's, every broadening group
+    (``n_broadening``, default ``n_groups``) the broadening's."""
+    n_broadening = n_groups if n_broadening is None else int(n_broadening)
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
     ok = jnp.all(jnp.isfinite(mean))
@@ -162,28 +165,30 @@ def network_start(mean, sigma, settings: FitSettings, n_groups: int, has_b: bool
         b_lo = jnp.clip(lo_raw[1], blo, bhi)
         b_hi = jnp.clip(hi_raw[1], blo, bhi)
         b_hi = jnp.maximum(b_hi, jnp.minimum(b0 + 1.0, bhi))
-        start.append(jnp.full(n_groups, b0))
-        lo.append(jnp.full(n_groups, b_lo))
-        hi.append(jnp.full(n_groups, b_hi))
+        start.append(jnp.full(n_broadening, b0))
+        lo.append(jnp.full(n_broadening, b_lo))
+        hi.append(jnp.full(n_broadening, b_hi))
     return tuple(jnp.concatenate(p).astype(jnp.float32) for p in (start, lo, hi))
 
 
 def maps_start(theta, err, settings: FitSettings, n_groups: int, has_b: bool, n_sigma: float = 3.0,
-               halfwidth_kms: float = 10.0):
-    """Start and bounds of one pixel's fit from given kinematics ``theta`` (velocities then
-    broadenings of each group, km/s) with errors ``err``: start at ``theta`` (clipped to
+               halfwidth_kms: float = 10.0, *, n_broadening: int | None = None):
+    """Start and bounds of one pixel's fit from given kinematics ``theta`` (velocities of
+    each kinematic group then broadenings of each broadening group, ``n_broadening``,
+    default ``n_groups``; km/s) with errors ``err``: start at ``theta`` (clipped to
     the settings' ranges), bounds ``theta`` +- max(``n_sigma`` x ``err``, ``halfwidth_kms``)
     (errors that are not finite count as 0). Returns ``(start, lo, hi, ok)``; ``ok`` is
     False where a value is not finite (start and bounds are then the settings' defaults and
     full ranges, for the caller to replace)."""
     G = n_groups
+    B = (G if n_broadening is None else int(n_broadening)) if has_b else 0
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
     theta = jnp.asarray(theta, jnp.float32)
     ok = jnp.all(jnp.isfinite(theta))
-    rlo = jnp.asarray([vlo] * G + ([blo] * G if has_b else []), jnp.float32)
-    rhi = jnp.asarray([vhi] * G + ([bhi] * G if has_b else []), jnp.float32)
-    default = jnp.asarray([0.0] * G + ([settings.broadening_start_kms] * G if has_b else []), jnp.float32)
+    rlo = jnp.asarray([vlo] * G + [blo] * B, jnp.float32)
+    rhi = jnp.asarray([vhi] * G + [bhi] * B, jnp.float32)
+    default = jnp.asarray([0.0] * G + [settings.broadening_start_kms] * B, jnp.float32)
     theta = jnp.where(ok, theta, jnp.clip(default, rlo, rhi))
     err = jnp.where(jnp.isfinite(err), jnp.asarray(err, jnp.float32), 0.0)
     half = jnp.where(ok, jnp.maximum(n_sigma * err, halfwidth_kms), jnp.inf)
