@@ -200,7 +200,7 @@ def test_resampling_recovers_a_line_on_the_reference_axis():
     # reference axis equals the same spectrum evaluated there
     spec = simulate.render_spectra(syn.line_set, "sincgauss", axis * scale, syn.fwhm_cm1.ravel() * scale,
                                    np.array([[100.0]]), np.array([[30.0]]), np.array([[1.0]]), np.array([0.0]))
-    back = resample_spectra(spec, np.array([scale]), 8, axis[0], axis[1] - axis[0])[0]
+    back = resample_spectra(spec, np.array([scale]), axis[0], axis[1] - axis[0])[0]
     want = simulate.render_spectra(syn.line_set, "sincgauss", axis, syn.fwhm_cm1.ravel() * scale,
                                    np.array([[100.0]]), np.array([[30.0]]), np.array([[1.0]]), np.array([0.0]))[0]
     inside = (k > 40) & (k < n - 40)

@@ -502,7 +502,7 @@ class OrbHDF5Cube(SpectralCube):
             out *= np.asarray(self._mask[x0:x1, y0:y1], dtype=np.float32)[:, :, None]
         if self._axis_scale_ref is not None:  # no wavenumber calibration: onto the reference axis
             corr = self.read_calib_map(x0, x1, y0, y1) / float(self.header.nm_laser)
-            out = resample_spectra(out, corr / self._axis_scale_ref, self.header.order, self.header.axis_min_cm1,
+            out = resample_spectra(out, corr / self._axis_scale_ref, self.header.axis_min_cm1,
                                    self.header.axis_step_cm1)
         return np.ascontiguousarray(out)
 
@@ -613,7 +613,7 @@ class OrbHDF5Cube(SpectralCube):
 RESAMPLE_LOBES = 16
 
 
-def resample_spectra(spectra: np.ndarray, scale, order: int, axis_min_cm1: float, axis_step_cm1: float,
+def resample_spectra(spectra: np.ndarray, scale, axis_min_cm1: float, axis_step_cm1: float,
                      lobes: int = RESAMPLE_LOBES) -> np.ndarray:
     """Spectra sampled on axes ``scale`` times the reference axis, resampled onto it.
 
@@ -629,12 +629,9 @@ def resample_spectra(spectra: np.ndarray, scale, order: int, axis_min_cm1: float
     ----------
     spectra : ndarray, (..., n_channels)
     scale : array_like, broadcastable to ``spectra.shape[:-1]``
-    order : int
-        Folding order (the axis formula's; kept for the signature's clarity).
     axis_min_cm1, axis_step_cm1 : float
         The reference axis.
     """
-    del order  # the axis of every pixel is the reference axis scaled: the order is in it already
     y = np.asarray(spectra)
     shape = y.shape
     n = shape[-1]
