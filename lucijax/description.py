@@ -284,7 +284,7 @@ def pixel_fwhm_cm1(header, calib_map=None) -> np.ndarray | float:
     else:
         corr = header.axis_corr
     fwhm = instrument.sinc_fwhm_cm1(header.step_nm, header.step_nb, header.zpd_index, corr)
-    return fwhm * float(header.apodization) if header.apodization != 1.0 else fwhm
+    return fwhm * float(header.apodization)
 
 
 def window_channels(header, window_cm1=None, what: str = "fit window") -> np.ndarray:

@@ -122,7 +122,6 @@ def absorption_start(line_set, settings: FitSettings, v0, b0):
     return v0[source], jnp.where(is_abs, jnp.float32(b_abs), b0)
 
 
-
 #: A network's bound that comes within this fraction of its training range of the range's
 #: edge is opened to the fit's physical range: beyond its training set a network does not
 #: know (broad lines of 250 km/s read as 200 by a network trained up to 200 would otherwise
