@@ -313,6 +313,8 @@ def main():
         load = ""
     B = args.batch or default_batch_size()
     side = args.cube or (256 if gpu else 64)
+    if side * side < B:
+        ap.error(f"--cube {side} holds {side * side} spectra, fewer than one batch of {B}")
     put("machine", {"device": str(dev), "platform": dev.platform, "n_devices": len(devices), "jax": jax.__version__,
                     "cpu": platform.processor() or platform.machine(), "uptime_start": load, "batch": B,
                     "command": " ".join(sys.argv)})
