@@ -9,7 +9,9 @@ Parts (run in the order roofline, full, posterior, steady, stages; each records 
 skipped when the time budget is spent):
 
 1. ``roofline``: XLA's cost analysis of the compiled default fit (5-line sincgauss SN3, MDN
-   start, Laplace errors) at the GPU batch size: flop and bytes per spectrum.
+   start, Laplace errors) at the GPU batch size: flop and bytes per spectrum
+   (``bench_roofline.program_cost``; ``bench_roofline.py`` measures the machine's roofs and
+   the stages as well).
 2. ``stages``: one batch timed whole and with stages left out (the network alone, the
    matched filter alone, the fit with 0 LM iterations, the default 8): where the time goes.
 3. ``steady``: ``map_pixels`` over an in-memory cube, twice (the second warm): spectra/s of
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 LINES = ["Halpha", "NII6583", "NII6548", "SII6716", "SII6731"]
 H200_FP32_TFLOPS = 67.0  # datasheet (dense float32, no tensor cores)
 
@@ -114,17 +117,14 @@ def main():
     batch = {k: jax.device_put(v) for k, v in inputs.items()}
 
     if "roofline" in args.parts and left() > 60:
-        t = time.perf_counter()
-        compiled = jax.jit(jax.vmap(program.one)).lower(batch).compile()
-        compile_s = time.perf_counter() - t
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = float(cost.get("flops", float("nan")))
-        nbytes = float(cost.get("bytes accessed", float("nan")))
+        from bench_roofline import program_cost  # the cost analysis of bench_roofline.py (its full roofline)
+
+        cost = program_cost(program, batch)
+        compiled = cost.pop("compiled")
         run_s, _ = timed(lambda: compiled(batch))
-        report.put("roofline", {"batch": n, "compile_s": compile_s, "flop_per_spectrum": flops / n,
-                                "bytes_per_spectrum": nbytes / n, "intensity_flop_per_byte": flops / max(nbytes, 1.0),
-                                "batch_s": run_s, "spectra_per_s": n / run_s, "achieved_gflops": flops / run_s / 1e9,
+        flops, nbytes = cost["flop_per_spectrum"] * n, cost["bytes_per_spectrum"] * n
+        report.put("roofline", {**cost, "batch_s": run_s, "spectra_per_s": n / run_s,
+                                "achieved_gflops": flops / run_s / 1e9,
                                 "fraction_of_fp32_peak": flops / run_s / (H200_FP32_TFLOPS * 1e12),
                                 "achieved_gb_s": nbytes / run_s / 1e9})
 
