@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / "lucijax"
 
 #: (layer, module prefixes); a module may import only modules of its own layer or above it.
 LAYERS = [
-    (0, ("lucijax.constants", "lucijax.status", "lucijax.config")),
+    (0, ("lucijax.constants", "lucijax.status", "lucijax.config", "lucijax.diskcache")),
     (1, ("lucijax.physics",)),
     (2, ("lucijax.model", "lucijax.description")),
     (3, ("lucijax.io", "lucijax.mdn", "lucijax.program")),

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -131,7 +132,7 @@ lucijax.enable_compilation_cache()
 n = int(sys.argv[3])
 assert len(jax.local_devices()) == n, jax.local_devices()
 res = lucijax.fit(sys.argv[1], lucijax.Model(list(simulate.DEFAULT_LINES)), lucijax.MAP(),
-                  execution=lucijax.Execution(batch_size=64, progress=False))
+                  execution=lucijax.Execution(batch_size=64, devices=jax.local_devices(), progress=False))
 extra = {"fwhm_cm1": res.fwhm_cm1}
 if res.network is not None:  # the posterior of the network that started the fits
     extra.update(network_mean=res.network[0], network_sigma=res.network[1])
@@ -151,6 +152,20 @@ def test_two_cpu_devices_agree_with_one(cube_path, tmp_path):
     two = _fit_with_devices(cube_path, tmp_path / "two.npz", 2)
     # every device runs the same compiled batch: bit-identical maps
     _assert_same(one, two)
+
+
+@pytest.mark.timeout(60)
+def test_a_short_run_uses_one_device_per_batches_per_device():
+    from lucijax.engine.core import local_devices
+
+    everyone = jax.local_devices()
+    # the devices given are all used (at most one per batch)
+    assert local_devices(everyone, 1) == everyone[:1] and local_devices(everyone, 100, 8) == everyone
+    # chosen by the engine: one more device per batches_per_device batches
+    assert local_devices(None, 4, 8) == everyone[:1]
+    assert local_devices(None, 9, 8) == everyone[:2]
+    assert local_devices(None, 3) == everyone[:3]
+    assert local_devices(None, 0, 8) == everyone[:1]
 
 
 def _cli_fit(cube, out, *extra):

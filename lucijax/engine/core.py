@@ -93,11 +93,17 @@ def default_batch_size() -> int:
     return 64 if jax.default_backend() == "cpu" else 4096
 
 
-def local_devices(devices=None) -> list:
-    """The devices batches are spread over (default: every local device)."""
+def local_devices(devices=None, n_batches: int | None = None, batches_per_device: int = 1) -> list:
+    """The devices ``n_batches`` batches are spread over: ``devices`` (at most one per batch),
+    else the local devices, one per ``batches_per_device`` batches (a program's
+    :attr:`~lucijax.program.Program.batches_per_device`)."""
     import jax
 
-    return list(devices) if devices is not None else jax.local_devices()
+    if devices is not None:
+        devices = list(devices)
+        return devices if n_batches is None else devices[: max(1, n_batches)]
+    devices = jax.local_devices()
+    return devices if n_batches is None else devices[: max(1, -(-n_batches // max(1, batches_per_device)))]
 
 
 @dataclass
@@ -399,7 +405,7 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
             n_devices = cluster_meta["n_devices"]
         else:
             cluster_meta = None
-            devices = local_devices(ex.devices)[: max(1, n_batches)]
+            devices = local_devices(ex.devices, n_batches, program.batches_per_device)
             n_devices = len(devices)
             runner = BatchRunner(program, batch_size, devices)
             for b, block in read_ahead(todo, read):
@@ -496,7 +502,7 @@ def map_rows(program: Program, inputs: dict, execution: Execution | None = None)
     inputs = {k: np.asarray(v) for k, v in inputs.items()}
     n = len(next(iter(inputs.values())))
     batch_size = max(1, min(int(ex.batch_size or program.batch_size or default_batch_size()), n))
-    devices = local_devices(ex.devices)[: max(1, -(-n // batch_size))]
+    devices = local_devices(ex.devices, -(-n // batch_size), program.batches_per_device)
     runner = BatchRunner(program, batch_size, devices)
     xy = np.stack([np.arange(n), np.zeros(n, int)], axis=1).astype(np.int32)
     block = Block((0, n, 0, 1), np.arange(n), xy, None, None, {}, None)

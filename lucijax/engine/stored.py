@@ -13,8 +13,6 @@ stale program. Without a compilation cache directory nothing is stored.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
 import threading
@@ -22,35 +20,16 @@ from pathlib import Path
 
 import jax
 
+from lucijax.diskcache import cache_folder, code_digest, entry_name
+
 log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """Digest of every lucijax source file and of the JAX/jaxlib versions."""
-    import jaxlib
-
-    h = hashlib.sha256(f"jax {jax.__version__} jaxlib {jaxlib.__version__}".encode())
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def program_folder() -> Path | None:
     """Where traced programs are kept: beside JAX's compilation cache (None: caching off)."""
-    base = jax.config.jax_compilation_cache_dir
-    if not base:
-        return None
-    folder = Path(base) / "lucijax-programs"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return folder
+    return cache_folder("lucijax-programs")
 
 
 def register_namedtuples(types) -> None:
@@ -68,8 +47,7 @@ def _path(key: str, structs) -> Path | None:
         return None
     leaves, tree = jax.tree_util.tree_flatten(structs)
     signature = repr(tree) + repr([(tuple(s.shape), str(s.dtype)) for s in leaves])
-    text = "\n".join([key, signature, jax.default_backend(), code_digest()])
-    return folder / (hashlib.sha256(text.encode()).hexdigest()[:32] + ".jaxexport")
+    return folder / (entry_name("\n".join([key, signature])) + ".jaxexport")
 
 
 def traced(fn, key: str, structs, namedtuples=()):

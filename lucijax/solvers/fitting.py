@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jaxopt
 import numpy as np
 
 from lucijax.model import LineModel
@@ -218,6 +217,24 @@ def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid,
     return mad_std(jnp.where(enough, resid, studentized), use)
 
 
+def nonneg_amplitudes(m, y, alpha_free, n_amplitudes: int):
+    """Least-squares amplitudes of the columns of ``m`` for ``y`` with the first
+    ``n_amplitudes`` (the lines) >= 0: jaxopt's box-constrained QP on the Gram matrix scaled
+    to a unit diagonal, started from the unbounded solution ``alpha_free``."""
+    import jaxopt  # here, not at import: a program loaded from disk never calls it (0.4 s of start-up)
+
+    K = m.shape[1]
+    gram = m.T @ m
+    d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
+    q = gram * d[:, None] * d[None, :]
+    c = -(m.T @ y) * d
+    lower = jnp.concatenate([jnp.zeros(n_amplitudes, m.dtype), jnp.full(K - n_amplitudes, -jnp.inf, m.dtype)])
+    upper = jnp.full(K, jnp.inf, m.dtype)
+    z0 = jnp.clip(alpha_free / d, lower, upper)
+    qp = jaxopt.BoxCDQP(maxiter=100, tol=1e-6, implicit_diff=False)
+    return qp.run(z0, params_obj=(q, c), params_ineq=(lower, upper)).params * d
+
+
 def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_start, theta_lo, theta_hi,
                  with_covariance: bool = False):
     """Fit one spectrum (window channels): a :class:`PixelFit`, and with
@@ -310,18 +327,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     # -- final amplitudes (>= 0 for lines) with jaxopt's box-constrained QP
     m = columns(u)
     alpha_free = linear_solve(m, ys * mask)
-    if settings.nonneg_amplitudes:
-        gram = m.T @ m
-        d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
-        q = gram * d[:, None] * d[None, :]
-        c = -(m.T @ (ys * mask)) * d
-        lower = jnp.concatenate([jnp.zeros(spec.n_amplitudes, dtype), jnp.full(K - spec.n_amplitudes, -jnp.inf, dtype)])
-        upper = jnp.full(K, jnp.inf, dtype)
-        z0 = jnp.clip(alpha_free / d, lower, upper)
-        qp = jaxopt.BoxCDQP(maxiter=100, tol=1e-6, implicit_diff=False)
-        alpha = qp.run(z0, params_obj=(q, c), params_ineq=(lower, upper)).params * d
-    else:
-        alpha = alpha_free
+    alpha = nonneg_amplitudes(m, ys * mask, alpha_free, spec.n_amplitudes) if settings.nonneg_amplitudes else alpha_free
     resid = ys * mask - m @ alpha
 
     # -- Laplace approximation: Fisher matrix of all parameters (v, b, alpha), in units of

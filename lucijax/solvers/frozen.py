@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax.numpy as jnp
-import jaxopt
 import numpy as np
 
 from lucijax.model import LineModel
 from lucijax.program import Program
-from lucijax.solvers.fitting import (FitSettings, PixelFit, continuum_error, detection_statistic, flux_correlations,
+from lucijax.solvers.fitting import (FitSettings, PixelFit, nonneg_amplitudes, continuum_error, detection_statistic, flux_correlations,
                                      line_free_noise, linear_solve, noise_floor, null_flux_errors)
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.linalg import spd_inverse
@@ -67,16 +66,7 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     gram = m.T @ m
     d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
     alpha_free = linear_solve(m, ys)
-    if settings.nonneg_amplitudes:
-        q = gram * d[:, None] * d[None, :]
-        c = -(m.T @ ys) * d
-        lower = jnp.concatenate([jnp.zeros(spec.n_amplitudes, dtype), jnp.full(K - spec.n_amplitudes, -jnp.inf, dtype)])
-        upper = jnp.full(K, jnp.inf, dtype)
-        z0 = jnp.clip(alpha_free / d, lower, upper)
-        alpha = jaxopt.BoxCDQP(maxiter=100, tol=1e-6, implicit_diff=False).run(
-            z0, params_obj=(q, c), params_ineq=(lower, upper)).params * d
-    else:
-        alpha = alpha_free
+    alpha = nonneg_amplitudes(m, ys, alpha_free, spec.n_amplitudes) if settings.nonneg_amplitudes else alpha_free
     resid = ys - m @ alpha
 
     # covariance of the linear parameters: (M^T M)^-1 noise^2, unit-diagonal scaled

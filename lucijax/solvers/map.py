@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.constants import C_KMS
+from lucijax.diskcache import stored_arrays
 from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, ScaledCovariance, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
@@ -222,7 +223,7 @@ class MAP:
             theta, err = given_kinematics(self.start_maps, bound, cube)
             prepare, given = with_given(bound, ("theta", "theta_err")), {"theta": theta, "theta_err": err}
         return Program(name="MAP fit", key=key, prepare=prepare, one=one, finish=finish_map, given=given,
-                       pad={"y": np.nan}, namedtuples=(MapFit, PixelFit, SecondSolution, ScaledCovariance),
+                       pad={"y": np.nan}, batches_per_device=8, namedtuples=(MapFit, PixelFit, SecondSolution, ScaledCovariance),
                        meta={"bound": bound, "start": start, "solver": self})
 
 
@@ -235,7 +236,10 @@ def templates_for(bound, settings: FitSettings):
     if key not in _TEMPLATES:
         if len(_TEMPLATES) >= 16:
             _TEMPLATES.pop(next(iter(_TEMPLATES)))
-        _TEMPLATES[key] = start_templates(bound.line_model, bound.typical_fwhm * (1 + bound.redshift), settings)
+        fwhm = bound.typical_fwhm * (1 + bound.redshift)
+        # kept on disk too: computing them traces the line model (~0.5 s per set, each process)
+        _TEMPLATES[key] = stored_arrays("\n".join(["start_templates", bound.key, repr(settings), repr(float(fwhm))]),
+                                        lambda: start_templates(bound.line_model, fwhm, settings))
     return _TEMPLATES[key]
 
 
