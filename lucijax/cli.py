@@ -742,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = f.add_argument_group("execution and output")
     e.add_argument("--out", default="lucijax_out", help="output folder (maps.fits, fit.json; default lucijax_out)")
-    e.add_argument("--batch-size", type=int, help="spectra per compiled batch (default: 64 on CPU, 4096 on a GPU)")
+    e.add_argument("--batch-size", type=int, help="spectra per compiled batch (default on CPU: 8 for a MAP fit, 64 for samplers; 4096 on a GPU)")
     e.add_argument("--block-size", type=int,
                    help=f"pixels are read and checkpointed in BLOCK x BLOCK slabs (default {ex.block_size})")
     e.add_argument("--no-checkpoint", action="store_true",

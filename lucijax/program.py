@@ -120,10 +120,11 @@ class Program:
         False for programs that need no spectra (a model cube from fitted parameters).
     batch_size : int, optional
         The program's own default batch size (None: the engine's default for the backend).
-    batches_per_device : int
-        Batches of a run that make one more device worth its compiled copy, when the engine
-        chooses the devices: 1 for slow batches (samplers); the MAP fit's 64-spectrum CPU
-        batches take ~0.07 s against ~0.5 s to load a device's copy from the compilation cache.
+    spectra_per_device : int
+        Spectra of a run that make one more device worth its compiled copy, when the engine
+        chooses the devices (it never uses more devices than batches): 1 for slow programs
+        (samplers); the MAP fit takes ~1 ms of CPU per spectrum against ~0.5 s to load a
+        device's copy from the compilation cache.
     stored : bool
         Keep the traced batch program on disk (:mod:`lucijax.engine.stored`) so that a later
         process skips tracing.
@@ -151,7 +152,7 @@ class Program:
     bulk: tuple[str, ...] = ()
     reads_spectra: bool = True
     batch_size: int | None = None
-    batches_per_device: int = 1
+    spectra_per_device: int = 1
     stored: bool = True
     context: Callable[[], Any] | None = None
     namedtuples: tuple[type, ...] = ()

@@ -155,17 +155,17 @@ def test_two_cpu_devices_agree_with_one(cube_path, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_short_run_uses_one_device_per_batches_per_device():
+def test_a_short_run_uses_one_device_per_spectra_per_device():
     from lucijax.engine.core import local_devices
 
     everyone = jax.local_devices()
     # the devices given are all used (at most one per batch)
-    assert local_devices(everyone, 1) == everyone[:1] and local_devices(everyone, 100, 8) == everyone
-    # chosen by the engine: one more device per batches_per_device batches
-    assert local_devices(None, 4, 8) == everyone[:1]
-    assert local_devices(None, 9, 8) == everyone[:2]
-    assert local_devices(None, 3) == everyone[:3]
-    assert local_devices(None, 0, 8) == everyone[:1]
+    assert local_devices(everyone, 1, 8, 512) == everyone[:1] and local_devices(everyone, 100, 800, 512) == everyone
+    # chosen by the engine: one more device per spectra_per_device spectra, one per batch at most
+    assert local_devices(None, 32, 256, 512) == everyone[:1]
+    assert local_devices(None, 65, 513, 512) == everyone[:2]
+    assert local_devices(None, 3, 3) == everyone[:3]
+    assert local_devices(None, 0, 0, 512) == everyone[:1]
 
 
 def _cli_fit(cube, out, *extra):

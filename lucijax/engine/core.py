@@ -93,17 +93,18 @@ def default_batch_size() -> int:
     return 64 if jax.default_backend() == "cpu" else 4096
 
 
-def local_devices(devices=None, n_batches: int | None = None, batches_per_device: int = 1) -> list:
-    """The devices ``n_batches`` batches are spread over: ``devices`` (at most one per batch),
-    else the local devices, one per ``batches_per_device`` batches (a program's
-    :attr:`~lucijax.program.Program.batches_per_device`)."""
+def local_devices(devices=None, n_batches: int | None = None, n_spectra: int = 0, spectra_per_device: int = 1) -> list:
+    """The devices ``n_batches`` batches (``n_spectra`` spectra) are spread over: ``devices``
+    as given, else the local devices, one per ``spectra_per_device`` spectra (a program's
+    :attr:`~lucijax.program.Program.spectra_per_device`); never more than one per batch."""
     import jax
 
-    if devices is not None:
-        devices = list(devices)
-        return devices if n_batches is None else devices[: max(1, n_batches)]
-    devices = jax.local_devices()
-    return devices if n_batches is None else devices[: max(1, -(-n_batches // max(1, batches_per_device)))]
+    if devices is None:
+        devices = jax.local_devices()
+        if n_batches is not None and n_spectra:
+            n_batches = min(n_batches, -(-n_spectra // max(1, spectra_per_device)))
+    devices = list(devices)
+    return devices if n_batches is None else devices[: max(1, n_batches)]
 
 
 @dataclass
@@ -405,7 +406,7 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
             n_devices = cluster_meta["n_devices"]
         else:
             cluster_meta = None
-            devices = local_devices(ex.devices, n_batches, program.batches_per_device)
+            devices = local_devices(ex.devices, n_batches, n_pix - n_resumed, program.spectra_per_device)
             n_devices = len(devices)
             runner = BatchRunner(program, batch_size, devices)
             for b, block in read_ahead(todo, read):
@@ -502,7 +503,7 @@ def map_rows(program: Program, inputs: dict, execution: Execution | None = None)
     inputs = {k: np.asarray(v) for k, v in inputs.items()}
     n = len(next(iter(inputs.values())))
     batch_size = max(1, min(int(ex.batch_size or program.batch_size or default_batch_size()), n))
-    devices = local_devices(ex.devices, -(-n // batch_size), program.batches_per_device)
+    devices = local_devices(ex.devices, -(-n // batch_size), n, program.spectra_per_device)
     runner = BatchRunner(program, batch_size, devices)
     xy = np.stack([np.arange(n), np.zeros(n, int)], axis=1).astype(np.int32)
     block = Block((0, n, 0, 1), np.arange(n), xy, None, None, {}, None)

@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 #: kinematic maps (an earlier run's, another filter's: start at their values, bounds around).
 STARTS = ("mdn", "cnn", "matched", "maps")
 
+#: Spectra per batch of a MAP fit on a CPU (an accelerator keeps the engine's default). Under
+#: ``vmap`` a batch runs its LM loop until its slowest pixel settles: a pixel needs 3 fit
+#: evaluations on average, a batch of 64 made 8.8 of at most 9, so narrow batches waste less.
+#: Measured marginal rate 1910 (8) against 1657 (64) spectra/s (``benchmarks/RESULTS.md``).
+CPU_BATCH_SIZE = 8
+
+#: Spectra of a run that make one more device worth its compiled copy (~0.5 s to load from
+#: the compilation cache against ~1 ms of CPU per spectrum).
+SPECTRA_PER_DEVICE = 512
+
 #: Fewest Levenberg-Marquardt iterations of a fit with absorption lines (``Model(absorption=...)``):
 #: with 8, most pixels of a 300-500 km/s trough had not converged (``benchmarks/RESULTS.md``).
 ABSORPTION_MIN_ITER = 30
@@ -218,12 +228,14 @@ class MAP:
         options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "start_maps"}
         key = "\n".join([bound.key, repr(options), repr(settings), start,
                          getattr(predict, "weights_digest", "") if predict is not None else ""])
+        batch_size = CPU_BATCH_SIZE if jax.default_backend() == "cpu" else None
         prepare, given = bound.inputs, {}
         if start == "maps":
             theta, err = given_kinematics(self.start_maps, bound, cube)
             prepare, given = with_given(bound, ("theta", "theta_err")), {"theta": theta, "theta_err": err}
         return Program(name="MAP fit", key=key, prepare=prepare, one=one, finish=finish_map, given=given,
-                       pad={"y": np.nan}, batches_per_device=8, namedtuples=(MapFit, PixelFit, SecondSolution, ScaledCovariance),
+                       pad={"y": np.nan}, batch_size=batch_size, spectra_per_device=SPECTRA_PER_DEVICE,
+                       namedtuples=(MapFit, PixelFit, SecondSolution, ScaledCovariance),
                        meta={"bound": bound, "start": start, "solver": self})
 
 
