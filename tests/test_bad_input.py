@@ -19,6 +19,9 @@ from lucijax.status import Status
 
 pytestmark = pytest.mark.timeout(300)
 
+#: One batch holds the whole 4x4 cube: its bad pixels share the batch with the good ones.
+BATCH = 16
+
 #: Maps that describe the instrument, not the fit: finite even where the spectrum is bad.
 INSTRUMENT_MAPS = {"FWHM"}
 
@@ -28,7 +31,7 @@ def bad_fit(bad_pixel_cube):
     """The fit of the 4x4 cube with bad pixels (one compilation, shared by this module)."""
     cube, path, clean, bad = bad_pixel_cube
     model = lucijax.Model(list(DEFAULT_LINES), profile="sincgauss")
-    result = lucijax.fit(path, model, lucijax.MAP(), execution=Execution(progress=False))
+    result = lucijax.fit(path, model, lucijax.MAP(), execution=Execution(batch_size=BATCH, progress=False))
     return cube, clean, result, bad
 
 
@@ -45,7 +48,7 @@ def _fit_like(tmp_path, synthetic, result, name):
     path = synthetic.write(tmp_path / name)
     program = result.solver.program(result.bound)
     with open_cube(path) as cube:
-        out = map_pixels(cube, program, Execution(batch_size=16, progress=False))
+        out = map_pixels(cube, program, Execution(batch_size=BATCH, progress=False))
     return {k: np.asarray(v) for k, v in out.values.fit._asdict().items()}
 
 
