@@ -106,6 +106,9 @@ def run_case(name, size, seed, out):
         row[f"pull std snr>={lo}"] = float(robust_std(dv[s] / verr[s]))
         row[f"n snr>={lo}"] = int(s.sum())
     row["catastrophic >50 km/s snr>=5"] = float(np.mean(np.abs(dv[snr >= 5]) > 50.0))
+    # an alias a user would take for a good fit: off by > 50 km/s with STATUS 0
+    good = (snr >= 5) & (res.maps["STATUS"] == 0)
+    row["catastrophic among STATUS 0 snr>=5"] = float(np.mean(np.abs(dv[good]) > 50.0)) if good.any() else float("nan")
     s = snr >= 10
     flux = res.fields["flux_cm1"][..., 0].T / (1.0 + z)  # observed frame, as the truth
     ferr = res.fields["flux_err_cm1"][..., 0].T / (1.0 + z)
