@@ -38,23 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import Report, log  # noqa: E402
 LINES = ["Halpha", "NII6583", "NII6548", "SII6716", "SII6731"]
 H200_FP32_TFLOPS = 67.0  # datasheet (dense float32, no tensor cores)
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-class Report:
-    def __init__(self, path: Path):
-        self.path = path
-        self.data: dict = {}
-
-    def put(self, part: str, values: dict):
-        self.data[part] = values
-        self.path.write_text(json.dumps(self.data, indent=2, default=float))
-        log(f"== {part}: {json.dumps(values, default=float)}")
 
 
 def timed(fn, repeat=3):

@@ -28,13 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import Report, log  # noqa: E402
 from trace_summary import top_events  # noqa: E402
 
 LINES = ["Halpha", "NII6583", "NII6548", "SII6716", "SII6731"]
-
-
-def log(*a):
-    print(*a, flush=True)
 
 
 def main():
@@ -44,12 +41,8 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {}
-
-    def put(k, v):
-        report[k] = v
-        (out / "profile.json").write_text(json.dumps(report, indent=1, default=float))
-        log(f"== {k}: {json.dumps(v, default=float)[:3000]}")
+    record = Report(out / "profile.json")
+    put = record.put
 
     import jax
     import numpy as np
@@ -153,7 +146,7 @@ def main():
                       "host_diagnostics_s": diag_s, "pixels_per_s_device_only": m / sample_s,
                       "pixels_per_s_with_diagnostics": m / (sample_s + transfer_s + diag_s),
                       "rhat_ok_fraction": float(np.mean(np.asarray(d.rhat_max) <= 1.05))})
-    log(json.dumps(report, indent=1, default=float)[:6000])
+    log(json.dumps(record.data, indent=1, default=float)[:6000])
 
 
 if __name__ == "__main__":

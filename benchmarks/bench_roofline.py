@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import Report  # noqa: E402
 from trace_summary import top_events  # noqa: E402
 
 LINES = ["Halpha", "NII6583", "NII6548", "SII6716", "SII6731"]
@@ -284,12 +285,8 @@ def main():
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {}
-
-    def put(k, v):
-        report[k] = v
-        (out / "roofline.json").write_text(json.dumps(report, indent=1, default=float))
-        log(f"== {k} ({time.perf_counter() - t0:.0f} s): {json.dumps(v, default=float)[:1500]}")
+    record = Report(out / "roofline.json", max_chars=1500, log=log)
+    report, put = record.data, record.put
 
     import lucijax as lj
 
