@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -82,10 +83,55 @@ def worker_env() -> dict:
 
 def local_cluster(n_workers: int):
     """A ``LocalCluster`` of ``n_workers`` single-threaded worker processes (each its own
-    JAX CPU device), no dashboard."""
+    JAX CPU device), no dashboard. The workers start with glibc's default allocator settings:
+    the nanny's ``MALLOC_TRIM_THRESHOLD_`` is left out (see :func:`allocator_like_one_process`)."""
     distributed = _distributed()
-    return distributed.LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
-                                    dashboard_address=None, env=worker_env())
+    import dask
+
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM_VARIABLE}": None}):
+        return distributed.LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
+                                        dashboard_address=None, env=worker_env())
+
+
+#: The variable Dask's nanny sets in every worker it spawns (65536 by default).
+TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
+#: glibc's ``mallopt`` parameters and the values its dynamic threshold grows to on 64-bit
+#: systems (``DEFAULT_MMAP_THRESHOLD_MAX``, and twice that for trimming).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+_allocator_checked = False
+
+
+def allocator_like_one_process() -> bool:
+    """Undo, in this worker process, what Dask's nanny does to glibc's allocator.
+
+    The nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any trim
+    threshold switches off glibc's dynamic mmap threshold, so every buffer over 128 KiB that
+    XLA allocates for a batch is a fresh ``mmap`` and is returned to the system when freed: a
+    block of 48x48 spectra then costs ~300,000 page faults instead of ~5,000 and 20 % more CPU
+    time (benchmarks/RESULTS.md, issue 17). Where the variable is set (a worker started by
+    ``dask worker``, dask-jobqueue, or a ``LocalCluster`` started elsewhere), this sets the
+    thresholds the dynamic rule reaches (mmap above 32 MiB, trim above 64 MiB) with
+    ``mallopt``; elsewhere, or without glibc, it does nothing. Once per process; True when it
+    changed the settings."""
+    global _allocator_checked
+    if _allocator_checked:
+        return False
+    _allocator_checked = True
+    if TRIM_VARIABLE not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = (libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+              and libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX) == 1)
+    except (OSError, AttributeError):  # not glibc
+        return False
+    if ok:
+        log.info("worker %d: %s=%s overridden: glibc mmap threshold %d MiB, trim threshold %d MiB", os.getpid(),
+                 TRIM_VARIABLE, os.environ[TRIM_VARIABLE], _MMAP_THRESHOLD_MAX >> 20, 2 * _MMAP_THRESHOLD_MAX >> 20)
+    return ok
 
 
 def jobqueue_cluster(kind: str, *, cores: int = 1, memory: str = "4GB", walltime: str = "01:00:00",
@@ -166,6 +212,7 @@ def _worker_run(blob: bytes, token: str, batch_size: int, make_runner):
         return state
     import pickle
 
+    allocator_like_one_process()
     cube, program, mask, cache_dir = pickle.loads(blob)
     if cache_dir:
         import jax
@@ -262,6 +309,7 @@ def run_blocks(scheduler, cube, program, todo, mask, batch_size: int, finished, 
 
 __all__ = [
     "EVENT_TOPIC",
+    "allocator_like_one_process",
     "connect",
     "jobqueue_cluster",
     "local_cluster",
