@@ -195,3 +195,51 @@ def test_line_position_and_velocity_round_trip():
     # float64 inverse of the exact float64 position: exact to round-off
     x64 = np.array([doppler(rest, vv) for vv in v])
     np.testing.assert_allclose(velocity_from_position(x64, rest), v, atol=1e-8)
+
+
+def _newton_sqrt(a, x0, tol):
+    """sqrt(a) by Newton's method from x0: a loop whose trip count depends on the element."""
+    def body(st):
+        i, x = st
+        return i + 1, 0.5 * (x + a / x)
+
+    return jax.lax.while_loop(lambda st: (st[0] < 50) & (jnp.abs(st[1] * st[1] - a) > tol * a), body, (0, x0))
+
+
+@pytest.mark.parametrize("n", [1, 8, 13, 64])
+def test_chunked_under_vmap_equals_vmap(n):
+    """The LM loop's chunking (lucijax.solvers.fitting.chunked_under_vmap): the same values as
+    plain vmap, bit for bit, for batches smaller than, equal to, not a multiple of and a
+    multiple of the chunk, with an argument that is not batched; and under vmap the loop
+    really runs over chunks (a scan over them in the program)."""
+    from lucijax.solvers.fitting import chunked_under_vmap
+
+    a = jnp.asarray(np.random.default_rng(n).uniform(0.5, 1e4, n), jnp.float32)
+    tol = jnp.float32(1e-6)
+    want = jax.jit(jax.vmap(_newton_sqrt, in_axes=(0, 0, None)))(a, a, tol)
+    chunked = jax.vmap(chunked_under_vmap(_newton_sqrt, 8), in_axes=(0, 0, None))
+    got = jax.jit(chunked)(a, a, tol)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+    np.testing.assert_allclose(np.asarray(got[1]), np.sqrt(np.asarray(a, np.float64)), rtol=1e-5)
+    text = str(jax.make_jaxpr(chunked)(a, a, tol))
+    assert "scan" in text and "while" in text
+    assert "scan" not in str(jax.make_jaxpr(jax.vmap(_newton_sqrt, in_axes=(0, 0, None)))(a, a, tol))
+    assert chunked_under_vmap(_newton_sqrt, 0) is _newton_sqrt
+    one = chunked_under_vmap(_newton_sqrt, 8)(a[0], a[0], tol)  # unbatched: the function itself
+    np.testing.assert_array_equal(np.asarray(one[1]), np.asarray(_newton_sqrt(a[0], a[0], tol)[1]))
+
+
+def test_map_program_on_cpu_chunks_its_lm_loop():
+    """On a CPU the MAP program runs wide batches with the LM loop in chunks."""
+    import lucijax
+    from lucijax.simulate import make_cube
+    from lucijax.io.memory import MemoryCube
+    from lucijax.solvers import map as map_solver
+
+    cube = MemoryCube.from_synthetic(make_cube(2, 2, seed=1))
+    bound = lucijax.Model(["Halpha", "NII6583"]).bind(cube.header)
+    program = lucijax.MAP().program(bound, cube)
+    assert jax.default_backend() == "cpu"
+    assert program.batch_size == map_solver.CPU_BATCH_SIZE > map_solver.CPU_LM_CHUNK > 1
+    assert f"lm_chunk={map_solver.CPU_LM_CHUNK}" in program.key

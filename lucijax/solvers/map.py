@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 #: kinematic maps (an earlier run's, another filter's: start at their values, bounds around).
 STARTS = ("mdn", "cnn", "matched", "maps")
 
-#: Spectra per batch of a MAP fit on a CPU (an accelerator keeps the engine's default). Under
-#: ``vmap`` a batch runs its LM loop until its slowest pixel settles: a pixel needs 3 fit
-#: evaluations on average, a batch of 64 made 8.8 of at most 9, so narrow batches waste less.
-#: Measured marginal rate 1910 (8) against 1657 (64) spectra/s (``benchmarks/RESULTS.md``).
-CPU_BATCH_SIZE = 8
+#: Spectra per batch of a MAP fit on a CPU (an accelerator keeps the engine's default), and
+#: per chunk of its LM loop (``FitSettings.lm_chunk``). Under ``vmap`` a batch runs its LM
+#: loop until its slowest pixel settles: a pixel needs 3 fit evaluations on average, a batch
+#: of 64 made 8.8 of at most 9, so narrow loops waste less; the rest of the fit (start,
+#: network, final amplitudes, errors) runs faster on wide batches. ``benchmarks/RESULTS.md``.
+CPU_BATCH_SIZE = 64
+CPU_LM_CHUNK = 8
 
 #: Spectra of a run that make one more device worth its compiled copy (~0.5 s to load from
 #: the compilation cache against ~1 ms of CPU per spectrum).
@@ -222,13 +224,16 @@ class MAP:
         """The per-spectrum program of this solver on ``bound`` (``cube``, the fitted view, only for
         a maps start)."""
         settings = self.settings(bound.model)
+        on_cpu = jax.default_backend() == "cpu"
+        if on_cpu:
+            settings = dataclasses.replace(settings, lm_chunk=CPU_LM_CHUNK)
         start, predict = self.resolve_start(bound)
         one = map_one(bound, settings, start, predict, self)
         # the maps' values are per-pixel inputs (in the engine's fingerprint), not the program's key
         options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "start_maps"}
         key = "\n".join([bound.key, repr(options), repr(settings), start,
                          getattr(predict, "weights_digest", "") if predict is not None else ""])
-        batch_size = CPU_BATCH_SIZE if jax.default_backend() == "cpu" else None
+        batch_size = CPU_BATCH_SIZE if on_cpu else None
         prepare, given = bound.inputs, {}
         if start == "maps":
             theta, err = given_kinematics(self.start_maps, bound, cube)
