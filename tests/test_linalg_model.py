@@ -233,8 +233,8 @@ def test_chunked_under_vmap_equals_vmap(n):
 def test_map_program_on_cpu_chunks_its_lm_loop():
     """On a CPU the MAP program runs wide batches with the LM loop in chunks."""
     import lucijax
-    from lucijax.simulate import make_cube
     from lucijax.io.memory import MemoryCube
+    from lucijax.simulate import make_cube
     from lucijax.solvers import map as map_solver
 
     cube = MemoryCube.from_synthetic(make_cube(2, 2, seed=1))

@@ -476,5 +476,5 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
 
 
-__all__ = ["FitSettings", "PixelFit", "fit_spectrum", "linear_solve", "line_free_noise", "flux_correlations",
+__all__ = ["FitSettings", "PixelFit", "chunked_under_vmap", "fit_spectrum", "linear_solve", "line_free_noise", "flux_correlations",
            "null_flux_errors", "continuum_error", "ScaledCovariance", "MAX_CORRELATED_LINES"]
