@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,8 +83,11 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     cov = cov_unit * noise_s**2
     cov_ok = jnp.all(jnp.isfinite(cov))
     # amplitudes and fluxes are linear in alpha at fixed theta: q = C alpha
-    coef = model.line_coefficients(theta, fwhm)
-    c_amp = jnp.zeros((L, K), dtype).at[jnp.arange(L), model.column].set(coef)
+    if model.ratio_pairs:  # a ratio range's cone coefficients feed both of its lines
+        c_amp = jax.jacfwd(lambda a: model.line_amplitudes(theta, a, fwhm))(alpha)
+    else:
+        coef = model.line_coefficients(theta, fwhm)
+        c_amp = jnp.zeros((L, K), dtype).at[jnp.arange(L), model.column].set(coef)
     c_flux = c_amp * model.unit_fluxes(theta, fwhm)[:, None]
     amp = c_amp @ alpha
     flux = c_flux @ alpha
