@@ -71,7 +71,7 @@ OIII_TIE = ("OIII4959", "OIII5007", 1.0 / 3.0)
 #: cm^-3) and its low-density limit (1 cm^-3) at T = 10^4 K, from PyNeb's O+ emissivities
 #: (``lucijax.nebular.atomic.oii_ratio_limits``; ``tests/test_ratio_ranges.py`` checks it
 #: against PyNeb): the physical range of the density-sensitive doublet.
-OII_RATIO_RANGE = (0.3467, 1.4992)
+OII_RATIO_RANGE = (0.3466, 1.4992)
 
 #: Ratio ranges a :class:`~lucijax.description.Model` applies by default (when both lines are
 #: fitted as free lines of one kinematic and broadening group): (dependent, primary, (lo, hi)).

@@ -257,24 +257,18 @@ def cone_solve(m, y, columns: tuple[int, ...]):
     d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
     q = gram * d[:, None] * d[None, :]
     c = (m.T @ y) * d
-    best, best_rss = None, None
-    for held in itertools.product((False, True), repeat=len(columns)):
-        zero = np.zeros(K, bool)
-        zero[[j for j, h in zip(columns, held) if h]] = True
-        keep = ~zero
-        qs = jnp.where(jnp.asarray(keep[:, None] & keep[None, :]), q, 0.0) + jnp.diag(jnp.asarray(zero, q.dtype))
-        coef = spd_solve(qs, jnp.where(jnp.asarray(keep), c, 0.0), jitter=1e-6) * d
-        coef = jnp.where(jnp.asarray(keep), coef, 0.0)
-        rss = jnp.sum((y - m @ coef) ** 2)
-        free = [j for j, h in zip(columns, held) if not h]
-        feasible = jnp.all(coef[np.asarray(free, int)] >= 0) if free else jnp.asarray(True)
-        rss = jnp.where(feasible, rss, jnp.inf)
-        if best is None:
-            best, best_rss = coef, rss
-        else:
-            better = rss < best_rss
-            best, best_rss = jnp.where(better, coef, best), jnp.where(better, rss, best_rss)
-    return best
+    held = np.asarray(list(itertools.product((False, True), repeat=len(columns))), bool).reshape(-1, len(columns))
+    zero = np.zeros((held.shape[0], K), bool)
+    zero[:, list(columns)] = held  # per subset: the constrained columns held at zero
+    keep = jnp.asarray(~zero)
+    qs = jnp.where(keep[:, :, None] & keep[:, None, :], q[None], 0.0) + jax.vmap(jnp.diag)(jnp.asarray(zero, q.dtype))
+    # every subset's system in one vmapped solve (one traced copy)
+    coef = jax.vmap(lambda a, b: spd_solve(a, b, jitter=1e-6))(qs, jnp.where(keep, c[None], 0.0)) * d[None]
+    coef = jnp.where(keep, coef, 0.0)
+    rss = jnp.sum((y[None, :] - coef @ m.T) ** 2, axis=1)
+    feasible = jnp.all(jnp.where(jnp.asarray(zero[:, list(columns)]), True, coef[:, list(columns)] >= 0), axis=1)
+    best = jnp.argmin(jnp.where(feasible, rss, jnp.inf))
+    return coef[best]
 
 
 def truncated_normal_variance(mu, sd, lo, hi):
@@ -337,18 +331,25 @@ def ratio_truncated_covariance(model: LineModel, cov, delta, alpha, n_nonlinear:
 #: re-fits the kinematics to map the doublet's velocity-ratio valley.
 RATIO_NODES = 7
 
+#: Gauss-Newton steps of each node's re-fit from its Laplace prediction (4 changed nothing
+#: on the broad SN1 cube of ``benchmarks/RESULTS.md``, issue 20).
+RATIO_STEPS = 2
+
 
 def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to_internal, to_external, cov, cov_trunc,
                              alpha, noise2, n_nonlinear: int):
-    """The covariance of a fit with ratio ranges where the data leave a ratio loosely
-    constrained (a blended doublet: broad lines): per range, the kinematics are re-fitted
-    (2 Gauss-Newton steps from the Laplace prediction) at :data:`RATIO_NODES` ratios across
-    the range, and the posterior over the ratio, ``exp(-chi2(t) / 2)`` on the nodes, gives
-    the mean square of every parameter about the fit's own values (the spread along the
-    valley, whose chi2 is not quadratic over the range) on top of the covariance at the
-    fitted ratio. Where the Laplace ratio error is below a node spacing, the truncated
-    Laplace ``cov_trunc`` stands (the nodes cannot resolve it); between one and two
-    spacings the two are blended."""
+    """Posterior mean shift and covariance of a fit with ratio ranges where the data leave a
+    ratio loosely constrained (a blended doublet: broad lines), ``(cov, shift)``.
+
+    Per range, the kinematics are re-fitted (:data:`RATIO_STEPS` Gauss-Newton steps from the
+    Laplace prediction) at :data:`RATIO_NODES` ratios across the range; the posterior over
+    the ratio (flat prior in the ratio), ``exp(-chi2(t) / 2)`` on the nodes, gives the mean
+    of every parameter (``shift``: that mean less the fit's values) and its spread along the
+    valley, whose chi2 is far from quadratic over the range, on top of the covariance at a
+    fixed ratio. There the MAP sits at an end of the range on a nearly flat valley, tens of
+    km/s from the truth; the posterior mean does not. Where the Laplace ratio error is below
+    a node spacing, the truncated Laplace ``cov_trunc`` and the MAP stand (the nodes cannot
+    resolve it); between one and two spacings the two are blended."""
     P = n_nonlinear
     K = alpha.shape[0]
     D = cov.shape[0]
@@ -359,6 +360,7 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
     trap[[0, -1]] = 0.5
     spacing = 1.0 / (RATIO_NODES - 1)
     cones = cone_columns(model)
+    shift = jnp.zeros(D, cov.dtype)
     for jp, jd, *_ in model.ratio_pairs:
         keep = [j for j in range(K) if j != jd]  # the doublet's one column at a fixed ratio sits at jp
         at = keep.index(jp)
@@ -383,19 +385,26 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
             return y - m_red @ coef, coef
 
         def refit(t):  # the kinematics at the fixed ratio t (one traced copy, vmapped over the nodes)
-            u = jnp.clip(to_internal(theta_hat + slope * (t - t_hat)), lo_u, hi_u)  # the Laplace prediction
-            best_u, best_c2, best_coef = u, jnp.inf, None
-            for step in range(3):
+            def evaluate(u):
                 jac, (r, coef) = jax.jacfwd(lambda v: (lambda rc: (rc[0], rc))(residual(v, t)), has_aux=True)(u)
+                return r, jac, coef
+
+            def step(_, state):  # a Gauss-Newton step (none from the zero start state); keeps the best point
+                u, r, jac, best_u, best_c2, best_coef = state
+                h = jac.T @ jac
+                delta = -spd_solve(h + 1e-3 * jnp.diag(jnp.maximum(jnp.diagonal(h), 1e-12)), jac.T @ r, jitter=1e-7)
+                u = jnp.clip(u + delta, lo_u, hi_u)
+                r, jac, coef = evaluate(u)  # one traced copy of the model, inside the loop
                 c2 = jnp.sum(r**2)
                 better = c2 < best_c2
-                best_u = jnp.where(better, u, best_u)
-                best_coef = coef if best_coef is None else jnp.where(better, coef, best_coef)
-                best_c2 = jnp.where(better, c2, best_c2)
-                if step < 2:
-                    h = jac.T @ jac
-                    delta = -spd_solve(h + 1e-3 * jnp.diag(jnp.maximum(jnp.diagonal(h), 1e-12)), jac.T @ r, jitter=1e-7)
-                    u = jnp.clip(u + delta, lo_u, hi_u)
+                return (u, r, jac, jnp.where(better, u, best_u), jnp.where(better, c2, best_c2),
+                        jnp.where(better, coef, best_coef))
+
+            u = jnp.clip(to_internal(theta_hat + slope * (t - t_hat)), lo_u, hi_u)  # the Laplace prediction
+            n = y.shape[0]
+            state = (u, jnp.zeros(n, y.dtype), jnp.zeros((n, P), y.dtype), u, jnp.asarray(jnp.inf, y.dtype),
+                     jnp.zeros(K - 1, y.dtype))
+            _, _, _, best_u, best_c2, best_coef = jax.lax.fori_loop(0, RATIO_STEPS + 1, step, state)
             amp = best_coef[at]
             full = jnp.zeros(K, alpha.dtype).at[np.asarray(keep)].set(best_coef)
             full = full.at[jp].set(amp * (1.0 - t)).at[jd].set(amp * t)
@@ -406,12 +415,14 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
         wk = jnp.exp(logw - jnp.max(logw))
         wk = wk / jnp.sum(wk)
         dev = pk - p_hat[None, :]
-        spread = (dev * wk[:, None]).T @ dev
+        mean = wk @ dev
+        spread = (dev * wk[:, None]).T @ dev - jnp.outer(mean, mean)
         cov_nodes = cov - jnp.outer(w, w) / var_t + spread
         sd_trunc = jnp.sqrt(jnp.maximum(grad @ cov_trunc @ grad, 0.0))
         blend = jnp.where(ok & jnp.all(jnp.isfinite(spread)), jnp.clip(sd_trunc / spacing - 1.0, 0.0, 1.0), 0.0)
         cov_trunc = (1.0 - blend) * cov_trunc + blend * cov_nodes
-    return cov_trunc
+        shift = shift + blend * mean
+    return cov_trunc, shift
 
 
 def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_start, theta_lo, theta_hi,
@@ -552,10 +563,12 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     noise_s = jnp.maximum(noise_s, noise_floor(ys * mask))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
     cov = cov_unit * noise_s**2
-    if cones:  # the posterior inside the ratio ranges, not the unbounded Laplace
+    if cones:  # the posterior inside the ratio ranges, not the unbounded Laplace; a loose ratio: its mean
         cov_trunc = ratio_truncated_covariance(model, cov, cov_unit @ (jfull.T @ resid), alpha, P)
-        cov = ratio_profile_covariance(model, columns, ys * mask, u, lo_u, hi_u, lambda th: _to_internal(th, has_b, G),
+        cov, shift = ratio_profile_covariance(model, columns, ys * mask, u, lo_u, hi_u, lambda th: _to_internal(th, has_b, G),
                                        lambda v: _to_external(v, has_b, G), cov, cov_trunc, alpha, noise_s**2, P)
+        theta, alpha = theta + shift[:P], alpha + shift[P:]
+        p_hat = jnp.concatenate([theta, alpha])
     perr = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
     perr = jnp.where(frozen, jnp.nan, perr)
 
