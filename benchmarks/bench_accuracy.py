@@ -59,7 +59,7 @@ def bounds(cube, result, redshift=0.0):
     bound = result.bound
     lm, spec = bound.line_model, bound.spec
     ls = spec.line_set
-    if ls.ratio_ranges:  # the bound of the two lines' own amplitudes (a free ratio), not the fit's cone basis
+    if getattr(ls, "ratio_ranges", ()):  # the bound of the two lines' own amplitudes (a free ratio), not the fit's cone basis
         spec = dataclasses.replace(spec, line_set=dataclasses.replace(ls, ratio_ranges=()))
         lm = LineModel(spec, bound.grid)
         ls = spec.line_set
@@ -86,7 +86,7 @@ def bounds(cube, result, redshift=0.0):
     v_crb = np.sqrt(cov[:, 0, 0]).reshape(ny, nx)
     flux_crb_cm1 = np.sqrt(np.einsum("ni,nij,nj->n", grad, cov, grad)).reshape(ny, nx) * noise / (1.0 + redshift)
     v_crb_known = None
-    if bound.spec.line_set.ratio_ranges:  # the lower reference: the same bound were each ratio known exactly
+    if getattr(bound.spec.line_set, "ratio_ranges", ()):  # the lower reference: the same bound were each ratio known exactly
         prim = list(ls.primary_lines)
         drop = []
         for d, q, _, _ in bound.spec.line_set.ratio_ranges:

