@@ -104,3 +104,27 @@ def test_broad_oii_velocities_are_right_within_their_errors():
     assert np.mean(np.abs(dv) > 50.0) <= 0.12, np.sort(np.abs(dv))
     assert np.max(np.abs(pull)) < 4.0
     assert 0.45 < np.median(np.abs(pull)) < 1.0, np.median(np.abs(pull))  # 0.674 for unit Gaussian pulls
+
+
+def test_frozen_kinematics_keep_the_range():
+    """Freeze mode (amplitudes at given kinematics) fits the same cone, with free-ratio
+    amplitudes or without ``nonneg_amplitudes``."""
+    from lucijax.solvers.fitting import FitSettings
+    from lucijax.solvers.frozen import fit_frozen_spectrum
+
+    syn = make_cube(2, 2, lines=LINES, seed=2, filter_name="SN1", broadening_range_kms=(150.0, 250.0),
+                    snr_range=(20.0, 40.0), ratio_ranges={"OII3729": (0.35, 1.5)})
+    bound = lucijax.Model(LINES).bind(MemoryCube.from_synthetic(syn).header)
+    y = jnp.asarray(syn.data.reshape(4, -1)[:, bound.window], jnp.float32)
+    fwhm = jnp.asarray(syn.fwhm_cm1.reshape(4), jnp.float32)
+    theta = jnp.asarray(np.stack([syn.truth["VELOCITY"].T.reshape(4), syn.truth["BROADENING"].T.reshape(4)], 1),
+                        jnp.float32)
+    for nonneg in (True, False):
+        settings = FitSettings(nonneg_amplitudes=nonneg)
+        fit = jax.jit(jax.vmap(lambda s, f, t: fit_frozen_spectrum(bound.line_model, settings, s, f, t)))(y, fwhm, theta)
+        flux = np.asarray(fit.flux_cm1)
+        ratio = flux[:, 1] / flux[:, 0] / (bound.line_set.rest_cm1[1] / bound.line_set.rest_cm1[0]) ** 2
+        assert np.all((ratio > OII_RATIO_RANGE[0] * 0.999) & (ratio < OII_RATIO_RANGE[1] * 1.001)), ratio
+        total = flux.sum(axis=1)
+        true_total = (syn.truth["OII3726_FLUX_CM1"] + syn.truth["OII3729_FLUX_CM1"]).T.reshape(4)
+        np.testing.assert_allclose(total, true_total, rtol=0.15)

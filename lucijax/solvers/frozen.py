@@ -20,7 +20,7 @@ import numpy as np
 
 from lucijax.model import LineModel
 from lucijax.program import Program
-from lucijax.solvers.fitting import (FitSettings, PixelFit, nonneg_amplitudes, continuum_error, detection_statistic, flux_correlations,
+from lucijax.solvers.fitting import (FitSettings, PixelFit, cone_columns, nonneg_amplitudes, continuum_error, detection_statistic, flux_correlations,
                                      line_free_noise, linear_solve, noise_floor, null_flux_errors)
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.linalg import spd_inverse
@@ -67,7 +67,13 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     gram = m.T @ m
     d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
     alpha_free = linear_solve(m, ys)
-    alpha = nonneg_amplitudes(m, ys, alpha_free, spec.n_amplitudes) if settings.nonneg_amplitudes else alpha_free
+    cones = cone_columns(model)
+    if settings.nonneg_amplitudes or cones:  # a ratio range's cone stays >= 0 without nonneg_amplitudes too
+        bounded = np.arange(K) < (spec.n_amplitudes if settings.nonneg_amplitudes else 0)
+        bounded[list(cones)] = True
+        alpha = nonneg_amplitudes(m, ys, alpha_free, spec.n_amplitudes, bounded)
+    else:
+        alpha = alpha_free
     resid = ys - m @ alpha
 
     # covariance of the linear parameters: (M^T M)^-1 noise^2, unit-diagonal scaled
