@@ -40,6 +40,13 @@ def test_the_default_oii_range_is_pyneb_s():
         lucijax.Model(LINES, ratio_ranges={"OII3729": (0.5, 1.2)})
     with pytest.raises(ValueError, match="first value must be smaller"):
         lucijax.Model(LINES, ratio_ranges={"OII3729/OII3726": (1.2, 0.5)})
+    from lucijax.cli import build_model, build_parser
+
+    def cli(*extra):
+        return build_model(build_parser().parse_args(["fit", "c.hdf5", "--lines", *LINES, *extra])).line_set().ratio_ranges
+
+    assert cli() == ((1, 0) + OII_RATIO_RANGE,) and cli("--free-ratios") == ()
+    assert cli("--ratio-range", "OII3729/OII3726=0.5:1.2") == ((1, 0, 0.5, 1.2),)
 
 
 def test_the_cone_spans_the_range_and_maps_back_to_the_lines():
