@@ -58,8 +58,28 @@ def build_model(args):
         velocity_range=_range(args.velocity_range, "velocity range") if args.velocity_range else None,
         broadening_range=_range(args.broadening_range, "broadening range") if args.broadening_range else None,
         absorption=tuple(args.absorption) if args.absorption else None,
+        ratio_ranges=_ratio_ranges(args),
         absorption_broadening_range=(_range(args.absorption_broadening_range, "absorption broadening range")
                                      if args.absorption_broadening_range else None)))
+
+
+def _ratio_ranges(args):
+    """``--ratio-range DEP/PRIM=LO:HI`` (repeatable) and ``--free-ratios`` -> ``Model.ratio_ranges``
+    (None: the model's default)."""
+    given = getattr(args, "ratio_range", None) or []
+    if getattr(args, "free_ratios", False):
+        if given:
+            raise ValueError("--ratio-range and --free-ratios exclude each other")
+        return {}
+    if not given:
+        return None
+    out = {}
+    for text in given:
+        if "=" not in text:
+            raise ValueError(f"cannot read --ratio-range '{text}': expected DEP/PRIM=LO:HI, e.g. OII3729/OII3726=0.35:1.5")
+        key, rng = text.split("=", 1)
+        out[key] = rng
+    return out
 
 
 def _ambiguity(args) -> dict:
@@ -649,6 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: one broadening per --groups group)")
     g.add_argument("--no-nii-tie", action="store_true", help="free the [NII]6583/6548 flux ratio (default: 3)")
     g.add_argument("--oiii-tie", action="store_true", help="fix [OIII]5007/4959 = 3 in flux")
+    g.add_argument("--ratio-range", action="append", metavar="DEP/PRIM=LO:HI",
+                   help="keep a flux ratio of two lines of one group in a range (repeatable; default: "
+                        "OII3729/OII3726=0.3466:1.4992, its low- and high-density limits at 10^4 K from PyNeb)")
+    g.add_argument("--free-ratios", action="store_true", help="no ratio ranges: every line ratio free (before issue 20)")
     g.add_argument("--continuum-order", type=int, help=f"degree of the continuum polynomial (default {m.continuum_order})")
     g.add_argument("--continuum-spline", type=int, metavar="N",
                    help="fit the continuum with a cubic B-spline of N equal intervals over the window instead "

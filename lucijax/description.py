@@ -21,7 +21,8 @@ import numpy as np
 from lucijax.model import LineModel, ModelSpec, SpectralGrid, channel_weights
 from lucijax.physics import instrument
 from lucijax.physics.lineshapes import MODELS
-from lucijax.physics.lines import LineSet, absorption_line_set, join_line_sets, make_line_set, sky_line_set
+from lucijax.physics.lines import (DEFAULT_RATIO_RANGES, LineSet, UnknownLineError, absorption_line_set, canonical_line_name,
+                                   join_line_sets, make_line_set, sky_line_set)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,37 @@ def parse_range(text, what: str, unit: str = "cm-1", example: str = "14700:15400
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"{what} {lo:g}:{hi:g}: the first value must be smaller than the second")
     return lo, hi
+
+
+def _line_name(name: str) -> str:
+    try:
+        return canonical_line_name(name)
+    except UnknownLineError:  # a user line 'NAME=nm' is named NAME
+        return name
+
+
+def parse_ratio_ranges(ranges) -> tuple[tuple[str, str, tuple[float, float]], ...]:
+    """``Model.ratio_ranges`` -> ``((dependent, primary, (lo, hi)), ...)`` with catalogue
+    names: None gives :data:`~lucijax.physics.lines.DEFAULT_RATIO_RANGES`; a dict maps
+    ``"DEP/PRIM"`` (or a pair of names) to ``(lo, hi)`` or ``"lo:hi"``."""
+    if ranges is None:
+        return DEFAULT_RATIO_RANGES
+    if isinstance(ranges, dict):
+        items = list(ranges.items())
+    else:  # already parsed (a Model rebuilt by dataclasses.replace)
+        items = [((dep, prim), rng) for dep, prim, rng in ranges]
+    out = []
+    for key, rng in items:
+        if isinstance(key, str):
+            if key.count("/") != 1:
+                raise ValueError(f"ratio range key '{key}': expected 'DEPENDENT/PRIMARY', e.g. 'OII3729/OII3726'")
+            key = key.split("/")
+        dep, prim = (_line_name(str(n).strip()) for n in key)
+        lo, hi = parse_range(rng, f"ratio range of {dep}/{prim}", "", "0.35:1.5")
+        if lo < 0:
+            raise ValueError(f"ratio range of {dep}/{prim} {lo:g}:{hi:g}: a flux ratio is >= 0")
+        out.append((dep, prim, (lo, hi)))
+    return tuple(out)
 
 
 class Background:
@@ -146,6 +178,13 @@ class Model:
     background : Background, optional
         Background spectra fitted in every pixel with free coefficients
         (:func:`lucijax.views.background_pca`: a sky region's mean and principal components).
+    ratio_ranges : dict, optional
+        Physical ranges of flux ratios of two free lines of one group, ``{"DEP/PRIM": (lo,
+        hi)}`` (energy fluxes): the fit keeps ``lo <= F(DEP)/F(PRIM) <= hi`` and its errors
+        are those of the posterior inside the range. Default (None): the density-sensitive
+        [OII]3729/3726 between its high- and low-density limits at 10^4 K, 0.347-1.499
+        (PyNeb; :data:`lucijax.physics.lines.DEFAULT_RATIO_RANGES`), when both lines are
+        fitted; ``{}``: every ratio free.
     """
 
     lines: tuple[str, ...] = ()
@@ -166,6 +205,7 @@ class Model:
     absorption: tuple[str, ...] = ()
     absorption_broadening_range: tuple[float, float] = (50.0, 1000.0)
     background: Background | None = None
+    ratio_ranges: object = None
 
     def __post_init__(self):
         def put(name, value):
@@ -206,6 +246,7 @@ class Model:
                 raise ValueError("absorption broadening range: a broadening is a Gaussian standard deviation, >= 0")
         if self.background is not None and not isinstance(self.background, Background):
             put("background", Background(self.background))
+        put("ratio_ranges", parse_ratio_ranges(self.ratio_ranges))
         put("continuum_order", int(self.continuum_order))
         put("continuum_spline", int(self.continuum_spline))
         ModelSpec(make_line_set(["Halpha"]), self.profile, self.continuum_order, self.continuum_spline)  # validates
@@ -227,7 +268,7 @@ class Model:
 
     def _emission_lines(self) -> LineSet:
         return make_line_set(self.lines, self.groups, tie_nii=self.tie_nii, tie_oiii=self.tie_oiii,
-                             broadening_groups=self.broadening_groups)
+                             broadening_groups=self.broadening_groups, ratio_ranges=self.ratio_ranges)
 
     def bind(self, header) -> BoundModel:
         """The model on a cube's spectral axis (``header``: a

@@ -195,6 +195,10 @@ class LineModel:
         self.is_primary = np.zeros(ls.n_lines, bool)
         self.is_primary[list(ls.primary_lines)] = True
         self.primary_of = np.asarray(ls.primary_lines, np.int32)[self.column]
+        #: ratio ranges as (primary's column, dependent's column, primary line, dependent line,
+        #: lo, hi) with flux ratios in cm^-1: the two columns hold the cone's extreme ratios
+        prim = list(ls.primary_lines)
+        self.ratio_pairs = tuple((prim.index(p), prim.index(d), p, d, lo, hi) for d, p, lo, hi in ls.ratio_ranges_cm1())
         self.axis = jnp.asarray(grid.axis_rel_cm1, jnp.float32)
         # (first, step, n) of a uniform axis, for the sincgauss's fast path
         step = uniform_step(grid.axis_rel_cm1) if spec.shape == "sincgauss" else None
@@ -262,6 +266,25 @@ class LineModel:
         coef = jnp.where(self.is_primary, 1.0, self.flux_ratio * fu[self.primary_of] / fu)
         return coef if self.line_sign is None else coef * self.line_sign
 
+    def ratio_coefficients(self, theta, fwhm_cm1):
+        """Per ratio range, the dependent line's amplitude per unit primary amplitude at the
+        range's two ends, ``(lo, hi) x fluxunit(primary) / fluxunit(dependent)``, shape (R, 2)."""
+        fu = self.unit_fluxes(theta, fwhm_cm1)
+        return jnp.stack([jnp.stack([lo * fu[p] / fu[d], hi * fu[p] / fu[d]]) for _, _, p, d, lo, hi in self.ratio_pairs])
+
+    def column_amplitudes(self, theta, alpha, fwhm_cm1):
+        """The linear parameters with each ratio range's cone coefficients ``(c_lo, c_hi)``
+        (in the primary's and the dependent's column) turned into the two lines' own
+        amplitude parameters: ``primary = c_lo + c_hi``, ``dependent = k_lo c_lo + k_hi c_hi``
+        (:meth:`ratio_coefficients`). ``alpha`` itself without ratio ranges."""
+        if not self.ratio_pairs:
+            return alpha
+        k = self.ratio_coefficients(theta, fwhm_cm1)
+        for r, (jp, jd, *_) in enumerate(self.ratio_pairs):
+            c_lo, c_hi = alpha[jp], alpha[jd]
+            alpha = alpha.at[jp].set(c_lo + c_hi).at[jd].set(k[r, 0] * c_lo + k[r, 1] * c_hi)
+        return alpha
+
     def line_profiles(self, theta, fwhm_cm1):
         """Unit-peak profile of every line on the grid, shape (n_channels, n_lines)."""
         x0_rel, _, sg = self.line_kinematics(theta)
@@ -275,6 +298,11 @@ class LineModel:
         prof = self.line_profiles(theta, fwhm_cm1) * self.line_coefficients(theta, fwhm_cm1)
         # each column sums its lines (explicit adds: a tiny matmul per pixel is slower on CPU)
         lines = [sum(prof[:, i] for i in np.flatnonzero(self.column == j)) for j in range(self.spec.n_amplitudes)]
+        if self.ratio_pairs:  # the cone of a ratio range: the doublet at its two extreme ratios
+            k = self.ratio_coefficients(theta, fwhm_cm1)
+            for r, (jp, jd, *_) in enumerate(self.ratio_pairs):
+                cp, cd = lines[jp], lines[jd]
+                lines[jp], lines[jd] = cp + k[r, 0] * cd, cp + k[r, 1] * cd
         parts = [jnp.stack(lines, axis=1), self.continuum_basis]
         if self.background_basis is not None:
             parts.append(self.background_basis)
@@ -322,7 +350,7 @@ class LineModel:
     # -- derived quantities ---------------------------------------------------------
     def line_amplitudes(self, theta, alpha, fwhm_cm1):
         """Peak amplitude of every line (flux unit of the spectrum)."""
-        return alpha[self.column] * self.line_coefficients(theta, fwhm_cm1)
+        return self.column_amplitudes(theta, alpha, fwhm_cm1)[self.column] * self.line_coefficients(theta, fwhm_cm1)
 
     def line_fluxes_cm1(self, theta, alpha, fwhm_cm1):
         """Integrated flux of every line, spectrum unit x cm^-1 (de-redshifted frame)."""

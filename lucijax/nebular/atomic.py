@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["sii_ratio_curve", "density_from_sii", "case_b_balmer_decrement", "attenuation_k", "pyneb_version",
+__all__ = ["oii_ratio_limits", "sii_ratio_curve", "density_from_sii", "case_b_balmer_decrement", "attenuation_k", "pyneb_version",
            "sii_atomic_data", "EXTINCTION_LAWS"]
 
 #: PyNeb's extinction laws offered by name (``pyneb.RedCorr().getLaws()``).
@@ -53,6 +53,20 @@ def sii_ratio_curve(temperature: float = 1e4, n_points: int = 601) -> tuple[np.n
         e1 = np.asarray(s2.getEmissivity(temperature, dens, wave=6716), np.float64)
         e2 = np.asarray(s2.getEmissivity(temperature, dens, wave=6731), np.float64)
     return log_n, np.ravel(e1 / e2)
+
+
+@lru_cache(maxsize=8)
+def oii_ratio_limits(temperature: float = 1e4) -> tuple[float, float]:
+    """``(high-density, low-density)`` limits of the [OII] F(3729)/F(3726) energy-flux ratio
+    at ``temperature`` (K): its extremes over densities 10^0 .. 10^7 cm^-3 from PyNeb's O+
+    emissivities (the ratio falls with density). The default ratio range of a fit of the
+    doublet, :data:`lucijax.physics.lines.OII_RATIO_RANGE`, holds them at 10^4 K."""
+    with _quiet() as pn:
+        o2 = pn.Atom("O", 2)
+        dens = 10.0 ** np.linspace(0.0, 7.0, 141)
+        ratio = np.ravel(np.asarray(o2.getEmissivity(temperature, dens, wave=3729), np.float64)
+                         / np.asarray(o2.getEmissivity(temperature, dens, wave=3726), np.float64))
+    return float(np.min(ratio)), float(np.max(ratio))
 
 
 def density_from_sii(ratio, ratio_err, temperature: float = 1e4):

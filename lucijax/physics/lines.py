@@ -67,6 +67,16 @@ LINE_ALIASES: dict[str, str] = {
 NII_TIE = ("NII6548", "NII6583", 1.0 / 3.0)
 OIII_TIE = ("OIII4959", "OIII5007", 1.0 / 3.0)
 
+#: Energy-flux ratio F([OII]3729) / F([OII]3726) between its high-density limit (10^6-10^7
+#: cm^-3) and its low-density limit (1 cm^-3) at T = 10^4 K, from PyNeb's O+ emissivities
+#: (``lucijax.nebular.atomic.oii_ratio_limits``; ``tests/test_ratio_ranges.py`` checks it
+#: against PyNeb): the physical range of the density-sensitive doublet.
+OII_RATIO_RANGE = (0.3466, 1.4992)
+
+#: Ratio ranges a :class:`~lucijax.description.Model` applies by default (when both lines are
+#: fitted as free lines of one kinematic and broadening group): (dependent, primary, (lo, hi)).
+DEFAULT_RATIO_RANGES = (("OII3729", "OII3726", OII_RATIO_RANGE),)
+
 
 class UnknownLineError(ValueError):
     """A line name that is not in the catalogue."""
@@ -132,6 +142,13 @@ class LineSet:
         Indices of absorption lines: their columns are the negative of the line profile,
         so that a non-negative amplitude parameter (the depth) gives a negative amplitude
         and flux (see :func:`absorption_line_set`). Empty (default): emission lines only.
+    ratio_ranges : tuple of (int, int, float, float)
+        ``(dependent, primary, lo, hi)``: ``lo <= flux(dependent)/flux(primary) <= hi``
+        (energy fluxes), for two free (untied) emission lines of one kinematic and broadening
+        group, e.g. the density-sensitive [OII]3729/3726. The two lines' amplitude columns
+        become the cone ``c_lo (primary + lo x dependent) + c_hi (primary + hi x dependent)``,
+        ``c >= 0`` (:class:`~lucijax.model.LineModel`), so the non-negative amplitudes of the
+        fit keep the ratio in its range. Empty (default): free ratios.
     """
 
     names: tuple[str, ...]
@@ -141,6 +158,7 @@ class LineSet:
     velocity_chain: tuple[tuple[int, int], ...] = field(default=())
     absorption: tuple[int, ...] = field(default=())
     broadening_groups: tuple[int, ...] | None = None
+    ratio_ranges: tuple[tuple[int, int, float, float], ...] = field(default=())
 
     def __post_init__(self):
         n = len(self.names)
@@ -182,6 +200,25 @@ class LineSet:
         for d, p, _ in self.ties:
             if (d in self.absorption) != (p in self.absorption):
                 raise ValueError(f"tied lines {self.names[d]} and {self.names[p]} must both be emission or absorption")
+        object.__setattr__(self, "ratio_ranges", tuple((int(d), int(p), float(lo), float(hi))
+                                                       for d, p, lo, hi in self.ratio_ranges))
+        ranged = [i for d, p, _, _ in self.ratio_ranges for i in (d, p)]
+        if len(set(ranged)) != len(ranged):
+            raise ValueError("a line is in two ratio ranges")
+        for d, p, lo, hi in self.ratio_ranges:
+            if not (0 <= d < n and 0 <= p < n) or d == p:
+                raise ValueError(f"ratio range ({d}, {p}) must name two different lines of 0..{n - 1}")
+            what = f"the ratio range of {self.names[d]}/{self.names[p]}"
+            if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi):
+                raise ValueError(f"{what} {lo:g}:{hi:g} must satisfy 0 <= min < max")
+            if d in dependents or p in dependents:
+                raise ValueError(f"{what}: a tied line has no amplitude of its own")
+            if any(q in (d, p) for _, q, _ in self.ties):
+                raise ValueError(f"{what}: a line with tied lines cannot be in a ratio range")
+            if self.groups[d] != self.groups[p] or self.broadening_of[d] != self.broadening_of[p]:
+                raise ValueError(f"{what}: both lines must share a kinematic and a broadening group")
+            if d in self.absorption or p in self.absorption:
+                raise ValueError(f"{what}: ratio ranges are for emission lines")
 
     def line_sign(self) -> np.ndarray:
         """+1 for each emission line, -1 for each absorption line (float64)."""
@@ -273,6 +310,21 @@ class LineSet:
             ratio[d] = r * (rest[d] / rest[p]) ** 2
         return ratio
 
+    def ratio_ranges_cm1(self) -> tuple[tuple[int, int, float, float], ...]:
+        """:attr:`ratio_ranges` as ratios of fluxes integrated over wavenumber (see
+        :meth:`flux_ratio_cm1`)."""
+        rest = self.rest_cm1
+        return tuple((d, p, lo * (rest[d] / rest[p]) ** 2, hi * (rest[d] / rest[p]) ** 2)
+                     for d, p, lo, hi in self.ratio_ranges)
+
+
+def _known_name(name: str) -> str:
+    """The catalogue name of ``name``, or ``name`` itself (a user line)."""
+    try:
+        return canonical_line_name(name)
+    except UnknownLineError:
+        return str(name)
+
 
 def make_line_set(
     lines,
@@ -282,6 +334,7 @@ def make_line_set(
     tie_oiii: bool = False,
     extra_ties=(),
     broadening_groups=None,
+    ratio_ranges=(),
 ) -> LineSet:
     """Build a :class:`LineSet` from line names.
 
@@ -300,6 +353,9 @@ def make_line_set(
     broadening_groups : sequence of int, optional
         Broadening group of each line, independent of ``groups`` (default: one broadening
         per kinematic group). Lines are tied only within one kinematic and broadening group.
+    ratio_ranges : sequence of (dependent_name, primary_name, (lo, hi))
+        Flux ratio ranges (:attr:`LineSet.ratio_ranges`), applied where both lines are fitted,
+        untied, in one kinematic and broadening group (others are skipped).
     """
     parsed = [parse_line(s) for s in lines]
     _check_distinct(list(lines), parsed)
@@ -322,7 +378,14 @@ def make_line_set(
         i, j = index.get(dep), index.get(prim)
         if i is not None and j is not None and groups[i] == groups[j] and same_b[i] == same_b[j]:
             ties.append((i, j, float(ratio)))
-    return LineSet(names, rest, groups, tuple(ties), broadening_groups=broadening_groups)
+    tied = {i for t in ties for i in t[:2]}
+    ranges = []
+    for dep, prim, (lo, hi) in ratio_ranges:
+        i, j = index.get(_known_name(dep)), index.get(_known_name(prim))
+        if i is not None and j is not None and groups[i] == groups[j] and same_b[i] == same_b[j] \
+                and i not in tied and j not in tied:
+            ranges.append((i, j, float(lo), float(hi)))
+    return LineSet(names, rest, groups, tuple(ties), broadening_groups=broadening_groups, ratio_ranges=tuple(ranges))
 
 
 def _check_distinct(specs: list, parsed: list) -> None:
@@ -422,6 +485,7 @@ def join_line_sets(first: LineSet, second: LineSet) -> LineSet:
         first.velocity_chain + tuple((a + g, b + g) for a, b in second.velocity_chain),
         absorption=first.absorption + tuple(i + n for i in second.absorption),
         broadening_groups=first.broadening_of + tuple(k + nb for k in second.broadening_of),
+        ratio_ranges=first.ratio_ranges + tuple((d + n, q + n, lo, hi) for d, q, lo, hi in second.ratio_ranges),
     )
 
 

@@ -224,7 +224,12 @@ class FitResult(Result):
         ls = spec.line_set
         names = [f"velocity_{g}" for g in range(spec.n_groups)]
         names += [f"broadening_{b}" for b in range(spec.n_broadening)]
-        names += [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
+        amp = [f"amplitude_{ls.names[i]}" for i in ls.primary_lines]
+        prim = list(ls.primary_lines)
+        for d, p, lo, hi in ls.ratio_ranges:  # the cone's coefficients: the doublet at its two extreme ratios
+            amp[prim.index(p)] = f"amplitude_{ls.names[p]}_at_ratio_{lo:g}"
+            amp[prim.index(d)] = f"amplitude_{ls.names[p]}_at_ratio_{hi:g}"
+        names += amp
         names += [f"continuum_{k}" for k in range(spec.n_continuum)]
         names += [f"background_{k}" for k in range(spec.n_background)]
         return names

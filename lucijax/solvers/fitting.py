@@ -21,12 +21,14 @@ exception. Everything here is for one spectrum; the engine vectorises it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import log_ndtr
 
 from lucijax.model import LineModel
 from lucijax.solvers.linalg import spd_inverse, spd_solve
@@ -223,10 +225,11 @@ def line_free_noise(model: LineModel, settings: FitSettings, theta, fwhm, resid,
     return mad_std(jnp.where(enough, resid, studentized), use)
 
 
-def nonneg_amplitudes(m, y, alpha_free, n_amplitudes: int):
+def nonneg_amplitudes(m, y, alpha_free, n_amplitudes: int, bounded=None):
     """Least-squares amplitudes of the columns of ``m`` for ``y`` with the first
-    ``n_amplitudes`` (the lines) >= 0: jaxopt's box-constrained QP on the Gram matrix scaled
-    to a unit diagonal, started from the unbounded solution ``alpha_free``."""
+    ``n_amplitudes`` (the lines) >= 0 (or the columns where the boolean ``bounded`` is
+    true): jaxopt's box-constrained QP on the Gram matrix scaled to a unit diagonal, started
+    from the unbounded solution ``alpha_free``."""
     import jaxopt  # here, not at import: a program loaded from disk never calls it (0.4 s of start-up)
 
     K = m.shape[1]
@@ -234,11 +237,198 @@ def nonneg_amplitudes(m, y, alpha_free, n_amplitudes: int):
     d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
     q = gram * d[:, None] * d[None, :]
     c = -(m.T @ y) * d
-    lower = jnp.concatenate([jnp.zeros(n_amplitudes, m.dtype), jnp.full(K - n_amplitudes, -jnp.inf, m.dtype)])
+    if bounded is None:
+        bounded = np.arange(K) < n_amplitudes
+    lower = jnp.where(jnp.asarray(bounded), jnp.zeros(K, m.dtype), jnp.full(K, -jnp.inf, m.dtype))
     upper = jnp.full(K, jnp.inf, m.dtype)
     z0 = jnp.clip(alpha_free / d, lower, upper)
     qp = jaxopt.BoxCDQP(maxiter=100, tol=1e-6, implicit_diff=False)
     return qp.run(z0, params_obj=(q, c), params_ineq=(lower, upper)).params * d
+
+
+def cone_columns(model: LineModel) -> tuple[int, ...]:
+    """The amplitude columns of the model's ratio ranges (each range's two cone coefficients,
+    both >= 0; :class:`~lucijax.model.LineModel`)."""
+    return tuple(j for jp, jd, *_ in model.ratio_pairs for j in (jp, jd))
+
+
+def cone_solve(m, y, columns: tuple[int, ...]):
+    """Least-squares coefficients of the columns ``m`` for ``y`` with those of ``columns`` >= 0
+    and the others free, exactly: the best (smallest residual) of the unconstrained solutions
+    on every subset of ``columns`` held at zero that keeps the rest >= 0 (2^len(columns)
+    small solves; the optimum of a convex QP is one of them). Piecewise smooth in ``m``:
+    the variable projection of a fit whose ratio ranges must hold while it iterates."""
+    K = m.shape[1]
+    gram = m.T @ m
+    d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
+    q = gram * d[:, None] * d[None, :]
+    c = (m.T @ y) * d
+    held = np.asarray(list(itertools.product((False, True), repeat=len(columns))), bool).reshape(-1, len(columns))
+    zero = np.zeros((held.shape[0], K), bool)
+    zero[:, list(columns)] = held  # per subset: the constrained columns held at zero
+    keep = jnp.asarray(~zero)
+    qs = jnp.where(keep[:, :, None] & keep[:, None, :], q[None], 0.0) + jax.vmap(jnp.diag)(jnp.asarray(zero, q.dtype))
+    # every subset's system in one vmapped solve (one traced copy)
+    coef = jax.vmap(lambda a, b: spd_solve(a, b, jitter=1e-6))(qs, jnp.where(keep, c[None], 0.0)) * d[None]
+    coef = jnp.where(keep, coef, 0.0)
+    rss = jnp.sum((y[None, :] - coef @ m.T) ** 2, axis=1)
+    feasible = jnp.all(jnp.where(jnp.asarray(zero[:, list(columns)]), True, coef[:, list(columns)] >= 0), axis=1)
+    best = jnp.argmin(jnp.where(feasible, rss, jnp.inf))
+    return coef[best]
+
+
+def truncated_normal_variance(mu, sd, lo, hi):
+    """Variance of a normal ``N(mu, sd^2)`` truncated to ``[lo, hi]`` (float32-safe: the
+    closed form in the bulk, a truncated exponential where the interval lies far in a tail
+    or is narrow against ``sd``, whose log-density is then close to linear over it)."""
+    a = (lo - mu) / sd
+    b = (hi - mu) / sd
+    flip = a + b < 0  # reflect so that the interval lies on the upper side of the mean
+    a, b = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    w = b - a
+    lq_a, lq_b = log_ndtr(-a), log_ndtr(-b)
+    rest = jnp.maximum(1.0 - jnp.exp(lq_b - lq_a), 1e-30)  # Z / Q(a)
+    log_phi = lambda x: -0.5 * x**2 - 0.5 * np.log(2.0 * np.pi)  # noqa: E731
+    la = jnp.exp(log_phi(a) - lq_a) / rest
+    lb = jnp.exp(log_phi(b) - lq_a) / rest
+    bulk = 1.0 + a * la - b * lb - (la - lb) ** 2
+
+    def exponential(rate):  # variance of an exponential of ``rate`` truncated to a width w
+        s = jnp.maximum(rate * w, 0.0)
+        s_mid = jnp.clip(s, 0.1, 60.0)
+        g = jnp.where(s < 0.1, 1.0 / 12.0 - s**2 / 240.0, 1.0 / s_mid**2 - 0.25 / jnp.sinh(0.5 * s_mid) ** 2)
+        return jnp.where(s > 60.0, 1.0 / jnp.maximum(rate, 1e-30) ** 2, w**2 * g)
+
+    var = jnp.where(a > 6.0, exponential(a), jnp.where(w < 0.5, exponential(0.5 * (a + b)), bulk))
+    return jnp.clip(var, 0.0, 1.0) * sd**2
+
+
+def ratio_truncated_covariance(model: LineModel, cov, delta, alpha, n_nonlinear: int):
+    """The Laplace covariance ``cov`` (of ``[theta, alpha]``) of a fit with ratio ranges,
+    truncated to them: per range, the cone fraction ``t = c_hi / (c_lo + c_hi)`` (the ratio
+    ``lo + t (hi - lo)``) has the Gaussian ``N(mu_t, var_t)`` of the unbounded likelihood
+    (``mu_t`` from the unbounded Gauss-Newton step ``delta`` from the fit, which an active
+    bound holds back), truncated to ``[0, 1]``; every parameter is linear in ``t`` given the others, so
+    the covariance loses ``w w^T (1 - var_trunc / var_t) / var_t`` (``w = cov grad t``).
+    Inside its range, far from the bounds, a ratio changes nothing; at a bound, the errors
+    approach those at the fixed ratio; an unconstrained ratio leaves the spread of a
+    uniform one."""
+    D = cov.shape[0]
+    for jp, jd, *_ in model.ratio_pairs:
+        i, k = n_nonlinear + jp, n_nonlinear + jd
+        c_lo, c_hi = alpha[jp], alpha[jd]
+        total = c_lo + c_hi
+        ok = total > 0
+        total = jnp.where(ok, total, 1.0)
+        t = c_hi / total
+        grad = jnp.zeros(D, cov.dtype).at[i].set(-c_hi / total**2).at[k].set(c_lo / total**2)
+        w = cov @ grad
+        var_t = grad @ w
+        ok = ok & (var_t > 0) & jnp.isfinite(var_t)
+        var_t = jnp.where(ok, var_t, 1.0)
+        mu_t = t + grad @ delta
+        v_trunc = truncated_normal_variance(mu_t, jnp.sqrt(var_t), 0.0, 1.0)
+        shrink = jnp.where(ok, 1.0 - jnp.minimum(v_trunc / var_t, 1.0), 0.0)
+        cov = cov - jnp.outer(w, w) * (shrink / var_t)
+    return cov
+
+
+#: Ratios (cone fractions t in [0, 1], evenly spaced) at which a fit with a ratio range
+#: re-fits the kinematics to map the doublet's velocity-ratio valley.
+RATIO_NODES = 7
+
+#: Gauss-Newton steps of each node's re-fit from its Laplace prediction (4 changed nothing
+#: on the broad SN1 cube of ``benchmarks/RESULTS.md``, issue 20).
+RATIO_STEPS = 2
+
+
+def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to_internal, to_external, cov, cov_trunc,
+                             alpha, noise2, n_nonlinear: int):
+    """Posterior mean shift and covariance of a fit with ratio ranges where the data leave a
+    ratio loosely constrained (a blended doublet: broad lines), ``(cov, shift)``.
+
+    Per range, the kinematics are re-fitted (:data:`RATIO_STEPS` Gauss-Newton steps from the
+    Laplace prediction) at :data:`RATIO_NODES` ratios across the range; the posterior over
+    the ratio (flat prior in the ratio), ``exp(-chi2(t) / 2)`` on the nodes, gives the mean
+    of every parameter (``shift``: that mean less the fit's values) and its spread along the
+    valley, whose chi2 is far from quadratic over the range, on top of the covariance at a
+    fixed ratio. There the MAP sits at an end of the range on a nearly flat valley, tens of
+    km/s from the truth; the posterior mean does not. Where the Laplace ratio error is below
+    a node spacing, the truncated Laplace ``cov_trunc`` and the MAP stand (the nodes cannot
+    resolve it); between one and two spacings the two are blended."""
+    P = n_nonlinear
+    K = alpha.shape[0]
+    D = cov.shape[0]
+    theta_hat = to_external(u_hat)
+    p_hat = jnp.concatenate([theta_hat, alpha])
+    nodes = np.linspace(0.0, 1.0, RATIO_NODES)
+    trap = np.full(RATIO_NODES, 1.0)
+    trap[[0, -1]] = 0.5
+    spacing = 1.0 / (RATIO_NODES - 1)
+    cones = cone_columns(model)
+    shift = jnp.zeros(D, cov.dtype)
+    for jp, jd, *_ in model.ratio_pairs:
+        keep = [j for j in range(K) if j != jd]  # the doublet's one column at a fixed ratio sits at jp
+        at = keep.index(jp)
+        red_cones = tuple(keep.index(j) for j in cones if j != jd)
+        c_lo, c_hi = alpha[jp], alpha[jd]
+        total = c_lo + c_hi
+        ok = total > 0
+        total = jnp.where(ok, total, 1.0)
+        t_hat = c_hi / total
+        grad = jnp.zeros(D, cov.dtype).at[P + jp].set(-c_hi / total**2).at[P + jd].set(c_lo / total**2)
+        w = cov @ grad
+        var_t = grad @ w
+        ok = ok & (var_t > 0) & jnp.isfinite(var_t)
+        var_t = jnp.where(ok, var_t, 1.0)
+        slope = w[:P] / var_t  # d theta / d t along the valley (Laplace)
+
+        def residual(u, t):
+            m = columns(u)
+            mixed = (1.0 - t) * m[:, jp] + t * m[:, jd]
+            m_red = m[:, np.asarray(keep)].at[:, at].set(mixed)
+            coef = cone_solve(m_red, y, red_cones)
+            return y - m_red @ coef, coef
+
+        def refit(t):  # the kinematics at the fixed ratio t (one traced copy, vmapped over the nodes)
+            def evaluate(u):
+                jac, (r, coef) = jax.jacfwd(lambda v: (lambda rc: (rc[0], rc))(residual(v, t)), has_aux=True)(u)
+                return r, jac, coef
+
+            def step(_, state):  # a Gauss-Newton step (none from the zero start state); keeps the best point
+                u, r, jac, best_u, best_c2, best_coef = state
+                h = jac.T @ jac
+                delta = -spd_solve(h + 1e-3 * jnp.diag(jnp.maximum(jnp.diagonal(h), 1e-12)), jac.T @ r, jitter=1e-7)
+                u = jnp.clip(u + delta, lo_u, hi_u)
+                r, jac, coef = evaluate(u)  # one traced copy of the model, inside the loop
+                c2 = jnp.sum(r**2)
+                better = c2 < best_c2
+                return (u, r, jac, jnp.where(better, u, best_u), jnp.where(better, c2, best_c2),
+                        jnp.where(better, coef, best_coef))
+
+            u = jnp.clip(to_internal(theta_hat + slope * (t - t_hat)), lo_u, hi_u)  # the Laplace prediction
+            n = y.shape[0]
+            state = (u, jnp.zeros(n, y.dtype), jnp.zeros((n, P), y.dtype), u, jnp.asarray(jnp.inf, y.dtype),
+                     jnp.zeros(K - 1, y.dtype))
+            _, _, _, best_u, best_c2, best_coef = jax.lax.fori_loop(0, RATIO_STEPS + 1, step, state)
+            amp = best_coef[at]
+            full = jnp.zeros(K, alpha.dtype).at[np.asarray(keep)].set(best_coef)
+            full = full.at[jp].set(amp * (1.0 - t)).at[jd].set(amp * t)
+            return jnp.concatenate([to_external(best_u), full]), best_c2
+
+        pk, chi2 = jax.vmap(refit)(jnp.asarray(nodes, cov.dtype))
+        logw = jnp.log(jnp.asarray(trap, cov.dtype)) - 0.5 * (chi2 - jnp.min(chi2)) / noise2
+        wk = jnp.exp(logw - jnp.max(logw))
+        wk = wk / jnp.sum(wk)
+        dev = pk - p_hat[None, :]
+        mean = wk @ dev
+        spread = (dev * wk[:, None]).T @ dev - jnp.outer(mean, mean)
+        cov_nodes = cov - jnp.outer(w, w) / var_t + spread
+        sd_trunc = jnp.sqrt(jnp.maximum(grad @ cov_trunc @ grad, 0.0))
+        blend = jnp.where(ok & jnp.all(jnp.isfinite(spread)), jnp.clip(sd_trunc / spacing - 1.0, 0.0, 1.0), 0.0)
+        cov_trunc = (1.0 - blend) * cov_trunc + blend * cov_nodes
+        shift = shift + blend * mean
+    return cov_trunc, shift
 
 
 def chunked_under_vmap(fun, chunk: int):
@@ -273,9 +463,16 @@ def _lm_parts(model: LineModel, ys, mask, fwhm, lo_u, hi_u):
     def columns(u):
         return model.design_matrix(_to_external(u, has_b, G), fwhm) * mask[:, None]
 
+    cones = cone_columns(model)
+
+    def project(m, y):
+        # with ratio ranges, their cones hold while the fit iterates (else the velocity
+        # walks along the doublet's velocity-ratio valley to ratios outside the range)
+        return cone_solve(m, y, cones) if cones else linear_solve(m, y)
+
     def residual(u):
         m = columns(u)
-        r = ys * mask - m @ linear_solve(m, ys * mask)
+        r = ys * mask - m @ project(m, ys * mask)
         return r, r
 
     def value_and_jac(u):
@@ -328,6 +525,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     hi_u = _to_internal(theta_hi, has_b, G)
     u0 = jnp.clip(_to_internal(theta_start, has_b, G), lo_u, hi_u)
 
+    cones = cone_columns(model)
     dof = jnp.maximum(n_valid - P - K, 1.0)
 
     def lm(u0, ys, mask, fwhm, lo_u, hi_u, dof):
@@ -372,7 +570,12 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     # -- final amplitudes (>= 0 for lines) with jaxopt's box-constrained QP
     m = columns(u)
     alpha_free = linear_solve(m, ys * mask)
-    alpha = nonneg_amplitudes(m, ys * mask, alpha_free, spec.n_amplitudes) if settings.nonneg_amplitudes else alpha_free
+    if settings.nonneg_amplitudes or cones:  # a ratio range's cone stays >= 0 without nonneg_amplitudes too
+        bounded = np.arange(K) < (spec.n_amplitudes if settings.nonneg_amplitudes else 0)
+        bounded[list(cones)] = True
+        alpha = nonneg_amplitudes(m, ys * mask, alpha_free, spec.n_amplitudes, bounded)
+    else:
+        alpha = alpha_free
     resid = ys * mask - m @ alpha
 
     # -- Laplace approximation: Fisher matrix of all parameters (v, b, alpha), in units of
@@ -406,6 +609,13 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     noise_s = jnp.maximum(noise_s, noise_floor(ys * mask))
     chi2_red = jnp.sum(resid**2) / noise_s**2 / dof
     cov = cov_unit * noise_s**2
+    cov_laplace, alpha_map = cov, alpha  # the detection's: amplitudes against zero at the MAP, whatever the ratio's spread
+    if cones:  # the posterior inside the ratio ranges, not the unbounded Laplace; a loose ratio: its mean
+        cov_trunc = ratio_truncated_covariance(model, cov, cov_unit @ (jfull.T @ resid), alpha, P)
+        cov, shift = ratio_profile_covariance(model, columns, ys * mask, u, lo_u, hi_u, lambda th: _to_internal(th, has_b, G),
+                                       lambda v: _to_external(v, has_b, G), cov, cov_trunc, alpha, noise_s**2, P)
+        theta, alpha = theta + shift[:P], alpha + shift[P:]
+        p_hat = jnp.concatenate([theta, alpha])
     perr = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
     perr = jnp.where(frozen, jnp.nan, perr)
 
@@ -431,7 +641,7 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     cov_ok = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.isfinite(perr) | frozen)
     na = spec.n_amplitudes
     # NaN (a singular covariance) is not "no line": it stays SINGULAR below
-    no_line = detection_statistic(alpha[:na], cov[P : P + na, P : P + na]) < settings.detection_chi2
+    no_line = detection_statistic(alpha_map[:na], cov_laplace[P : P + na, P : P + na]) < settings.detection_chi2
     status = jnp.where(~valid, Status.INVALID_INPUT,
              jnp.where(no_line, Status.NO_LINE,
              jnp.where(~cov_ok, Status.SINGULAR,
@@ -476,5 +686,6 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
 
 
-__all__ = ["FitSettings", "PixelFit", "chunked_under_vmap", "fit_spectrum", "linear_solve", "line_free_noise", "flux_correlations",
-           "null_flux_errors", "continuum_error", "ScaledCovariance", "MAX_CORRELATED_LINES"]
+__all__ = ["FitSettings", "PixelFit", "chunked_under_vmap", "fit_spectrum", "linear_solve", "line_free_noise",
+           "flux_correlations", "null_flux_errors", "continuum_error", "ScaledCovariance", "MAX_CORRELATED_LINES",
+           "cone_solve", "truncated_normal_variance", "ratio_truncated_covariance"]

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lucijax.model import LineModel
 from lucijax.program import Program
-from lucijax.solvers.fitting import (FitSettings, PixelFit, nonneg_amplitudes, continuum_error, detection_statistic, flux_correlations,
+from lucijax.solvers.fitting import (FitSettings, PixelFit, cone_columns, nonneg_amplitudes, continuum_error, detection_statistic, flux_correlations,
                                      line_free_noise, linear_solve, noise_floor, null_flux_errors)
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.linalg import spd_inverse
@@ -66,7 +67,13 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     gram = m.T @ m
     d = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
     alpha_free = linear_solve(m, ys)
-    alpha = nonneg_amplitudes(m, ys, alpha_free, spec.n_amplitudes) if settings.nonneg_amplitudes else alpha_free
+    cones = cone_columns(model)
+    if settings.nonneg_amplitudes or cones:  # a ratio range's cone stays >= 0 without nonneg_amplitudes too
+        bounded = np.arange(K) < (spec.n_amplitudes if settings.nonneg_amplitudes else 0)
+        bounded[list(cones)] = True
+        alpha = nonneg_amplitudes(m, ys, alpha_free, spec.n_amplitudes, bounded)
+    else:
+        alpha = alpha_free
     resid = ys - m @ alpha
 
     # covariance of the linear parameters: (M^T M)^-1 noise^2, unit-diagonal scaled
@@ -82,8 +89,11 @@ def fit_frozen_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, th
     cov = cov_unit * noise_s**2
     cov_ok = jnp.all(jnp.isfinite(cov))
     # amplitudes and fluxes are linear in alpha at fixed theta: q = C alpha
-    coef = model.line_coefficients(theta, fwhm)
-    c_amp = jnp.zeros((L, K), dtype).at[jnp.arange(L), model.column].set(coef)
+    if model.ratio_pairs:  # a ratio range's cone coefficients feed both of its lines
+        c_amp = jax.jacfwd(lambda a: model.line_amplitudes(theta, a, fwhm))(alpha)
+    else:
+        coef = model.line_coefficients(theta, fwhm)
+        c_amp = jnp.zeros((L, K), dtype).at[jnp.arange(L), model.column].set(coef)
     c_flux = c_amp * model.unit_fluxes(theta, fwhm)[:, None]
     amp = c_amp @ alpha
     flux = c_flux @ alpha
