@@ -19,6 +19,7 @@ import numpy as np
 
 from lucijax.constants import C_KMS
 from lucijax.diskcache import stored_arrays
+from lucijax.model import placed
 from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, ScaledCovariance, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
@@ -358,7 +359,7 @@ def maps_one(bound, settings: FitSettings, solver: MAP):
     bounded by its given kinematics ``inputs['theta']`` (+- ``inputs['theta_err']``),
     guarded by the matched filter (:func:`guarded_one`); mean and sigma are NaN."""
     G, has_b, B = bound.spec.n_groups, bound.spec.has_broadening, bound.spec.n_broadening
-    nan2 = jnp.full(2, jnp.nan, jnp.float32)
+    nan2 = placed(np.full(2, np.nan, np.float32))
 
     def propose(inp):
         theta, lo, hi, ok = maps_start(inp["theta"], inp["theta_err"], settings, G, has_b, solver.network_sigmas,
@@ -389,10 +390,10 @@ def ambiguity_check(bound, settings: FitSettings, threshold: float):
     stacks = [templates_for(bound, dataclasses.replace(settings, broadening_start_kms=w)) for w in widths]
     velocities = stacks[0][1]
     _, velocities, group_of_column, _, _ = start_inputs(model, settings, stacks[0][0], velocities)
-    templates = [jnp.asarray(t) for t, _ in stacks]
+    templates = [placed(t) for t, _ in stacks]
     min_sep = 2.0 * float(settings.grid_step_kms)
     ref = float(model.grid.ref_cm1)
-    good = jnp.asarray([int(s) for s in GOOD], jnp.int32)
+    good = placed([int(s) for s in GOOD], np.int32)
     absorbing = None
     if model.spec.line_set.absorption:
         absorbing = np.isin(np.arange(G), model.spec.line_set.absorption_groups)
@@ -419,7 +420,7 @@ def ambiguity_check(bound, settings: FitSettings, threshold: float):
 def map_one(bound, settings: FitSettings, start: str, predict, solver: MAP):
     """The MAP program's function of one pixel's inputs ``{'y', 'fwhm'}`` (and
     ``'theta'``, ``'theta_err'`` for a maps start) -> :class:`MapFit`."""
-    nan2 = jnp.full(2, jnp.nan, jnp.float32)
+    nan2 = placed(np.full(2, np.nan, np.float32))
     check = None if solver.ambiguity_chi2 is None else ambiguity_check(bound, settings, float(solver.ambiguity_chi2))
 
     def typed(res, mean, sigma, fwhm, y):

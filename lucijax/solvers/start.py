@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lucijax.model import LineModel
+from lucijax.model import LineModel, placed
 from lucijax.solvers.fitting import FitSettings, linear_solve
 from lucijax.solvers.robust import mad_std, masked_median
 
@@ -79,7 +79,7 @@ def start_inputs(model: LineModel, settings: FitSettings, templates, velocities)
     (the absorption groups' broadenings: ``settings.absorption_broadening_range_kms``)."""
     spec = model.spec
     G, B = spec.n_groups, spec.n_broadening
-    group_of_column = jnp.asarray(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], jnp.int32)
+    group_of_column = placed(np.asarray(spec.line_set.groups)[list(spec.line_set.primary_lines)], np.int32)
     vlo, vhi = settings.velocity_range_kms
     blo, bhi = settings.broadening_range_kms
     lo = np.array([vlo] * G + [blo] * B, np.float32)
@@ -87,7 +87,7 @@ def start_inputs(model: LineModel, settings: FitSettings, templates, velocities)
     if B and spec.line_set.absorption:
         ab = [G + k for k in spec.line_set.absorption_broadening_groups]
         lo[ab], hi[ab] = settings.absorption_broadening_range_kms
-    return jnp.asarray(templates), jnp.asarray(velocities, jnp.float32), group_of_column, lo, hi
+    return placed(templates), placed(velocities, np.float32), group_of_column, lo, hi
 
 
 def running_median(y, width: int):
