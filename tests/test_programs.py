@@ -70,3 +70,49 @@ def test_damaged_program_file_is_traced_again(folder, caplog):
 def test_code_digest_names_the_source():
     d = stored.code_digest()
     assert len(d) == 64 and d == stored.code_digest()
+
+
+def test_stored_executable_is_loaded_without_tracing_or_lowering(folder, caplog):
+    inp = {"y": jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)), jnp.float32),
+           "f": jnp.arange(4, dtype=jnp.float32)}
+    dev = jax.devices()[0]
+    assert stored.load_compiled("exe key", _structs(inp), dev) is None  # nothing stored yet
+    exe = jax.jit(_fn).lower(_structs(inp)).compile()
+    stored.store_compiled("exe key", _structs(inp), dev, exe)
+    (path,) = folder.glob("*.xla")
+    loaded = stored.load_compiled("exe key", _structs(inp), dev)
+    for k, v in exe(inp).items():
+        np.testing.assert_array_equal(np.asarray(loaded(inp)[k]), np.asarray(v))
+    # another key or another shape: not this executable
+    assert stored.load_compiled("other key", _structs(inp), dev) is None
+    half = {k: v[:2] for k, v in inp.items()}
+    assert stored.load_compiled("exe key", _structs(half), dev) is None
+    path.write_bytes(b"not an executable")
+    assert stored.load_compiled("exe key", _structs(inp), dev) is None
+    assert "could not load the stored executable" in caplog.text
+
+
+def test_engine_loads_the_stored_executable(folder, monkeypatch):
+    from lucijax.engine import core
+    from lucijax.program import Program
+
+    traced_calls = []
+
+    def one(inp):
+        traced_calls.append(1)
+        return {"s": jnp.sum(jnp.sin(inp["y"]))}
+
+    program = Program(name="stored exe test", key="k", prepare=lambda b: b, one=one)
+    example = {"y": np.ones((1, 5), np.float32)}
+    first = core.BatchRunner(program, 4, jax.devices()[:1])
+    first.compile(example)
+    assert len(list(folder.glob("*.xla"))) == 1 and traced_calls
+    monkeypatch.setattr(core, "_EXECUTABLES", {})  # a later process
+    traced_calls.clear()
+    second = core.BatchRunner(program, 4, jax.devices()[:1])
+    second.compile(example)
+    assert not traced_calls
+    y = np.random.default_rng(2).normal(size=(4, 5)).astype(np.float32)
+    dev = jax.devices()[0]
+    np.testing.assert_array_equal(np.asarray(second._compiled[dev]({"y": y})["s"]),
+                                  np.asarray(first._compiled[dev]({"y": y})["s"]))

@@ -13,8 +13,11 @@ stale program. Without a compilation cache directory nothing is stored.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
+import platform
 import threading
 from pathlib import Path
 
@@ -50,6 +53,80 @@ def _path(key: str, structs) -> Path | None:
     return folder / (entry_name("\n".join([key, signature])) + ".jaxexport")
 
 
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    """What an executable compiled here depends on beyond the program: the XLA flags, the
+    64-bit switch and the CPU (its model and instruction-set flags)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        cpu = "".join(sorted(set(lines)))
+    except OSError:
+        pass
+    return "\n".join([os.environ.get("XLA_FLAGS", ""), str(jax.config.jax_enable_x64), cpu])
+
+
+def _compiled_path(key: str, structs, device) -> Path | None:
+    path = _path(key, structs)
+    if path is None:
+        return None
+    client = device.client
+    where = f"{device.platform} {device.id} {client.platform_version}\n{_host()}"
+    return path.with_name(entry_name("\n".join([path.stem, where])) + ".xla")
+
+
+def _lapack_ready() -> bool:
+    """LAPACK's kernels (which XLA:CPU programs call for LU and triangular solves) are
+    bound when a program using them is lowered; a loaded executable is not lowered, so they
+    are bound here (JAX's own call: a private one, hence the guard)."""
+    try:
+        from jax._src.lax.linalg import initialize_lapack
+
+        initialize_lapack()
+        return True
+    except Exception as err:  # another JAX: load no executables, lower as before
+        log.info("no stored executables (%s)", err)
+        return False
+
+
+def load_compiled(key: str, structs, device):
+    """The compiled executable of the program stored under ``key`` for inputs ``structs``
+    on ``device``, as :func:`store_compiled` left it (None: none stored, or it failed to load)."""
+    path = _compiled_path(key, structs, device)
+    if path is None or not path.exists() or (device.platform == "cpu" and not _lapack_ready()):
+        return None
+    from jax.experimental import serialize_executable
+
+    try:
+        serialized, in_tree, out_tree = pickle.loads(path.read_bytes())
+        return serialize_executable.deserialize_and_load(serialized, in_tree, out_tree, backend=device.client,
+                                                         execution_devices=[device])
+    except Exception as err:  # damaged, foreign or from another jaxlib: compile (from JAX's cache)
+        log.warning("could not load the stored executable %s (%s): compiling it", path.name, err)
+        return None
+
+
+def store_compiled(key: str, structs, device, compiled) -> None:
+    """Keep ``compiled`` (``fn.lower(structs).compile()`` on ``device``) for :func:`load_compiled`."""
+    path = _compiled_path(key, structs, device)
+    if path is None:
+        return
+    from jax.experimental import serialize_executable
+
+    unloaded = getattr(getattr(compiled, "_executable", None), "_unloaded_executable", None)
+    if unloaded is None or any(getattr(unloaded, a, None) for a in ("host_callbacks", "keepalive", "ordered_effects",
+                                                                    "unordered_effects")):
+        return  # Python callbacks or effects: a loaded executable would lack them (JAX's cache skips these too)
+    try:
+        data = pickle.dumps(serialize_executable.serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except Exception as err:  # not serialisable (constants passed as arguments), no disk space: not kept
+        log.info("could not store the executable (%s)", err)
+
+
 def traced(fn, key: str, structs, namedtuples=()):
     """A jitted callable equivalent to ``fn`` (a jitted function of one pytree argument)
     for inputs of the shapes and dtypes ``structs``: the program stored on disk under
@@ -77,4 +154,4 @@ def traced(fn, key: str, structs, namedtuples=()):
     return jax.jit(exported.call)
 
 
-__all__ = ["traced", "program_folder", "code_digest", "register_namedtuples"]
+__all__ = ["traced", "load_compiled", "store_compiled", "program_folder", "code_digest", "register_namedtuples"]
