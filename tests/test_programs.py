@@ -77,7 +77,13 @@ def test_stored_executable_is_loaded_without_tracing_or_lowering(folder, caplog)
            "f": jnp.arange(4, dtype=jnp.float32)}
     dev = jax.devices()[0]
     assert stored.load_compiled("exe key", _structs(inp), dev) is None  # nothing stored yet
-    exe = jax.jit(_fn).lower(_structs(inp)).compile()
+    # a program no earlier process compiled (the persistent cache would give it without
+    # its machine code: compile_fresh says so)
+    fresh_fn = jax.jit(lambda d: {"c": _fn(d)["a"] * 2.0 + float(np.random.default_rng().integers(1 << 30))})
+    exe, fresh = stored.compile_fresh(fresh_fn.lower(_structs(inp)))
+    assert fresh
+    again, fresh = stored.compile_fresh(fresh_fn.lower(_structs(inp)))
+    assert not fresh  # from memory or JAX's cache: never stored
     stored.store_compiled("exe key", _structs(inp), dev, exe)
     (path,) = folder.glob("*.xla")
     loaded = stored.load_compiled("exe key", _structs(inp), dev)
@@ -97,12 +103,13 @@ def test_engine_loads_the_stored_executable(folder, monkeypatch):
     from lucijax.program import Program
 
     traced_calls = []
+    salt = float(np.random.default_rng().integers(1 << 30))  # a program JAX's cache has not seen
 
     def one(inp):
         traced_calls.append(1)
-        return {"s": jnp.sum(jnp.sin(inp["y"]))}
+        return {"s": jnp.sum(jnp.sin(inp["y"])) + salt}
 
-    program = Program(name="stored exe test", key="k", prepare=lambda b: b, one=one)
+    program = Program(name="stored exe test", key=f"k{salt}", prepare=lambda b: b, one=one)
     example = {"y": np.ones((1, 5), np.float32)}
     first = core.BatchRunner(program, 4, jax.devices()[:1])
     first.compile(example)
@@ -116,3 +123,14 @@ def test_engine_loads_the_stored_executable(folder, monkeypatch):
     dev = jax.devices()[0]
     np.testing.assert_array_equal(np.asarray(second._compiled[dev]({"y": y})["s"]),
                                   np.asarray(first._compiled[dev]({"y": y})["s"]))
+    # the executable from JAX's persistent cache (another process compiled it, none stored
+    # here): run, but not stored, since it would be stored without its machine code
+    (path,) = folder.glob("*.xla")
+    path.unlink()
+    monkeypatch.setattr(core, "_EXECUTABLES", {})
+    jax.clear_caches()
+    third = core.BatchRunner(program, 4, jax.devices()[:1])
+    third.compile(example)
+    np.testing.assert_array_equal(np.asarray(third._compiled[dev]({"y": y})["s"]),
+                                  np.asarray(first._compiled[dev]({"y": y})["s"]))
+    assert not list(folder.glob("*.xla"))

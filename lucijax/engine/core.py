@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lucijax.engine.checkpoint import BlockCheckpoint, data_digest, digest
-from lucijax.engine.stored import load_compiled, store_compiled, traced
+from lucijax.engine.stored import compile_fresh, load_compiled, store_compiled, traced
 from lucijax.io.blocks import DEFAULT_BLOCK, read_ahead, selected, tile
 from lucijax.program import Block, Program
 from lucijax.status import Status
@@ -211,8 +211,8 @@ class BatchRunner:
                 # the device is also the default one while tracing: a program that places
                 # arrays itself (jaxns' nested sampler) places them there
                 with program.running(), jax.default_device(dev):
-                    exe = fn.lower(s).compile()
-                if program.stored:
+                    exe, fresh = compile_fresh(fn.lower(s))
+                if program.stored and fresh:
                     store_compiled(key, structs, dev, exe)
             while len(_EXECUTABLES) >= _MAX_EXECUTABLES:
                 _EXECUTABLES.pop(next(iter(_EXECUTABLES)))  # least recently used

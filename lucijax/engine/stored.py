@@ -107,8 +107,28 @@ def load_compiled(key: str, structs, device):
         return None
 
 
+def compile_fresh(lowered):
+    """``(lowered.compile(), fresh)``: ``fresh`` when XLA compiled it in this call (JAX
+    wrote it to its cache) rather than JAX's cache or memory giving it: an executable
+    loaded from JAX's cache serialises without its machine code (jaxlib 0.10.2: "Function
+    ... not found" when the copy runs), so only a fresh one may be stored."""
+    events = []
+
+    def listen(event, **kwargs):
+        if event in ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"):
+            events.append(event)
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        exe = lowered.compile()
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+    return exe, events == ["/jax/compilation_cache/cache_misses"]
+
+
 def store_compiled(key: str, structs, device, compiled) -> None:
-    """Keep ``compiled`` (``fn.lower(structs).compile()`` on ``device``) for :func:`load_compiled`."""
+    """Keep ``compiled`` (``fn.lower(structs).compile()`` on ``device``, compiled by XLA in
+    this process: see :func:`compile_fresh`) for :func:`load_compiled`."""
     path = _compiled_path(key, structs, device)
     if path is None:
         return
@@ -154,4 +174,4 @@ def traced(fn, key: str, structs, namedtuples=()):
     return jax.jit(exported.call)
 
 
-__all__ = ["traced", "load_compiled", "store_compiled", "program_folder", "code_digest", "register_namedtuples"]
+__all__ = ["traced", "load_compiled", "store_compiled", "compile_fresh", "program_folder", "code_digest", "register_namedtuples"]
