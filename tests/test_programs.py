@@ -76,7 +76,7 @@ def test_stored_executable_is_loaded_without_tracing_or_lowering(folder, caplog)
     inp = {"y": jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)), jnp.float32),
            "f": jnp.arange(4, dtype=jnp.float32)}
     dev = jax.devices()[0]
-    assert stored.load_compiled("exe key", _structs(inp), dev) is None  # nothing stored yet
+    assert stored.load_compiled("digest a", dev) is None  # nothing stored yet
     # a program no earlier process compiled (the persistent cache would give it without
     # its machine code: compile_fresh says so)
     fresh_fn = jax.jit(lambda d: {"c": _fn(d)["a"] * 2.0 + float(np.random.default_rng().integers(1 << 30))})
@@ -84,18 +84,23 @@ def test_stored_executable_is_loaded_without_tracing_or_lowering(folder, caplog)
     assert fresh
     again, fresh = stored.compile_fresh(fresh_fn.lower(_structs(inp)))
     assert not fresh  # from memory or JAX's cache: never stored
-    stored.store_compiled("exe key", _structs(inp), dev, exe)
+    stored.store_compiled("digest a", dev, exe)
     (path,) = folder.glob("*.xla")
-    loaded = stored.load_compiled("exe key", _structs(inp), dev)
+    loaded = stored.load_compiled("digest a", dev)
     for k, v in exe(inp).items():
         np.testing.assert_array_equal(np.asarray(loaded(inp)[k]), np.asarray(v))
-    # another key or another shape: not this executable
-    assert stored.load_compiled("other key", _structs(inp), dev) is None
-    half = {k: v[:2] for k, v in inp.items()}
-    assert stored.load_compiled("exe key", _structs(half), dev) is None
+    assert stored.load_compiled("digest b", dev) is None  # another program
     path.write_bytes(b"not an executable")
-    assert stored.load_compiled("exe key", _structs(inp), dev) is None
+    assert stored.load_compiled("digest a", dev) is None
     assert "could not load the stored executable" in caplog.text
+
+
+def test_stored_program_digest_names_its_content(folder):
+    inp = {"y": jnp.ones((4, 3), jnp.float32), "f": jnp.ones(4, jnp.float32)}
+    _, d1 = stored.stored_program(jax.jit(_fn), "k1", _structs(inp))
+    _, d1_again = stored.stored_program(jax.jit(_fn), "k1", _structs(inp))  # loaded from disk
+    _, d2 = stored.stored_program(jax.jit(lambda d: {"a": _fn(d)["a"] + 1.0}), "k2", _structs(inp))
+    assert d1 == d1_again and d1 != d2
 
 
 def test_engine_loads_the_stored_executable(folder, monkeypatch):
