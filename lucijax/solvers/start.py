@@ -48,7 +48,7 @@ def start_templates_many(model: LineModel, fwhm_cm1: float, settings_list) -> li
             return model.design_matrix(theta, jnp.float32(fwhm_cm1))[:, : spec.n_amplitudes].T
 
         fns.append(jax.vmap(columns))
-    outs = jax.jit(lambda vs: [f(v) for f, v in zip(fns, vs)])([jnp.asarray(v) for v in grids])
+    outs = jax.jit(lambda vs: [f(v) for f, v in zip(fns, vs)])(grids)  # numpy in: no `stage` program
     result = []
     for out, velocities in zip(outs, grids):
         tmpl = np.asarray(out, np.float64)
