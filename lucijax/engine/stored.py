@@ -81,10 +81,11 @@ def _compiled_path(digest: str, device) -> Path | None:
     return folder / (hashlib.sha256(where.encode()).hexdigest()[:32] + ".xla")
 
 
+@functools.lru_cache(maxsize=1)
 def _lapack_ready() -> bool:
     """LAPACK's kernels (which XLA:CPU programs call for LU and triangular solves) are
     bound when a program using them is lowered; a loaded executable is not lowered, so they
-    are bound here (JAX's own call: a private one, hence the guard)."""
+    are bound here, once (JAX's own call: a private one, hence the guard)."""
     try:
         from jax._src.lax.linalg import initialize_lapack
 
