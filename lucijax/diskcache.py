@@ -68,25 +68,40 @@ def stored_arrays(key: str, compute) -> tuple[np.ndarray, ...]:
     """``compute()`` (a tuple of numpy arrays), kept on disk under ``key``: a later process
     with the same key and code loads the arrays instead of computing them. A damaged entry is
     computed again; a failed write only costs the next process the computation."""
+    return stored_arrays_many([key], lambda todo: [compute()])[0]
+
+
+def stored_arrays_many(keys, compute) -> list[tuple[np.ndarray, ...]]:
+    """:func:`stored_arrays` of several keys at once: ``compute(indices)`` returns the
+    tuples of the keys ``indices`` (positions in ``keys``) found on no disk, in one call."""
     folder = cache_folder("lucijax-arrays")
-    path = None if folder is None else folder / (entry_name(key) + ".npz")
-    if path is not None and path.exists():
-        try:
-            with np.load(path) as f:
-                return tuple(f[f"a{i}"] for i in range(len(f.files)))
-        except Exception as err:  # damaged or foreign: compute again
-            log.warning("could not load the stored arrays %s (%s): computing them again", path.name, err)
-    arrays = tuple(np.asarray(a) for a in compute())
-    if path is not None:
-        try:
-            buf = io.BytesIO()
-            np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(buf.getvalue())
-            os.replace(tmp, path)
-        except OSError as err:
-            log.warning("could not store arrays (%s)", err)
-    return arrays
+    paths = [None if folder is None else folder / (entry_name(key) + ".npz") for key in keys]
+    found: list = [None] * len(keys)
+    for i, path in enumerate(paths):
+        if path is not None and path.exists():
+            try:
+                with np.load(path) as f:
+                    found[i] = tuple(f[f"a{j}"] for j in range(len(f.files)))
+            except Exception as err:  # damaged or foreign: compute again
+                log.warning("could not load the stored arrays %s (%s): computing them again", path.name, err)
+    todo = [i for i, f in enumerate(found) if f is None]
+    if todo:
+        for i, arrays in zip(todo, compute(todo)):
+            found[i] = tuple(np.asarray(a) for a in arrays)
+            if paths[i] is not None:
+                _store(paths[i], found[i])
+    return found
 
 
-__all__ = ["code_digest", "cache_folder", "entry_name", "stored_arrays"]
+def _store(path: Path, arrays) -> None:
+    try:
+        buf = io.BytesIO()
+        np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not store arrays (%s)", err)
+
+
+__all__ = ["code_digest", "cache_folder", "entry_name", "stored_arrays", "stored_arrays_many"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,6 +28,15 @@ from lucijax.constants import C_KMS
 from lucijax.physics.conversions import velocity_factor_minus_one
 from lucijax.physics.lines import LineSet
 from lucijax.physics.lineshapes import UniformGrid, get_model, sincgauss_on_grid, uniform_step
+
+
+def placed(x, dtype=None) -> jax.Array:
+    """``jnp.asarray(x, dtype)`` for host data, converted on the host and placed with
+    ``device_put``: the same array, but ``jnp.asarray`` of a NumPy array runs a small
+    compiled program (JAX's ``stage`` or ``convert_element_type``), one per shape and
+    dtype, each a compilation-cache lookup of ~10 ms in every process that builds a model."""
+    a = np.asarray(x)
+    return jax.device_put(a if dtype is None else a.astype(dtype))
 
 
 @dataclass(frozen=True)
@@ -181,17 +191,17 @@ class LineModel:
         self.grid = grid
         ls = spec.line_set
         self.profile_fn, self.flux_fn, _ = get_model(spec.shape)
-        self.rest_cm1 = jnp.asarray(ls.rest_cm1, jnp.float32)
-        self.rest_rel_cm1 = jnp.asarray(ls.rest_cm1 - grid.ref_cm1, jnp.float32)
+        self.rest_cm1 = placed(ls.rest_cm1, np.float32)
+        self.rest_rel_cm1 = placed(ls.rest_cm1 - grid.ref_cm1, np.float32)
         #: -1 for absorption lines, +1 for emission (None: emission lines only)
-        self.line_sign = jnp.asarray(ls.line_sign(), jnp.float32) if ls.absorption else None
+        self.line_sign = placed(ls.line_sign(), np.float32) if ls.absorption else None
         self.group = np.asarray(ls.groups, np.int32)
         # broadening parameter of each line (the sinc's zero broadenings: its kinematic group)
         self.broadening_group = np.asarray(ls.broadening_of if spec.has_broadening else ls.groups, np.int32)
         # ordered components: group velocities = T @ velocity parameters (None: identity)
-        self.velocity_matrix = jnp.asarray(ls.velocity_matrix(), jnp.float32) if ls.velocity_chain else None
+        self.velocity_matrix = placed(ls.velocity_matrix(), np.float32) if ls.velocity_chain else None
         self.column = ls.amplitude_column()
-        self.flux_ratio = jnp.asarray(ls.flux_ratio_cm1(), jnp.float32)
+        self.flux_ratio = placed(ls.flux_ratio_cm1(), np.float32)
         self.is_primary = np.zeros(ls.n_lines, bool)
         self.is_primary[list(ls.primary_lines)] = True
         self.primary_of = np.asarray(ls.primary_lines, np.int32)[self.column]
@@ -199,19 +209,19 @@ class LineModel:
         #: lo, hi) with flux ratios in cm^-1: the two columns hold the cone's extreme ratios
         prim = list(ls.primary_lines)
         self.ratio_pairs = tuple((prim.index(p), prim.index(d), p, d, lo, hi) for d, p, lo, hi in ls.ratio_ranges_cm1())
-        self.axis = jnp.asarray(grid.axis_rel_cm1, jnp.float32)
+        self.axis = placed(grid.axis_rel_cm1, np.float32)
         # (first, step, n) of a uniform axis, for the sincgauss's fast path
         step = uniform_step(grid.axis_rel_cm1) if spec.shape == "sincgauss" else None
         self._uniform_grid = None if step is None else UniformGrid(grid.axis_rel_cm1[0], step, grid.n_channels)
         #: 1 / relative noise of each channel (0 where unknown), or None for flat noise
         self.channel_weight = None
         if grid.noise_shape is not None:
-            self.channel_weight = jnp.asarray(channel_weights(grid.noise_shape), jnp.float32)
-        self.continuum_basis = jnp.asarray(
-            continuum_basis(grid.continuum_coordinate, spec.continuum_order, spec.continuum_spline), jnp.float32)
+            self.channel_weight = placed(channel_weights(grid.noise_shape), np.float32)
+        self.continuum_basis = placed(
+            continuum_basis(grid.continuum_coordinate, spec.continuum_order, spec.continuum_spline), np.float32)
         #: weights of the continuum coefficients that give the continuum at the window centre
-        self.continuum_centre = jnp.asarray(
-            continuum_basis(np.zeros(1), spec.continuum_order, spec.continuum_spline)[0], jnp.float32)
+        self.continuum_centre = placed(
+            continuum_basis(np.zeros(1), spec.continuum_order, spec.continuum_spline)[0], np.float32)
         #: background columns (n_channels, K), or None
         self.background_basis = None
         n_bg = 0 if grid.background is None else np.shape(grid.background)[1]
@@ -221,9 +231,9 @@ class LineModel:
         self.background_q = None
         if spec.n_background:
             bg = np.nan_to_num(np.asarray(grid.background, np.float64))
-            self.background_basis = jnp.asarray(bg, jnp.float32)
+            self.background_basis = placed(bg, np.float32)
             u, s, _ = np.linalg.svd(bg, full_matrices=False)
-            self.background_q = jnp.asarray(u[:, s > s[0] * 1e-6], jnp.float32)
+            self.background_q = placed(u[:, s > s[0] * 1e-6], np.float32)
 
     # -- parameters --------------------------------------------------------------
     def split_theta(self, theta):

@@ -70,3 +70,72 @@ def test_damaged_program_file_is_traced_again(folder, caplog):
 def test_code_digest_names_the_source():
     d = stored.code_digest()
     assert len(d) == 64 and d == stored.code_digest()
+
+
+def test_stored_executable_is_loaded_without_tracing_or_lowering(folder, caplog):
+    inp = {"y": jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)), jnp.float32),
+           "f": jnp.arange(4, dtype=jnp.float32)}
+    dev = jax.devices()[0]
+    assert stored.load_compiled("digest a", dev) is None  # nothing stored yet
+    # a program no earlier process compiled (the persistent cache would give it without
+    # its machine code: compile_fresh says so)
+    fresh_fn = jax.jit(lambda d: {"c": _fn(d)["a"] * 2.0 + float(np.random.default_rng().integers(1 << 30))})
+    exe, fresh = stored.compile_fresh(fresh_fn.lower(_structs(inp)))
+    assert fresh
+    again, fresh = stored.compile_fresh(fresh_fn.lower(_structs(inp)))
+    assert not fresh  # from memory or JAX's cache: never stored
+    stored.store_compiled("digest a", dev, exe)
+    (path,) = folder.glob("*.xla")
+    loaded = stored.load_compiled("digest a", dev)
+    for k, v in exe(inp).items():
+        np.testing.assert_array_equal(np.asarray(loaded(inp)[k]), np.asarray(v))
+    assert stored.load_compiled("digest b", dev) is None  # another program
+    path.write_bytes(b"not an executable")
+    assert stored.load_compiled("digest a", dev) is None
+    assert "could not load the stored executable" in caplog.text
+
+
+def test_stored_program_digest_names_its_content(folder):
+    inp = {"y": jnp.ones((4, 3), jnp.float32), "f": jnp.ones(4, jnp.float32)}
+    _, d1 = stored.stored_program(jax.jit(_fn), "k1", _structs(inp))
+    _, d1_again = stored.stored_program(jax.jit(_fn), "k1", _structs(inp))  # loaded from disk
+    _, d2 = stored.stored_program(jax.jit(lambda d: {"a": _fn(d)["a"] + 1.0}), "k2", _structs(inp))
+    assert d1 == d1_again and d1 != d2
+
+
+def test_engine_loads_the_stored_executable(folder, monkeypatch):
+    from lucijax.engine import core
+    from lucijax.program import Program
+
+    traced_calls = []
+    salt = float(np.random.default_rng().integers(1 << 30))  # a program JAX's cache has not seen
+
+    def one(inp):
+        traced_calls.append(1)
+        return {"s": jnp.sum(jnp.sin(inp["y"])) + salt}
+
+    program = Program(name="stored exe test", key=f"k{salt}", prepare=lambda b: b, one=one)
+    example = {"y": np.ones((1, 5), np.float32)}
+    first = core.BatchRunner(program, 4, jax.devices()[:1])
+    first.compile(example)
+    assert len(list(folder.glob("*.xla"))) == 1 and traced_calls
+    monkeypatch.setattr(core, "_EXECUTABLES", {})  # a later process
+    traced_calls.clear()
+    second = core.BatchRunner(program, 4, jax.devices()[:1])
+    second.compile(example)
+    assert not traced_calls
+    y = np.random.default_rng(2).normal(size=(4, 5)).astype(np.float32)
+    dev = jax.devices()[0]
+    np.testing.assert_array_equal(np.asarray(second._compiled[dev]({"y": y})["s"]),
+                                  np.asarray(first._compiled[dev]({"y": y})["s"]))
+    # the executable from JAX's persistent cache (another process compiled it, none stored
+    # here): run, but not stored, since it would be stored without its machine code
+    (path,) = folder.glob("*.xla")
+    path.unlink()
+    monkeypatch.setattr(core, "_EXECUTABLES", {})
+    jax.clear_caches()
+    third = core.BatchRunner(program, 4, jax.devices()[:1])
+    third.compile(example)
+    np.testing.assert_array_equal(np.asarray(third._compiled[dev]({"y": y})["s"]),
+                                  np.asarray(first._compiled[dev]({"y": y})["s"]))
+    assert not list(folder.glob("*.xla"))

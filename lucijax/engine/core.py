@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lucijax.engine.checkpoint import BlockCheckpoint, data_digest, digest
-from lucijax.engine.stored import traced
+from lucijax.engine.stored import compile_fresh, load_compiled, store_compiled, stored_program
 from lucijax.io.blocks import DEFAULT_BLOCK, read_ahead, selected, tile
 from lucijax.program import Block, Program
 from lucijax.status import Status
@@ -188,26 +188,35 @@ class BatchRunner:
             if exe is not None:
                 _EXECUTABLES[(signature, d)] = compiled[d] = exe
         missing = [d for d in self.devices if d not in compiled]
-        if missing:
-            with program.running():
-                fn = jax.jit(jax.vmap(program.one))
-                if program.stored:
-                    fn = traced(fn, f"{program.name}\n{program.key}", structs, program.namedtuples)
-            # one device after another: compiling on threads at once doubled the peak memory
-            # of a run (and concurrent loads of one persistent-cache entry crashed jaxlib
-            # 0.10.2 in native code). On CPU each device's copy is its own cache entry (the
-            # device assignment is part of JAX's cache key); compiling once for all devices
-            # (shard_map over a mesh) is the speed issue's next step.
-            for dev in missing:
+        key = f"{program.name}\n{program.key}"
+        fn = digest = None
+        # one device after another: compiling on threads at once doubled the peak memory
+        # of a run (and concurrent loads of one persistent-cache entry crashed jaxlib
+        # 0.10.2 in native code). On CPU each device's copy is its own cache entry (the
+        # device assignment is part of JAX's cache key); compiling once for all devices
+        # (shard_map over a mesh) is the speed issue's next step.
+        for dev in missing:
+            if fn is None:  # the program stored on disk (traced and stored the first time)
+                with program.running():
+                    fn = jax.jit(jax.vmap(program.one))
+                    if program.stored:
+                        fn, digest = stored_program(fn, key, structs, program.namedtuples)
+            exe = None
+            if digest is not None:  # its executable, kept by an earlier process: no lowering, no compiling
+                with program.running():
+                    exe = load_compiled(digest, dev)
+            if exe is None:
                 sharding = jax.sharding.SingleDeviceSharding(dev)
                 s = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in structs.items()}
                 # the device is also the default one while tracing: a program that places
                 # arrays itself (jaxns' nested sampler) places them there
                 with program.running(), jax.default_device(dev):
-                    exe = fn.lower(s).compile()
-                while len(_EXECUTABLES) >= _MAX_EXECUTABLES:
-                    _EXECUTABLES.pop(next(iter(_EXECUTABLES)))  # least recently used
-                _EXECUTABLES[(signature, dev)] = compiled[dev] = exe
+                    exe, fresh = compile_fresh(fn.lower(s))
+                if digest is not None and fresh:
+                    store_compiled(digest, dev, exe)
+            while len(_EXECUTABLES) >= _MAX_EXECUTABLES:
+                _EXECUTABLES.pop(next(iter(_EXECUTABLES)))  # least recently used
+            _EXECUTABLES[(signature, dev)] = compiled[dev] = exe
         self._compiled = compiled
 
     def dispatch(self, inputs: dict, n: int, k: int):

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.mdn.config import MDN_VERSION, load_config
-from lucijax.mdn.network import SpectrumNet, split_outputs, to_kms
 from lucijax.mdn.preprocess import features, interp_weights
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,6 @@ def load_network(filter_name: str, mdn: bool = True, weights_dir: str | None = N
 
     Raises :class:`MissingWeightsError` when the filter has no shipped weights.
     """
-    from flax import serialization
-
     key = str(filter_name).strip().upper()
     folder = Path(weights_dir) if weights_dir else _weights_dir()
     stem = folder / f"{key}_{_kind(mdn)}"
@@ -67,9 +64,43 @@ def load_network(filter_name: str, mdn: bool = True, weights_dir: str | None = N
         raise MissingWeightsError(f"{stem}.json was made by MDN version {cfg.get('version')}, this lucijax reads "
                                   f"version {MDN_VERSION}: retrain with scripts/train_mdn.py")
     # the saved state dict as it is (no ``net.init`` template: that costs seconds of
-    # small compilations at every start-up)
-    params = jax.tree.map(jnp.asarray, serialization.msgpack_restore(stem.with_suffix(".msgpack").read_bytes()))
+    # small compilations at every start-up), placed with ``device_put``: ``jnp.asarray``
+    # compiles a small program per array shape (JAX's ``stage``), ~10 ms each at start-up
+    params = jax.device_put(msgpack_restore(stem.with_suffix(".msgpack").read_bytes()))
     return cfg, params
+
+
+def msgpack_restore(data: bytes):
+    """The state dict of a flax msgpack file (``flax.serialization.msgpack_restore``)
+    without importing flax (~0.15 s of a start-up whose fit program comes from disk and
+    never runs the network in Python): the same arrays, bit for bit."""
+    import msgpack
+
+    def array(payload: bytes) -> np.ndarray:
+        shape, dtype, buffer = msgpack.unpackb(payload, raw=True)
+        if dtype == b"bfloat16":
+            dtype = jnp.bfloat16
+        return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape, order="C")
+
+    def ext(code: int, payload: bytes):
+        if code == 1:  # ndarray
+            return array(payload)
+        if code == 2:  # complex
+            re, im = msgpack.unpackb(payload)
+            return complex(re, im)
+        if code == 3:  # numpy scalar
+            return array(payload)[()]
+        return msgpack.ExtType(code, payload)
+
+    def chunked(d) -> bool:
+        return isinstance(d, dict) and ("__msgpack_chunked_array__" in d or any(chunked(v) for v in d.values()))
+
+    tree = msgpack.unpackb(data, ext_hook=ext, raw=False, strict_map_key=False)
+    if chunked(tree):  # arrays over 2 GB, split by flax: its own reader
+        from flax import serialization
+
+        return serialization.msgpack_restore(data)
+    return tree
 
 
 def load_predictor(filter_name: str, axis_obs_cm1, redshift: float = 0.0, mdn: bool = True, weights_dir=None) -> Predictor:
@@ -99,7 +130,6 @@ def load_predictor(filter_name: str, axis_obs_cm1, redshift: float = 0.0, mdn: b
     cfg, params = load_network(str(filter_name).strip().upper(), bool(mdn), None if weights_dir is None else str(weights_dir))
     recipe = cfg["recipe"]
     net_cfg = cfg["net"]
-    net = SpectrumNet(net_cfg, recipe)
     axis_rest = np.asarray(axis_obs_cm1, np.float64) * (1.0 + float(redshift))
     grid = np.linspace(recipe.grid_min_cm1, recipe.grid_max_cm1, recipe.n_grid)
     lo, w, inside = interp_weights(axis_rest, grid)
@@ -111,14 +141,18 @@ def load_predictor(filter_name: str, axis_obs_cm1, redshift: float = 0.0, mdn: b
         log.warning("the fit window covers %.0f%% of the %s network's input range: predictions may be poor",
                     100 * inside.mean(), recipe.filter_name)
     channel = float(np.median(np.diff(axis_rest)))
-    lo_j, w_j, inside_j = jnp.asarray(lo), jnp.asarray(w), jnp.asarray(inside)
+    lo_j, w_j, inside_j = jax.device_put((np.asarray(lo), np.asarray(w), np.asarray(inside)))
     step = recipe.grid_step_cm1
     n_channels = axis_rest.size
     is_mdn = net_cfg.mdn
 
     def predict(y, fwhm_cm1):
+        # flax only where the network is traced: a program loaded from disk never is
+        from lucijax.mdn.network import SpectrumNet, split_outputs, to_kms
+
         if y.shape[-1] != n_channels:
             raise ValueError(f"spectrum has {y.shape[-1]} channels, the predictor's axis {n_channels}")
+        net = SpectrumNet(net_cfg, recipe)
         x, s = features(y, lo_j, w_j, inside_j, jnp.asarray(fwhm_cm1, jnp.float32), channel, step)
         mean, sigma = to_kms(*split_outputs(net.apply(params, x, s), is_mdn))
         mean = mean.at[1].set(jnp.maximum(mean[1], 0.0))

@@ -18,13 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucijax.constants import C_KMS
-from lucijax.diskcache import stored_arrays
+from lucijax.diskcache import stored_arrays_many
+from lucijax.model import placed
 from lucijax.program import Program
 from lucijax.solvers.fitting import FitSettings, PixelFit, ScaledCovariance, fit_spectrum
 from lucijax.solvers.kinematics import given_kinematics, with_given
 from lucijax.solvers.noise import adopt_noise
 from lucijax.solvers.start import (absorption_start, diff_noise2, grid_score, maps_start, network_start, projected_rss,
-                                   running_median, second_solution, start_inputs, start_templates, start_velocity)
+                                   running_median, second_solution, start_inputs, start_templates_many, start_velocity)
 from lucijax.status import GOOD, Status
 
 log = logging.getLogger(__name__)
@@ -249,15 +250,25 @@ _TEMPLATES: dict = {}
 
 def templates_for(bound, settings: FitSettings):
     """The matched filter's templates of a bound model (at its typical FWHM), cached."""
-    key = (bound.key, settings)
-    if key not in _TEMPLATES:
-        if len(_TEMPLATES) >= 16:
-            _TEMPLATES.pop(next(iter(_TEMPLATES)))
-        fwhm = bound.typical_fwhm * (1 + bound.redshift)
+    return templates_for_all(bound, [settings])[0]
+
+
+def templates_for_all(bound, settings_list) -> list:
+    """:func:`templates_for` of several settings; those neither in memory nor on disk are
+    computed by one compiled program (:func:`~lucijax.solvers.start.start_templates_many`)."""
+    fwhm = bound.typical_fwhm * (1 + bound.redshift)
+    keys = [(bound.key, settings) for settings in settings_list]
+    todo = list(dict.fromkeys(k for k in keys if k not in _TEMPLATES))
+    if todo:
         # kept on disk too: computing them traces the line model (~0.5 s per set, each process)
-        _TEMPLATES[key] = stored_arrays("\n".join(["start_templates", bound.key, repr(settings), repr(float(fwhm))]),
-                                        lambda: start_templates(bound.line_model, fwhm, settings))
-    return _TEMPLATES[key]
+        disk = ["\n".join(["start_templates", bound.key, repr(st), repr(float(fwhm))]) for _, st in todo]
+        got = stored_arrays_many(disk, lambda idx: start_templates_many(bound.line_model, fwhm,
+                                                                        [todo[i][1] for i in idx]))
+        for k, arrays in zip(todo, got):
+            while len(_TEMPLATES) >= 16:
+                _TEMPLATES.pop(next(iter(_TEMPLATES)))
+            _TEMPLATES[k] = arrays
+    return [_TEMPLATES[k] for k in keys]
 
 
 def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
@@ -363,7 +374,7 @@ def maps_one(bound, settings: FitSettings, solver: MAP):
     bounded by its given kinematics ``inputs['theta']`` (+- ``inputs['theta_err']``),
     guarded by the matched filter (:func:`guarded_one`); mean and sigma are NaN."""
     G, has_b, B = bound.spec.n_groups, bound.spec.has_broadening, bound.spec.n_broadening
-    nan2 = jnp.full(2, jnp.nan, jnp.float32)
+    nan2 = placed(np.full(2, np.nan, np.float32))
 
     def propose(inp):
         theta, lo, hi, ok = maps_start(inp["theta"], inp["theta_err"], settings, G, has_b, solver.network_sigmas,
@@ -391,13 +402,15 @@ def ambiguity_check(bound, settings: FitSettings, threshold: float):
     if model.spec.has_broadening:
         blo, bhi = settings.broadening_range_kms
         widths = sorted({float(np.clip(f * settings.broadening_start_kms, blo, bhi)) for f in CHECK_BROADENINGS})
-    stacks = [templates_for(bound, dataclasses.replace(settings, broadening_start_kms=w)) for w in widths]
+    # the fit's own start templates in the same compiled program (one compilation for all)
+    stacks = templates_for_all(bound, [dataclasses.replace(settings, broadening_start_kms=w) for w in widths]
+                               + [settings])[:-1]
     velocities = stacks[0][1]
     _, velocities, group_of_column, _, _ = start_inputs(model, settings, stacks[0][0], velocities)
-    templates = [jnp.asarray(t) for t, _ in stacks]
+    templates = [placed(t) for t, _ in stacks]
     min_sep = 2.0 * float(settings.grid_step_kms)
     ref = float(model.grid.ref_cm1)
-    good = jnp.asarray([int(s) for s in GOOD], jnp.int32)
+    good = placed([int(s) for s in GOOD], np.int32)
     absorbing = None
     if model.spec.line_set.absorption:
         absorbing = np.isin(np.arange(G), model.spec.line_set.absorption_groups)
@@ -424,7 +437,7 @@ def ambiguity_check(bound, settings: FitSettings, threshold: float):
 def map_one(bound, settings: FitSettings, start: str, predict, solver: MAP):
     """The MAP program's function of one pixel's inputs ``{'y', 'fwhm'}`` (and
     ``'theta'``, ``'theta_err'`` for a maps start) -> :class:`MapFit`."""
-    nan2 = jnp.full(2, jnp.nan, jnp.float32)
+    nan2 = placed(np.full(2, np.nan, np.float32))
     check = None if solver.ambiguity_chi2 is None else ambiguity_check(bound, settings, float(solver.ambiguity_chi2))
 
     def typed(res, mean, sigma, fwhm, y):
@@ -474,4 +487,4 @@ def finish_map(out: MapFit, inputs: dict) -> MapFit:
 
 
 __all__ = ["MAP", "MapFit", "SecondSolution", "ambiguity_check", "STARTS", "map_one", "matched_one", "network_one",
-           "maps_one", "guarded_one", "finish_map", "templates_for"]
+           "maps_one", "guarded_one", "finish_map", "templates_for", "templates_for_all"]
