@@ -5,9 +5,11 @@
 * :class:`Ensemble`: numpyro's affine-invariant ensemble sampler (``numpyro.infer.AIES``,
   emcee's stretch move), walkers started in a small ball around the MAP.
 * :class:`MH` (option 2): broad priors, and the independence Metropolis-Hastings kernel of
-  :mod:`lucijax.bayes.kernels` with the network's posterior as proposal. After the warm-up
-  the (velocity, broadening) part of the proposal is re-centred and re-scaled on the
-  warm-up draws (fixed from then on, so the chain stays exact). The prior stays broad, so
+  :mod:`lucijax.bayes.kernels` with the network's posterior as proposal. An importance-
+  weighted batch of draws from the network's proposal and the MAP's Laplace approximation
+  adapts the (velocity, broadening) part of the proposal (weighted mean, full covariance),
+  fixed from then on, so the chain stays exact; all proposals of a chain are evaluated in
+  one vectorised pass (they do not depend on the chain's state). The prior stays broad, so
   the network changes only the speed, not the answer.
 * :class:`Nested`: nested sampling with jaxns 2.6 (the engine behind
   ``numpyro.contrib.nested_sampling``; called directly so that it can be ``jit``-ed and
