@@ -211,7 +211,10 @@ class MH(Sampler):
     def _map(self, f, xs):
         """``f`` over the leading axis of ``xs``, ``eval_batch`` at a time (vectorised)."""
         n = jax.tree.leaves(xs)[0].shape[0]
-        return jax.lax.map(f, xs, batch_size=min(int(self.eval_batch), n))
+        b = min(int(self.eval_batch), n)
+        # a divisor of n close to eval_batch: no remainder, so the body compiles once
+        divisor = max(k for k in range(1, b + 1) if n % k == 0)
+        return jax.lax.map(f, xs, batch_size=divisor if 2 * divisor >= b else b)
 
     def _adapt(self, problem, d, key):
         """The proposal after the adaptation batch, and the batch (draws, log q(alpha | t),
