@@ -327,7 +327,8 @@ def test_mh_vmapped_equals_per_pixel_and_accepts_well(bound):
     batch = run_sampler(sampler, prob, data, keys)
     for i in range(3):
         one = run_sampler(sampler, prob, jax.tree.map(lambda a: a[i:i + 1], data), keys[i:i + 1])
-        np.testing.assert_allclose(one["samples"][0], batch["samples"][i], rtol=2e-5, atol=1e-5)
+        # the same draws and decisions; float32 rounding of a batch of 3 vs 1 (noise units)
+        np.testing.assert_allclose(one["samples"][0], batch["samples"][i], rtol=2e-5, atol=5e-5)
     assert np.all(batch["accept_rate"] > 0.1), batch["accept_rate"]
     summ = summarize_batch(prob, data, batch)
     assert np.all(np.abs(summ.velocity_kms[:, 0] - mf["velocity_kms"][:, 0]) < 1.0 * mf["velocity_err_kms"][:, 0] + 1.0)
