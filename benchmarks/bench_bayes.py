@@ -84,7 +84,8 @@ def setup_region(out: Path, size: int, seed: int):
     t_map = time.perf_counter() - t
     truth_v = cube.truth["VELOCITY"].T.reshape(-1)  # truth maps are [y, x]
     truth_snr = cube.truth["SNR"].T.reshape(-1)
-    return dict(cube=cube, path=path, open=c, model=model, fit=fit, size=size, n=size * size, out=out,
+    truth_flux = cube.truth["HALPHA_FLUX_CM1"].T.reshape(-1)  # redshift 0: the fit's frame
+    return dict(truth_flux=truth_flux, cube=cube, path=path, open=c, model=model, fit=fit, size=size, n=size * size, out=out,
                 truth_v=truth_v, snr=truth_snr, map_seconds=t_map, header=c.header)
 
 
@@ -145,9 +146,13 @@ def stats(out, secs, reg, name):
     d = dict(
         name=name, n_pixels=n, seconds=secs, seconds_per_pixel=per_pix,
         coverage_1sigma=float(np.mean(within)),
+        coverage_1sigma_halpha_flux=float(np.mean(np.abs(out["flux_cm1"][:, 0] - reg["truth_flux"])
+                                                  <= out["flux_err_cm1"][:, 0])),
         rhat_le_105=float(np.mean(out["rhat_max"] <= 1.05)) if np.isfinite(out["rhat_max"]).any() else None,
         rhat_max_median=float(np.nanmedian(out["rhat_max"])),
         ess_min_median=float(np.nanmedian(out["ess_min"])),
+        ess_min_p10=float(np.nanpercentile(out["ess_min"], 10)),
+        pixels_per_s=float(n / secs),
         ess_velocity_median=float(np.median(ess_v)),
         ess_velocity_per_s_per_pixel=float(np.median(ess_v) / per_pix),
         ess_min_per_s_per_pixel=float(np.nanmedian(out["ess_min"]) / per_pix),
@@ -276,6 +281,8 @@ def main(argv=None):
                    default=["mh_option2", "mh_informed", "nuts_informed", "nuts_broad", "ensemble_informed"],
                    help="sampler/prior variants run on the region (parts 1-3)")
     p.add_argument("--mh-samples", type=int, default=1000)
+    p.add_argument("--mh-chains", type=int, default=4)
+    p.add_argument("--mh-warmup", type=int, default=200, help="MH adaptation draws (pooled over the chains)")
     p.add_argument("--ensemble-steps", type=int, default=500)
     p.add_argument("--max-tree-depth", type=int, default=5)
     p.add_argument("--luci-pixels", type=int, default=2)
@@ -323,7 +330,7 @@ def main(argv=None):
         return Prior(kind=kind, amplitude_scale=args.amplitude_scale)
 
     nuts = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, max_tree_depth=args.max_tree_depth)
-    mh = dict(num_chains=4, num_warmup=200, num_samples=args.mh_samples)
+    mh = dict(num_chains=args.mh_chains, num_warmup=args.mh_warmup, num_samples=args.mh_samples)
     variants = {
         "nuts_informed": NUTS(**nuts, prior=prior("informed")),
         "nuts_broad": NUTS(**nuts, prior=prior("broad")),

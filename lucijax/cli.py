@@ -758,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"velocity/broadening prior: network (or MAP) mean +- {Prior().width_sigma:g} sigma, or the "
                         f"model's ranges (default: {MH().prior.kind} for mh, {NUTS().prior.kind} otherwise)")
     b.add_argument("--bayes-num-samples", type=int, help=f"draws per chain (default {NUTS().num_samples})")
-    b.add_argument("--bayes-num-warmup", type=int, help=f"warm-up steps per chain (default {NUTS().num_warmup})")
+    b.add_argument("--bayes-num-warmup", type=int, help=f"warm-up steps per chain (default {NUTS().num_warmup}; MH: adaptation draws, pooled over the chains)")
     b.add_argument("--bayes-chains", type=int,
                    help=f"chains per pixel (default {NUTS().num_chains}; ensemble: walkers, default 32)")
     b.add_argument("--bayes-components", action="store_true",

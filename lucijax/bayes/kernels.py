@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from lucijax.bayes.problem import PixelData, PixelProblem
-from lucijax.solvers.linalg import cholesky, spd_inverse
+from lucijax.solvers.linalg import cholesky, solve_lower, spd_inverse
 
 
 class IMHState(NamedTuple):
@@ -112,16 +112,21 @@ class VarProProposal:
     #: density accounts for the clamp, the target rejects what falls below the prior edge.
     MAX_TRUNCATION = 5.0
 
-    def __init__(self, problem: PixelProblem, d: PixelData, df: float, inflate: float, mean=None, scale=None):
+    def __init__(self, problem: PixelProblem, d: PixelData, df: float, inflate: float, mean=None, scale=None,
+                 scale_tril=None):
         if problem.ordered:
             raise NotImplementedError("the option-2 proposal is for one-component problems")
         self.p = problem
         self.d = d if mean is None else d._replace(prop_mean=mean)
         self.df = df
         self.scale = d.prop_sigma * inflate if scale is None else scale
+        #: (P, P) lower-triangular scale of the non-linear parameters (correlated proposal:
+        #: t = mean + scale_tril @ u, u independent Student-t); None: diagonal ``scale``
+        self.scale_tril = scale_tril
 
     def _conditional(self, theta):
-        """Mean, Cholesky factor of the covariance of the linear parameters given theta."""
+        """Mean, Cholesky factor of the covariance of the linear parameters given theta, and
+        the (channel-weighted) design matrix."""
         d = self.d
         m = self.p.line_model.design_matrix(theta, d.fwhm) * d.mask[:, None]
         w = 1.0 / d.noise**2
@@ -130,7 +135,7 @@ class VarProProposal:
         cov = spd_inverse(gram * s[:, None] * s[None, :], jitter=1e-7) * s[:, None] * s[None, :]
         mean = cov @ (m.T @ (d.y * d.mask)) * w
         low = cholesky(cov, jitter=1e-9)
-        return mean, low
+        return mean, low, m
 
     def _linear_pass(self, mean, low, alpha_or_None, key):
         """Walk the Cholesky factor: sample (key) or evaluate (alpha) the sequential
@@ -163,23 +168,88 @@ class VarProProposal:
                 alpha = alpha.at[i].set(partial_sum + low[i, i] * ui)
         return alpha, logq
 
-    def _theta_logq(self, t):
-        u = (t - self.d.prop_mean) / self.scale
-        return jnp.sum(_std_t_logpdf(u, self.df) - jnp.log(self.scale))
+    def theta_logq(self, t):
+        """Log density of the non-linear parameters ``t`` under the proposal."""
+        if self.scale_tril is None:
+            u = (t - self.d.prop_mean) / self.scale
+            log_det = jnp.sum(jnp.log(self.scale))
+        else:
+            u = solve_lower(self.scale_tril, t - self.d.prop_mean)
+            log_det = jnp.sum(jnp.log(jnp.diagonal(self.scale_tril)))
+        return jnp.sum(_std_t_logpdf(u, self.df)) - log_det
+
+    _theta_logq = theta_logq
+
+    def draw_theta(self, key):
+        """A draw of the non-linear parameters."""
+        u = jax.random.t(key, self.df, self.d.prop_mean.shape)
+        step = self.scale * u if self.scale_tril is None else self.scale_tril @ u
+        return self.d.prop_mean + step
+
+    def complete(self, t, key):
+        """The linear parameters drawn from their (truncated) conditional given ``t``:
+        ``(x, log q(alpha | t), log posterior(x))``, the target's density from the same
+        design matrix (one model evaluation for a proposal and its weight)."""
+        mean, low, m = self._conditional(t)
+        alpha, logq_a = self._linear_pass(mean, low, None, key)
+        x = jnp.concatenate([t, alpha])
+        return x, logq_a, self.p.log_posterior_given_columns(x, m, self.d)
 
     def sample(self, key):
         k1, k2 = jax.random.split(key)
-        t = self.d.prop_mean + self.scale * jax.random.t(k1, self.df, self.d.prop_mean.shape)
-        mean, low = self._conditional(t)
+        t = self.draw_theta(k1)
+        mean, low, _ = self._conditional(t)
         alpha, logq_a = self._linear_pass(mean, low, None, k2)
-        return jnp.concatenate([t, alpha]), self._theta_logq(t) + logq_a
+        return jnp.concatenate([t, alpha]), self.theta_logq(t) + logq_a
+
+    def sample_with_target(self, key):
+        """``(x, log q(x), log posterior(x))`` of a draw (the same draw as :meth:`sample`)."""
+        k1, k2 = jax.random.split(key)
+        t = self.draw_theta(k1)
+        x, logq_a, logp = self.complete(t, k2)
+        return x, self.theta_logq(t) + logq_a, logp
 
     def log_prob(self, x):
         P = self.p.n_nonlinear
         t, alpha = x[:P], x[P:]
-        mean, low = self._conditional(t)
+        mean, low, _ = self._conditional(t)
         _, logq_a = self._linear_pass(mean, low, alpha, None)
-        return self._theta_logq(t) + logq_a
+        return self.theta_logq(t) + logq_a
 
 
-__all__ = ["IndependenceMH", "IMHState", "VarProProposal"]
+class MixtureProposal:
+    """A proposal whose non-linear parameters come from a mixture of the (velocity,
+    broadening) parts of :class:`VarProProposal` s (``weights``, summing to 1) and whose
+    linear parameters come from their common conditional: a defensive mixture bounds the
+    importance weight p / q wherever one part covers the posterior, so an independence
+    chain cannot stick where the main part is too narrow."""
+
+    def __init__(self, parts, weights):
+        self.parts = list(parts)
+        self.log_w = jnp.log(jnp.asarray(weights, jnp.float32))
+        self.p = self.parts[0].p
+
+    def theta_logq(self, t):
+        return jax.scipy.special.logsumexp(self.log_w + jnp.stack([q.theta_logq(t) for q in self.parts]))
+
+    def draw_theta(self, key):
+        k_c, k_t = jax.random.split(key)
+        c = jax.random.categorical(k_c, self.log_w)
+        return jnp.stack([q.draw_theta(k_t) for q in self.parts])[c]
+
+    def complete(self, t, key):
+        return self.parts[0].complete(t, key)
+
+    def sample_with_target(self, key):
+        k1, k2 = jax.random.split(key)
+        t = self.draw_theta(k1)
+        x, logq_a, logp = self.complete(t, k2)
+        return x, self.theta_logq(t) + logq_a, logp
+
+    def log_prob(self, x):
+        t = x[:self.p.n_nonlinear]
+        first = self.parts[0]
+        return first.log_prob(x) - first.theta_logq(t) + self.theta_logq(t)
+
+
+__all__ = ["IndependenceMH", "IMHState", "VarProProposal", "MixtureProposal"]

@@ -132,6 +132,19 @@ class PixelProblem:
         log_weights = jnp.sum(jnp.log(jnp.where(used, d.mask, 1.0)))
         return -0.5 * jnp.sum(r * r) - n * (jnp.log(d.noise) + 0.5 * math.log(2 * math.pi)) + log_weights
 
+    def log_posterior_given_columns(self, x, columns, d: PixelData):
+        """:meth:`log_posterior` of a one-component ``x`` whose design matrix at its
+        non-linear parameters, times the channel weights (``design_matrix * d.mask[:, None]``),
+        the caller has already computed (the MH proposal's conditional)."""
+        P = self.n_nonlinear
+        r = (d.mask * d.y - columns @ x[P:]) / d.noise
+        used = d.mask > 0
+        n = jnp.sum(used)
+        log_weights = jnp.sum(jnp.log(jnp.where(used, d.mask, 1.0)))
+        loglik = -0.5 * jnp.sum(r * r) - n * (jnp.log(d.noise) + 0.5 * math.log(2 * math.pi)) + log_weights
+        lp = self.log_prior(x, d)
+        return jnp.where(jnp.isfinite(lp) & jnp.isfinite(loglik), lp + loglik, -jnp.inf)
+
     def log_prior(self, x, d: PixelData):
         inside = jnp.all((x >= d.lo) & (x <= d.hi))
         return jnp.where(inside, -jnp.sum(jnp.log(d.hi - d.lo)), -jnp.inf)

@@ -5,9 +5,11 @@
 * :class:`Ensemble`: numpyro's affine-invariant ensemble sampler (``numpyro.infer.AIES``,
   emcee's stretch move), walkers started in a small ball around the MAP.
 * :class:`MH` (option 2): broad priors, and the independence Metropolis-Hastings kernel of
-  :mod:`lucijax.bayes.kernels` with the network's posterior as proposal. After the warm-up
-  the (velocity, broadening) part of the proposal is re-centred and re-scaled on the
-  warm-up draws (fixed from then on, so the chain stays exact). The prior stays broad, so
+  :mod:`lucijax.bayes.kernels` with the network's posterior as proposal. An importance-
+  weighted batch of draws from the network's proposal and the MAP's Laplace approximation
+  adapts the (velocity, broadening) part of the proposal (weighted mean, full covariance),
+  fixed from then on, so the chain stays exact; all proposals of a chain are evaluated in
+  one vectorised pass (they do not depend on the chain's state). The prior stays broad, so
   the network changes only the speed, not the answer.
 * :class:`Nested`: nested sampling with jaxns 2.6 (the engine behind
   ``numpyro.contrib.nested_sampling``; called directly so that it can be ``jit``-ed and
@@ -24,13 +26,15 @@ engine maps over a cube.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 
-from lucijax.bayes.kernels import IndependenceMH, VarProProposal
+from lucijax.bayes.kernels import MixtureProposal, VarProProposal
 from lucijax.bayes.problem import PixelData, PixelProblem, Prior
+from lucijax.solvers.linalg import cholesky
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,76 +164,170 @@ class MH(Sampler):
 
     Attributes
     ----------
-    num_warmup, num_chains : int
+    num_warmup : int
+        Adaptation draws per pixel, pooled over the chains (an importance-sampling batch,
+        see :meth:`run`; none of them is kept). 0: the network's proposal throughout.
+    num_chains : int
     proposal_df : float
         Student-t degrees of freedom of the (velocity, broadening) proposal.
     proposal_inflate : float
-        Its sigma = this x the network's sigma.
+        Its sigma = this x the network's sigma (and x the MAP's errors for the Laplace part
+        of the adaptation batch).
     adapt_scale : float
-        After the warm-up the proposal's scale is this x the warm-up draws' standard
-        deviation (see :meth:`run`).
+        After the adaptation the proposal's scale matrix is this x the Cholesky factor of
+        the importance-weighted covariance of (velocity, broadening).
+    min_adapt_ess : float
+        Adapt only if the adaptation batch's importance weights have at least this Kish
+        effective sample size; otherwise the MAP's Laplace approximation (or, without
+        finite MAP errors, the network's proposal widened 2x).
+    defensive : float
+        The final proposal of (velocity, broadening) is a mixture: the adapted part with
+        weight 1 - 2 x this, the network's and the Laplace part with this each (bounds the
+        importance weights where the adapted part misses a mode or a tail).
+    eval_batch : int
+        Proposals of one pixel evaluated together (memory of one vectorised step).
     """
 
     num_warmup: int = 300
     num_chains: int = 2
-    proposal_df: float = 4.0
+    proposal_df: float = 8.0
     proposal_inflate: float = 1.5
     adapt_scale: float = 1.2
+    min_adapt_ess: float = 10.0
+    defensive: float = 0.05
+    eval_batch: int = 64
     prior: Prior = field(default_factory=lambda: Prior(kind="broad"))
     name = "MH"
 
     def __post_init__(self):
         super().__post_init__()
-        if int(self.num_chains) < 1 or int(self.num_warmup) < 0:
-            raise ValueError("num_chains must be >= 1 and num_warmup >= 0")
+        if int(self.num_chains) < 1 or int(self.num_warmup) < 0 or int(self.eval_batch) < 1:
+            raise ValueError("num_chains and eval_batch must be >= 1 and num_warmup >= 0")
 
     def check(self, problem):
         if problem.ordered:
             raise ValueError("the MH sampler (network proposal) samples one-component models only")
 
-    def _chain(self, problem, d, key, x_start, n_steps, prop):
-        kernel = IndependenceMH(lambda x: problem.log_posterior(x, d), prop.sample, prop.log_prob)
-        state = kernel.init(key, 0, x_start)
+    def _map(self, f, xs):
+        """``f`` over the leading axis of ``xs``, ``eval_batch`` at a time (vectorised)."""
+        n = jax.tree.leaves(xs)[0].shape[0]
+        b = min(int(self.eval_batch), n)
+        # a divisor of n close to eval_batch: no remainder, so the body compiles once
+        divisor = max(k for k in range(1, b + 1) if n % k == 0)
+        return jax.lax.map(f, xs, batch_size=divisor if 2 * divisor >= b else b)
 
-        def body(st, _):
-            st = kernel.sample(st)
-            return st, (st.z, st.accept_prob)
+    def _adapt(self, problem, d, key):
+        """The proposal after the adaptation batch, and the batch (draws, log q(alpha | t),
+        log posterior, log importance weight) the chains start from."""
+        W, P = int(self.num_warmup), problem.n_nonlinear
+        net = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate)
+        laplace = jnp.all(jnp.isfinite(d.map_sigma) & (d.map_sigma > 0))
+        lap = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate,
+                             mean=jnp.where(laplace, d.x0[:P], d.prop_mean),
+                             scale=jnp.where(laplace, d.map_sigma, 2.0 * d.prop_sigma) * self.proposal_inflate)
+        if W == 0:
+            return net, None
+        eps = float(self.defensive)
+        # a deterministic (stratified) defensive mixture: even draws from the network's
+        # proposal, odd ones from the MAP's Laplace approximation; weights under the mixture
+        n_net = (W + 1) // 2
+        log_f = (math.log(n_net / W), math.log(max(W - n_net, 1) / W) if W > n_net else -math.inf)
 
-        _, (xs, acc) = jax.lax.scan(body, state, None, length=n_steps)
-        return xs, acc
+        def one(args):
+            i, k = args
+            kt, ka = jax.random.split(k)
+            t = jnp.where(i % 2 == 0, net.draw_theta(kt), lap.draw_theta(kt))
+            x, logq_a, logp = net.complete(t, ka)
+            logq_t = jnp.logaddexp(log_f[0] + net.theta_logq(t), log_f[1] + lap.theta_logq(t))
+            return x, logq_a, logp, logp - logq_a - logq_t
+
+        xa, lqa, lpa, lwa = self._map(one, (jnp.arange(W), jax.random.split(key, W)))
+        lwa = jnp.where(jnp.isfinite(lwa), lwa, -jnp.inf)
+        w = jax.nn.softmax(lwa)
+        ok = jnp.isfinite(jnp.max(lwa))
+        w = jnp.where(ok, w, 0.0)
+        ess = jnp.where(ok, 1.0 / jnp.maximum(jnp.sum(w * w), 1e-30), 0.0)
+        t = xa[:, :P]
+        mean = jnp.sum(w[:, None] * t, axis=0)
+        dt = t - mean
+        cov = (w[:, None] * dt).T @ dt
+        tril = cholesky(cov, jitter=1e-6) * self.adapt_scale
+        adapt = ok & (ess >= self.min_adapt_ess) & jnp.all(jnp.isfinite(tril)) & jnp.all(jnp.diagonal(tril) > 0)
+        fb_mean, fb_scale = lap.d.prop_mean, lap.scale
+        prop = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate,
+                              mean=jnp.where(adapt, mean, fb_mean),
+                              scale_tril=jnp.where(adapt, tril, jnp.diag(fb_scale)))
+        parts, weights = [prop], [1.0]
+        if eps > 0:
+            parts += [net, lap]
+            weights = [f * (1.0 - 2.0 * eps) for f in weights] + [eps, eps]
+        if len(parts) > 1:
+            prop = MixtureProposal(parts, weights)
+        return prop, (xa, lqa, lpa, lwa)
 
     def run(self, problem, d, key):
-        """``num_chains`` independence-MH chains. Warm-up with the network proposal; then,
-        if the warm-up moved (>= 10 % of its proposals accepted over all chains, at least
-        20), the proposal of
-        (velocity, broadening) is re-centred and re-scaled on the pooled second half of the
-        warm-up (``adapt_scale`` x its standard deviation). If it did not, the network's
-        proposal was far too wide or off centre (a bright spectrum, whose posterior is
-        narrower than the network can tell): the proposal becomes the MAP fit's Laplace
-        approximation (centred on the MAP, ``proposal_inflate`` x its errors), or, without
-        finite MAP errors, the network's widened 2x. The kernel is fixed after the warm-up,
-        so the draws target the posterior exactly."""
-        C = self.num_chains
-        P = problem.n_nonlinear
-        k_init, k_warm, k_run = jax.random.split(key, 3)
-        prop = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate)
-        x0, _ = jax.vmap(prop.sample)(jax.random.split(k_init, C))  # independent starts from the proposal
-        x0 = jnp.where(jnp.isfinite(jax.vmap(lambda x: problem.log_posterior(x, d))(x0))[:, None], x0, d.x0[None, :])
-        xw, accw = jax.vmap(lambda k, x: self._chain(problem, d, k, x, self.num_warmup, prop))(
-            jax.random.split(k_warm, C), x0)
-        half = xw[:, self.num_warmup // 2:, :P].reshape(-1, P)
-        n_moves = jnp.sum(jnp.any(jnp.diff(xw, axis=1) != 0, axis=-1))
-        adapt = (n_moves >= max(20, 0.1 * C * self.num_warmup)) & jnp.all(jnp.isfinite(half))
-        laplace = jnp.all(jnp.isfinite(d.map_sigma) & (d.map_sigma > 0))
-        mean = jnp.where(adapt, jnp.mean(half, axis=0), jnp.where(laplace, d.x0[:P], d.prop_mean))
-        sd = jnp.maximum(jnp.std(half, axis=0), 1e-3)
-        fallback = jnp.where(laplace, d.map_sigma, 2.0 * d.prop_sigma) * self.proposal_inflate
-        scale = jnp.where(adapt, self.adapt_scale * sd, fallback)
-        prop2 = VarProProposal(problem, d, self.proposal_df, self.proposal_inflate, mean=mean, scale=scale)
-        xs, acc = jax.vmap(lambda k, x: self._chain(problem, d, k, x, self.num_samples, prop2))(
-            jax.random.split(k_run, C), xw[:, -1])
-        return dict(samples=xs, n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.mean(acc),
-                    n_grad=jnp.asarray(C * (self.num_warmup + self.num_samples), jnp.float32))
+        """``num_chains`` independence-MH chains with a fixed proposal (so the draws target
+        the posterior exactly), adapted first on a batch of ``num_warmup`` importance draws
+        from an even mixture of the network's proposal and the MAP fit's Laplace
+        approximation (centred on the MAP, ``proposal_inflate`` x its errors; without finite
+        MAP errors, the network's widened 2x): the (velocity, broadening) proposal is
+        re-centred on the batch's importance-weighted mean, with ``adapt_scale`` x the
+        Cholesky factor of its weighted covariance as scale matrix. If the batch's weights
+        have an effective size below ``min_adapt_ess`` (neither part of the mixture is close
+        to the posterior), the proposal is the Laplace part alone. Each chain starts at a
+        draw of the batch resampled by weight (close to the posterior already, so no
+        burn-in), else at the MAP.
+
+        Proposals do not depend on the chain's state: all of a chain's proposals and their
+        weights are computed together (vectorised, ``eval_batch`` at a time) and only the
+        accept/reject decisions run in sequence. Every random number comes from ``key``."""
+        C, S, P = int(self.num_chains), int(self.num_samples), problem.n_nonlinear
+        k_adapt, k_start, k_run = jax.random.split(key, 3)
+        prop, batch = self._adapt(problem, d, k_adapt)
+        # chain starts: the MAP, or draws of the adaptation batch resampled by weight
+        lw_map = problem.log_posterior(d.x0, d) - prop.log_prob(d.x0)
+        x_start = jnp.broadcast_to(d.x0, (C, d.x0.shape[0]))
+        lw_start = jnp.full((C,), lw_map)
+        if batch is not None:
+            xa, lqa, lpa, lwa = batch
+            idx = jax.vmap(lambda k: jax.random.categorical(k, lwa))(jax.random.split(k_start, C))
+            lw_res = lpa[idx] - lqa[idx] - jax.vmap(prop.theta_logq)(xa[idx, :P])
+            use = jnp.isfinite(jnp.max(lwa)) & jnp.isfinite(lw_res)
+            x_start = jnp.where(use[:, None], xa[idx], x_start)
+            lw_start = jnp.where(use, lw_res, lw_start)
+        lw_start = jnp.where(jnp.isnan(lw_start), -jnp.inf, lw_start)
+        keys = jax.vmap(lambda k: jax.random.split(k, S))(jax.random.split(k_run, C)).reshape((C * S,) + k_run.shape)
+
+        def one(k):
+            k_prop, k_acc = jax.random.split(k)
+            x, logq, logp = prop.sample_with_target(k_prop)
+            return x, logp - logq, jax.random.uniform(k_acc)
+
+        xp, lw, u = self._map(one, keys)
+        lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw).reshape(C, S)
+        u = u.reshape(C, S)
+
+        def chain(lw_c, u_c, lw0):
+            def body(carry, inp):
+                cur, i_cur = carry
+                lw_new, uu, i = inp
+                log_ratio = lw_new - cur
+                p_acc = jnp.where(jnp.isfinite(log_ratio), jnp.exp(jnp.minimum(log_ratio, 0.0)),
+                                  jnp.where(log_ratio > 0, 1.0, 0.0))
+                acc = uu < p_acc
+                carry = (jnp.where(acc, lw_new, cur), jnp.where(acc, i, i_cur))
+                return carry, (carry[1], p_acc)
+
+            _, (i_kept, p_acc) = jax.lax.scan(body, (lw0, jnp.asarray(-1, jnp.int32)),
+                                              (lw_c, u_c, jnp.arange(S, dtype=jnp.int32)))
+            return i_kept, p_acc
+
+        i_kept, p_acc = jax.vmap(chain)(lw, u, lw_start)
+        xp = xp.reshape(C, S, -1)
+        xs = jnp.where((i_kept >= 0)[..., None], jnp.take_along_axis(xp, jnp.maximum(i_kept, 0)[..., None], axis=1),
+                       x_start[:, None, :])
+        return dict(samples=xs, n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.mean(p_acc),
+                    n_grad=jnp.asarray(int(self.num_warmup) + C * S + 1, jnp.float32))
 
 
 def import_jaxns():
