@@ -11,7 +11,8 @@ on a ``LocalCluster`` of ``workers`` single-threaded worker processes (one JAX C
 each), both with the same blocks and batches. Each pair's maps are compared bit for bit.
 Before the timed runs both sides fit a 16x16 corner once (compilation, worker start-up:
 reported apart). Throughput = spectra / wall time of ``map_pixels`` (read, fit, assembly;
-checkpoint on in both, as the command line does). ``--kill``: one more cluster run in which
+checkpoint on in both, as the command line does); also spectra per CPU-second (user + system
+time of this process and of every worker: the comparison a loaded machine can still make). ``--kill``: one more cluster run in which
 a worker is killed with SIGKILL after the first finished block: its wall time, the blocks
 re-run and the maps' identity. Prints one JSON line at the end.
 """
@@ -63,15 +64,31 @@ def main() -> int:
         write_cube_streaming(cube_path, args.size, args.size, seed=2, progress=False)
     n = args.size * args.size
 
+    def cpu_seconds(scheduler) -> float:
+        """User + system CPU seconds of this process (client, scheduler and nannies of a
+        LocalCluster live here) and of every worker process."""
+        def own():
+            import resource
+
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            return r.ru_utime + r.ru_stime
+
+        total = own()
+        if scheduler is not None:
+            total += sum(scheduler.run(own).values())
+        return total
+
     def run(view, program, scheduler, tag, region=None):
         ckpt = work / f"ckpt_{tag}"
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)
         ex = Execution(block_size=args.block_size, progress=False, checkpoint=ckpt, scheduler=scheduler)
+        c = cpu_seconds(scheduler)
         t = time.perf_counter()
         pm = map_pixels(view, program, ex)
         wall = time.perf_counter() - t
+        cpu_used[tag] = cpu_seconds(scheduler) - c
         shutil.rmtree(ckpt, ignore_errors=True)
         return pm, wall
 
@@ -80,6 +97,7 @@ def main() -> int:
         return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
                                           for x, y in zip(la, lb))
 
+    cpu_used: dict = {}
     rec: dict = {"size": args.size, "workers": args.workers, "block_size": args.block_size,
                  "cpu_devices_one_process": len(jax.devices("cpu"))}
     with lucijax.open_cube(cube_path) as cube:
@@ -99,23 +117,31 @@ def main() -> int:
         rec["warm_cluster_s"] = time.perf_counter() - t
         print(f"warm-up: local {rec['warm_local_s']:.1f} s, cluster start {rec['cluster_start_s']:.1f} s + "
               f"first blocks {rec['warm_cluster_s']:.1f} s", flush=True)
-        local_t, cluster_t, identical = [], [], []
+        local_t, cluster_t, local_cpu, cluster_cpu, identical = [], [], [], [], []
         for r in range(args.repeat):
             a, ta = run(view, program, None, "local")
             b, tb = run(view, program, client, "cluster")
             local_t.append(ta)
             cluster_t.append(tb)
+            local_cpu.append(cpu_used["local"])
+            cluster_cpu.append(cpu_used["cluster"])
             identical.append(same(a, b))
-            print(f"round {r + 1}: one process {n / ta:.0f} spectra/s ({ta:.1f} s), cluster {n / tb:.0f} spectra/s "
-                  f"({tb:.1f} s; {b.meta['cluster']['task_seconds']:.1f} s of block compute on "
-                  f"{b.meta['cluster']['workers']} workers), identical {identical[-1]}", flush=True)
-        rec.update(local_s=local_t, cluster_s=cluster_t, identical=all(identical),
+            print(f"round {r + 1}: one process {n / ta:.0f} spectra/s ({ta:.1f} s, {local_cpu[-1]:.1f} CPU s), "
+                  f"cluster {n / tb:.0f} spectra/s ({tb:.1f} s, {cluster_cpu[-1]:.1f} CPU s; "
+                  f"{b.meta['cluster']['task_seconds']:.1f} s of block compute on "
+                  f"{b.meta['cluster']['workers']} workers), identical {identical[-1]}, load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+        rec.update(local_s=local_t, cluster_s=cluster_t, local_cpu_s=local_cpu, cluster_cpu_s=cluster_cpu,
+                   identical=all(identical),
                    local_spectra_per_s=n / statistics.median(local_t),
                    cluster_spectra_per_s=n / statistics.median(cluster_t),
-                   ratio_median=statistics.median(ta / tb for ta, tb in zip(local_t, cluster_t)))
+                   ratio_median=statistics.median(ta / tb for ta, tb in zip(local_t, cluster_t)),
+                   cpu_ratio_median=statistics.median(ca / cb for ca, cb in zip(local_cpu, cluster_cpu)))
         print(f"median: one process {rec['local_spectra_per_s']:.0f} spectra/s, cluster "
               f"{rec['cluster_spectra_per_s']:.0f} spectra/s, ratio cluster/one-process "
-              f"{rec['ratio_median']:.3f} (per-round pairs)", flush=True)
+              f"{rec['ratio_median']:.3f} (per-round pairs; wall time: the figure on a quiet machine); "
+              f"spectra per CPU-second ratio {rec['cpu_ratio_median']:.3f} (what a loaded machine can tell)",
+              flush=True)
         if args.kill:
             killed: list = []
             save = BlockCheckpoint.save
