@@ -100,7 +100,20 @@ def _std_t_logpdf(u, df):
             - 0.5 * jnp.log(df * jnp.pi) - (df + 1) / 2 * jnp.log1p(u * u / df))
 
 
-class VarProProposal:
+class _ThetaThenLinear:
+    """A proposal that draws the non-linear parameters (``draw_theta``, density
+    ``theta_logq``) and then the linear ones given them (``complete``)."""
+
+    def sample_with_target(self, key):
+        """``(x, log q(x), log posterior(x))`` of a draw (for :class:`VarProProposal` the
+        same draw as its ``sample``)."""
+        k1, k2 = jax.random.split(key)
+        t = self.draw_theta(k1)
+        x, logq_a, logp = self.complete(t, k2)
+        return x, self.theta_logq(t) + logq_a, logp
+
+
+class VarProProposal(_ThetaThenLinear):
     """Option-2 proposal for one pixel: Student-t on the non-linear parameters (mean and
     inflated sigma from the MDN), then the linear parameters from their Gaussian conditional
     given the non-linear ones, amplitudes truncated at their prior's lower edge by the
@@ -202,13 +215,6 @@ class VarProProposal:
         alpha, logq_a = self._linear_pass(mean, low, None, k2)
         return jnp.concatenate([t, alpha]), self.theta_logq(t) + logq_a
 
-    def sample_with_target(self, key):
-        """``(x, log q(x), log posterior(x))`` of a draw (the same draw as :meth:`sample`)."""
-        k1, k2 = jax.random.split(key)
-        t = self.draw_theta(k1)
-        x, logq_a, logp = self.complete(t, k2)
-        return x, self.theta_logq(t) + logq_a, logp
-
     def log_prob(self, x):
         P = self.p.n_nonlinear
         t, alpha = x[:P], x[P:]
@@ -217,7 +223,7 @@ class VarProProposal:
         return self.theta_logq(t) + logq_a
 
 
-class MixtureProposal:
+class MixtureProposal(_ThetaThenLinear):
     """A proposal whose non-linear parameters come from a mixture of the (velocity,
     broadening) parts of :class:`VarProProposal` s (``weights``, summing to 1) and whose
     linear parameters come from their common conditional: a defensive mixture bounds the
@@ -239,12 +245,6 @@ class MixtureProposal:
 
     def complete(self, t, key):
         return self.parts[0].complete(t, key)
-
-    def sample_with_target(self, key):
-        k1, k2 = jax.random.split(key)
-        t = self.draw_theta(k1)
-        x, logq_a, logp = self.complete(t, k2)
-        return x, self.theta_logq(t) + logq_a, logp
 
     def log_prob(self, x):
         t = x[:self.p.n_nonlinear]
