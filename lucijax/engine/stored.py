@@ -76,8 +76,11 @@ def _compiled_path(digest: str, device) -> Path | None:
         return None
     import jaxlib
 
+    # the device's kind too: GPUs of two generations sharing one cache folder (a cluster's
+    # file system) must not load each other's machine code
+    kind = getattr(device, "device_kind", "")
     where = "\n".join([digest, f"jax {jax.__version__} jaxlib {jaxlib.__version__}",
-                        f"{device.platform} {device.id} {device.client.platform_version}", _host()])
+                        f"{device.platform} {device.id} {kind} {device.client.platform_version}", _host()])
     return folder / (hashlib.sha256(where.encode()).hexdigest()[:32] + ".xla")
 
 
