@@ -139,3 +139,30 @@ def test_engine_loads_the_stored_executable(folder, monkeypatch):
     np.testing.assert_array_equal(np.asarray(third._compiled[dev]({"y": y})["s"]),
                                   np.asarray(first._compiled[dev]({"y": y})["s"]))
     assert not list(folder.glob("*.xla"))
+
+
+def test_template_cache_returns_every_set_asked_for_when_it_evicts(monkeypatch):
+    """A call that needs more new template sets than the in-memory cache has room for, next
+    to one it already holds, still returns all of them (the cache evicted the held one while
+    adding the new ones: KeyError in CI)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from lucijax.solvers import map as map_solver
+    from lucijax.solvers.fitting import FitSettings
+
+    monkeypatch.setattr(map_solver, "_TEMPLATES", {})
+    computed = []
+
+    def fake_stored(disk_keys, compute):
+        computed.extend(disk_keys)
+        return [(np.full(1, float(k.split("broadening_start_kms=")[1].split(",")[0])),) for k in disk_keys]
+
+    monkeypatch.setattr(map_solver, "stored_arrays_many", fake_stored)
+    bound = SimpleNamespace(key="k", typical_fwhm=1.0, redshift=0.0, line_model=None)
+    sets = [dataclasses.replace(FitSettings(), broadening_start_kms=float(w)) for w in range(1, 21)]
+    map_solver.templates_for_all(bound, sets[:map_solver._MAX_TEMPLATES - 1])
+    got = map_solver.templates_for_all(bound, [sets[0], *sets[15:20]])
+    assert [float(g[0][0]) for g in got] == [1.0, 16.0, 17.0, 18.0, 19.0, 20.0]
+    assert len(computed) == 20  # the held set was not computed again
+    assert len(map_solver._TEMPLATES) <= map_solver._MAX_TEMPLATES

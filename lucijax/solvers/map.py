@@ -246,6 +246,8 @@ class MAP:
 
 
 _TEMPLATES: dict = {}
+#: Template sets kept in memory (the oldest go first).
+_MAX_TEMPLATES = 16
 
 
 def templates_for(bound, settings: FitSettings):
@@ -258,17 +260,19 @@ def templates_for_all(bound, settings_list) -> list:
     computed by one compiled program (:func:`~lucijax.solvers.start.start_templates_many`)."""
     fwhm = bound.typical_fwhm * (1 + bound.redshift)
     keys = [(bound.key, settings) for settings in settings_list]
-    todo = list(dict.fromkeys(k for k in keys if k not in _TEMPLATES))
+    found = {k: _TEMPLATES[k] for k in keys if k in _TEMPLATES}  # what this call returns, whatever is evicted
+    todo = list(dict.fromkeys(k for k in keys if k not in found))
     if todo:
         # kept on disk too: computing them traces the line model (~0.5 s per set, each process)
         disk = ["\n".join(["start_templates", bound.key, repr(st), repr(float(fwhm))]) for _, st in todo]
         got = stored_arrays_many(disk, lambda idx: start_templates_many(bound.line_model, fwhm,
                                                                         [todo[i][1] for i in idx]))
         for k, arrays in zip(todo, got):
-            while len(_TEMPLATES) >= 16:
+            found[k] = arrays
+            while len(_TEMPLATES) >= _MAX_TEMPLATES:
                 _TEMPLATES.pop(next(iter(_TEMPLATES)))
             _TEMPLATES[k] = arrays
-    return [_TEMPLATES[k] for k in keys]
+    return [found[k] for k in keys]
 
 
 def matched_one(bound, settings: FitSettings, with_covariance: bool = False):
