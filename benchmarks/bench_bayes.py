@@ -105,6 +105,8 @@ def flatten(post, samples_path) -> dict:
     draws, _ = read_samples(samples_path)
     out["samples"] = draws.reshape((nx * ny,) + draws.shape[2:])
     out["prior_source"] = post.cards.get("PRIORSRC")
+    out["n_retried"] = post.cards.get("NRETRY", 0)  # pixels sampled again with longer chains
+    out["compile_s"] = (post.timing or {}).get("compile_s", 0.0)  # both runs' compilation (the retry's program)
     return out
 
 
@@ -163,6 +165,8 @@ def stats(out, secs, reg, name):
         pull_std_robust=float(1.4826 * np.median(np.abs(err / out["velocity_err_kms"][:, 0]))),
         accept_rate_median=float(np.nanmedian(out["accept_rate"])),
         n_divergent_total=int(np.sum(out["n_divergent"])), prior_source=out["prior_source"],
+        n_retried=int(out["n_retried"]), compile_s=float(out["compile_s"]),
+        pixels_per_s_without_compile=float(n / max(secs - out["compile_s"], 1e-9)),
     )
     log(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()))
     return d

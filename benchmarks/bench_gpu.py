@@ -3,10 +3,14 @@
 
 Usage (repository root; on a GPU machine)::
 
-    XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/bench_gpu.py --out DIR [--budget 540]
+    XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/bench_gpu.py --out DIR [--budget 540] [--old CHECKOUT]
 
-Parts (run in the order roofline, full, posterior, steady, stages; each records its numbers in ``DIR/gpu.json`` as soon as it ends, and is
-skipped when the time budget is spent):
+``--old`` names a checkout of the baseline commit (e.g. ``git worktree add /tmp/old REV``):
+the full-cube run and the steady engine are repeated with its code in the same run, so
+that each change is measured against the old code on the same card.
+
+Parts (run in the order given by ``--parts``; each records its numbers in ``DIR/gpu.json``
+as soon as it ends, and is skipped when the time budget is spent):
 
 1. ``roofline``: XLA's cost analysis of the compiled default fit (5-line sincgauss SN3, MDN
    start, Laplace errors) at the GPU batch size: flop and bytes per spectrum
@@ -17,11 +21,13 @@ skipped when the time budget is spent):
 3. ``steady``: ``map_pixels`` over an in-memory cube, twice (the second warm): spectra/s of
    the engine without file I/O, at batch sizes 4096 and 16384; achieved GFLOP/s and the
    fraction of the H200's float32 peak (67 TFLOP/s, datasheet).
-4. ``posterior``: the default sampler (``MH``) over a region after its MAP fit: pixels/s,
-   R-hat and ESS, and the projected time for a 2048 x 2064 cube.
+4. ``posterior``: the default sampler (``MH``) over a 512 x 512 cube after its MAP fit
+   (compiled first on a small region): pixels/s, R-hat and ESS, and the projected time for
+   a 2048 x 2064 cube.
 5. ``full``: a 2048 x 2064 x 840 cube (14.6 GB, slabs of one rendered 64 x 2064 block) fitted by
    ``python -m lucijax.cli fit`` as a whole process, I/O included, and a 512 x 512 cube
-   likewise: the whole-process and marginal rates.
+   likewise: the whole-process and marginal rates; with the default batch and block sizes,
+   with ``--batch-size 16384 --block-size 128``, and with the old code (``--old``).
 
 ``--small`` shrinks every size for a dry run on a CPU.
 """
@@ -40,7 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import Report, log  # noqa: E402
 LINES = ["Halpha", "NII6583", "NII6548", "SII6716", "SII6731"]
-H200_FP32_TFLOPS = 67.0  # datasheet (dense float32, no tensor cores)
+#: Datasheet dense float32 peaks (no tensor cores), TFLOP/s, and memory bandwidths, TB/s (SXM parts).
+PEAKS = {"H200": (67.0, 4.8), "H100": (67.0, 3.35), "A100": (19.5, 2.0)}
+
+
+def peaks(device) -> tuple[float, float]:
+    kind = getattr(device, "device_kind", "")
+    for name, v in PEAKS.items():
+        if name in kind:
+            return v
+    return float("nan"), float("nan")
 
 
 def timed(fn, repeat=3):
@@ -61,10 +76,11 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=540.0, help="seconds for all parts")
     ap.add_argument("--small", action="store_true", help="tiny sizes (a dry run on a CPU)")
-    ap.add_argument("--parts", nargs="+", default=["roofline", "full", "posterior", "steady", "stages"])
+    ap.add_argument("--parts", nargs="+", default=["roofline", "posterior", "full", "steady", "stages"])
+    ap.add_argument("--old", help="checkout of the baseline commit: full-cube and steady runs repeated with its code")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out / "gpu.json")
 
@@ -83,8 +99,10 @@ def main():
     lj.enable_compilation_cache(out / "jax_cache")
     os.environ["LUCIJAX_CACHE_DIR"] = str(out / "jax_cache")  # the CLI children share it
     dev = jax.devices()[0]
-    report.put("machine", {"device": str(dev), "platform": dev.platform, "jax": jax.__version__,
-                           "n_devices": len(jax.devices())})
+    peak_tflops, peak_tb_s = peaks(dev)
+    report.put("machine", {"device": str(dev), "device_kind": getattr(dev, "device_kind", ""), "platform": dev.platform,
+                           "jax": jax.__version__, "n_devices": len(jax.devices()),
+                           "fp32_peak_tflops": peak_tflops, "memory_tb_s": peak_tb_s})
     B = 256 if args.small else 4096
     side = 32 if args.small else 256
     syn = make_cube(side, side, seed=0)
@@ -111,8 +129,9 @@ def main():
         flops, nbytes = cost["flop_per_spectrum"] * n, cost["bytes_per_spectrum"] * n
         report.put("roofline", {**cost, "batch_s": run_s, "spectra_per_s": n / run_s,
                                 "achieved_gflops": flops / run_s / 1e9,
-                                "fraction_of_fp32_peak": flops / run_s / (H200_FP32_TFLOPS * 1e12),
-                                "achieved_gb_s": nbytes / run_s / 1e9})
+                                "fraction_of_fp32_peak": flops / run_s / (peak_tflops * 1e12),
+                                "achieved_gb_s": nbytes / run_s / 1e9,
+                                "fraction_of_memory_bandwidth": nbytes / run_s / (peak_tb_s * 1e12)})
 
     if "full" in args.parts and left() > 200:
         import h5py
@@ -134,55 +153,85 @@ def main():
                 if v is not None:
                     f.attrs[k] = _attr_value(v)
         write_s = time.perf_counter() - t
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
-        def cli(p, o):
+        def cli(p, o, extra=(), checkout=ROOT):
+            """``lucijax fit`` as a whole process with the code of ``checkout`` (its folder is the
+            working directory too: ``python -m`` puts it first on the path)."""
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [str(checkout)] + [q for q in os.environ.get("PYTHONPATH", "").split(os.pathsep) if q]))
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
             cmd = [sys.executable, "-m", "lucijax.cli", "fit", str(p), "--lines", *LINES, "--out", str(o), "-q",
-                   "--no-checkpoint"]
+                   "--no-checkpoint", *extra]
             t0 = time.perf_counter()
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(30, left() - 10))
-            return time.perf_counter() - t0, r
+            r = subprocess.run(cmd, env=env, cwd=str(checkout), capture_output=True, text=True,
+                               timeout=max(30, left() - 10))
+            s = time.perf_counter() - t0
+            if r.returncode != 0:
+                log(f"!! {' '.join(cmd[3:])} (code of {checkout}) failed: {(r.stdout + r.stderr)[-800:]}")
+            return s, r
 
         res = {"cube": [nx, ny, nz], "write_s": write_s}
         small_path = out / "small.hdf5"
+        m = 8 if args.small else 512
         with h5py.File(path) as f, h5py.File(small_path, "w") as g:
-            m = 8 if args.small else 512
             g.create_dataset("data", data=f["data"][:m, :m])
             g.create_dataset("calib_map", data=f["calib_map"][:m, :m])
             for k, v in f.attrs.items():
                 g.attrs[k] = v
-        s_small, r = cli(small_path, out / "o_small")  # also warms the compilation cache
-        s_small, r = cli(small_path, out / "o_small")
-        res["small_whole_process_s"] = s_small
         res["small_spectra"] = m * m
-        if left() > 60:
-            s_full, r = cli(path, out / "o_full")
-            res["full_whole_process_s"] = s_full
-            res["full_spectra"] = nx * ny
-            res["full_spectra_per_s"] = nx * ny / s_full
-            res["marginal_spectra_per_s"] = (nx * ny - m * m) / max(s_full - s_small, 1e-9)
-            res["cli_tail"] = (r.stdout + r.stderr)[-600:]
+        res["full_spectra"] = nx * ny
+        variants = [("new_default", (), ROOT), ("new_batch16384_block128", ("--batch-size", "16384", "--block-size", "128"), ROOT)]
+        if args.old:
+            variants.insert(1, ("old_default", (), Path(args.old).resolve()))
+        for name, extra, checkout in variants:
+            if left() < 90:
+                break
+            cli(small_path, out / f"o_small_{name}", extra, checkout)  # also warms the compilation cache
+            s_small, r = cli(small_path, out / f"o_small_{name}", extra, checkout)
+            v = {"small_whole_process_s": s_small, "returncode": r.returncode}
+            if left() > 75:
+                s_full, r = cli(path, out / f"o_full_{name}", extra, checkout)
+                v.update(full_whole_process_s=s_full, full_spectra_per_s=nx * ny / s_full,
+                         marginal_spectra_per_s=(nx * ny - m * m) / max(s_full - s_small, 1e-9),
+                         returncode=r.returncode, cli_head=r.stdout[:400], cli_tail=(r.stdout + r.stderr)[-300:])
+            res[name] = v
+            report.put("full", res)
         report.put("full", res)
         path.unlink(missing_ok=True)
     if "posterior" in args.parts and left() > 60:
-        rside = 16 if args.small else 128
-        region = (0, rside, 0, rside)
+        pside = 16 if args.small else 512
+        big = MemoryCube.from_synthetic(make_cube(pside, pside, seed=2))
         ex = lj.Execution(progress=False)
-        fit = lj.fit(cube, model, lj.MAP(), region=region, execution=ex)
         sampler = lj.MH()
         t = time.perf_counter()
-        lj.sample(cube, fit, sampler, execution=ex)  # compiles
+        w = min(64, pside)  # one full batch of 4096 pixels: the programs of the timed run, compiled
+        warm = lj.fit(big, model, lj.MAP(), region=(0, w, 0, w), execution=ex)
+        lj.sample(big, warm, sampler, execution=ex)
         first = time.perf_counter() - t
         t = time.perf_counter()
-        post = lj.sample(cube, fit, sampler, execution=ex)
+        lj.sample(big, warm, sampler, execution=ex)
+        probe = w * w / (time.perf_counter() - t)  # pixels/s of one warm batch
+        # the largest multiple of 64 pixels a side that samples within a third of the time left
+        fits = int(np.sqrt(probe * max(left() - 60, 30) / 3) // 64 * 64)
+        if not args.small and fits < pside:
+            pside = max(64, fits)
+            big = MemoryCube.from_synthetic(make_cube(pside, pside, seed=2))
+        t = time.perf_counter()
+        fit = lj.fit(big, model, lj.MAP(), execution=ex)
+        map_s = time.perf_counter() - t
+        t = time.perf_counter()
+        post = lj.sample(big, fit, sampler, execution=ex)
         s = time.perf_counter() - t
-        npx = rside * rside
-        report.put("posterior", {"sampler": "MH default", "pixels": npx, "first_call_s": first, "seconds": s,
-                                 "pixels_per_s": npx / s,
+        npx = pside * pside
+        ess = post.maps["ESS_MIN"]
+        report.put("posterior", {"sampler": repr(sampler), "cube": [pside, pside], "pixels": npx,
+                                 "compile_and_64x64_s": first, "probe_pixels_per_s": probe, "map_fit_s": map_s, "seconds": s,
+                                 "pixels_per_s": npx / s, "map_and_sample_pixels_per_s": npx / (s + map_s),
                                  "rhat_ok_fraction": post.converged_fraction(),
-                                 "median_ess": float(np.nanmedian(post.maps["ESS_MIN"])),
-                                 "projected_full_cube_hours": 2048 * 2064 / (npx / s) / 3600})
+                                 "median_ess": float(np.nanmedian(ess)), "p10_ess": float(np.nanpercentile(ess, 10)),
+                                 "timing": post.timing, "map_timing": fit.timing,
+                                 "projected_full_cube_hours": 2048 * 2064 / (npx / (s + map_s)) / 3600})
+        del big, post, fit
 
     if "steady" in args.parts and left() > 45:
         res = {}
@@ -197,7 +246,7 @@ def main():
             fl = report.data["roofline"]["flop_per_spectrum"]
             best = max(v["spectra_per_s"] for v in res.values())
             res["achieved_gflops"] = fl * best / 1e9
-            res["fraction_of_fp32_peak"] = fl * best / (H200_FP32_TFLOPS * 1e12)
+            res["fraction_of_fp32_peak"] = fl * best / (peak_tflops * 1e12)
         res["status_0_fraction"] = float(np.mean(np.asarray(pm.values.fit.status) == 0))
         report.put("steady", res)
 

@@ -189,13 +189,50 @@ def sample(cube, fit: FitResult, sampler=None, *, execution: Execution | None = 
             store = SampleStore(samples, view.shape[:2], sample_parameter_names(fit.bound), ex.block_size, attrs)
         try:
             pm = map_pixels(view, program, ex, sink=store)
+            pm, n_retried = _retry_unmixed(view, fit, sampler, values, network, ex, pm, store)
         except BaseException:
             if store is not None:
                 store.close(keep=False)
             raise
         if store is not None:
             store.close()
-        return posterior_result(pm, program, view, fit, samples_path=None if samples is None else Path(samples))
+        result = posterior_result(pm, program, view, fit, samples_path=None if samples is None else Path(samples))
+        if int(getattr(sampler, "retry", 0)) > 1:
+            result.cards["NRETRY"] = n_retried
+        return result
+
+
+def _retry_unmixed(view, fit, sampler, values, network, ex: Execution, pm, store):
+    """Sample the pixels that did not mix (STATUS 6) again with the sampler's
+    :meth:`~lucijax.bayes.Sampler.longer` chains (``sampler.retry`` x the draws, thinned
+    back), through the engine over a mask of those pixels (their own checkpoint folder
+    ``CHECKPOINT/retry``; their draws replace the first run's in ``store``), and keep that
+    run's results for them. Returns the merged pixel map and the number of pixels retried."""
+    import dataclasses
+
+    import jax
+
+    from lucijax.status import Status
+
+    factor = int(getattr(sampler, "retry", 0))
+    status = np.asarray(pm.values.status)
+    redo = np.asarray(pm.computed, bool) & (status == int(Status.NOT_MIXED))
+    if factor <= 1 or not redo.any():
+        return pm, 0
+    program = posterior_program(sampler.longer(factor), fit.bound, values, network, keep_samples=store is not None)
+    ckpt = None if ex.checkpoint is None else str(Path(ex.checkpoint) / "retry")
+    sink = None if store is None else type("Rewrite", (), {"write": staticmethod(store.rewrite)})()
+    again = map_pixels(Masked(view, redo.T), program, dataclasses.replace(ex, checkpoint=ckpt), sink=sink)
+
+    def merge(first, second):
+        first, second = np.asarray(first), np.asarray(second)
+        return np.where(redo.reshape(redo.shape + (1,) * (first.ndim - 2)), second, first).astype(first.dtype)
+
+    values = jax.tree.map(merge, pm.values, again.values)
+    meta = dict(pm.meta, retried=int(redo.sum()), retry_seconds=again.seconds)
+    if "timing" in pm.meta and "timing" in again.meta:  # both runs' time, where it went
+        meta["timing"] = {k: v + again.meta["timing"].get(k, 0.0) for k, v in pm.meta["timing"].items()}
+    return dataclasses.replace(pm, values=values, seconds=pm.seconds + again.seconds, meta=meta), int(redo.sum())
 
 
 def heliocentric(result, cube):

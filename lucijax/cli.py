@@ -311,6 +311,12 @@ def _print_summary(result, elapsed: float, what: str = "fitted"):
     first = result.bound.line_set.names[0].upper()
     ok = status == 0
     print(f"{what} {n} spectra in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} spectra/s, compilation included)")
+    t = getattr(result, "timing", None)
+    if t and result.seconds > 0:
+        share = {k: 100.0 * v / result.seconds for k, v in t.items()}
+        print(f"time of the engine ({result.seconds:.1f} s): waiting for reads {share['read_wait_s']:.0f} %, "
+              f"compiling {share['compile_s']:.0f} %, preparing and starting batches {share['host_s']:.0f} %, "
+              f"waiting for the devices {share['device_wait_s']:.0f} %, placing results {share['write_s']:.0f} %")
     print(f"status counts {result.status_line()}")
     print(f"({help_text()})")
     if ok.any():
@@ -327,7 +333,10 @@ def _print_summary(result, elapsed: float, what: str = "fitted"):
     if "RHAT_MAX" in maps:
         r = maps["RHAT_MAX"][status != -1]
         share = np.mean(r <= 1.05) if np.isfinite(r).any() else float("nan")
-        print(f"posterior: R-hat <= 1.05 for {share:.1%} of the pixels; median ESS {np.nanmedian(maps['ESS_MIN']):.0f}")
+        again = result.cards.get("NRETRY", 0)
+        again = f" ({again} sampled again with longer chains)" if again else ""
+        print(f"posterior: R-hat <= 1.05 for {share:.1%} of the pixels{again}; "
+              f"median ESS {np.nanmedian(maps['ESS_MIN']):.0f}")
 
 
 def writable_folder(path, option: str) -> Path:
@@ -766,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = f.add_argument_group("execution and output")
     e.add_argument("--out", default="lucijax_out", help="output folder (maps.fits, fit.json; default lucijax_out)")
-    e.add_argument("--batch-size", type=int, help="spectra per compiled batch (default on CPU: 8 for a MAP fit, 64 for samplers; 4096 on a GPU)")
+    e.add_argument("--batch-size", type=int, help="spectra per compiled batch (default on CPU: 64; 4096 on a GPU)")
     e.add_argument("--block-size", type=int,
                    help=f"pixels are read and checkpointed in BLOCK x BLOCK slabs (default {ex.block_size})")
     e.add_argument("--no-checkpoint", action="store_true",

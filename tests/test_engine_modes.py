@@ -8,7 +8,9 @@ one API", acceptance 2):
 
 For (a) and (b) each mode runs three times in child processes (tests/engine_child.py) on a
 6 x 6 cube in 4 blocks of 3 x 3 pixels and batches of 4: uninterrupted on 1 device; on 2
-devices, killed by SIGKILL at the third block read of the stage under test; on 2 devices
+devices, killed by SIGKILL at the fourth block read of the stage under test (the reader
+reads one block ahead and the engine starts block b + 1 before it gathers block b, so one
+or two blocks are finished by then); on 2 devices
 again, resumed from the checkpoint folder. The resumed run must compute exactly the blocks the
 killed one had not finished (it reads the finished ones once more, to check their data),
 and its maps must equal the 1-device run's, bit for bit.
@@ -51,9 +53,11 @@ def _run(mode, cube, out, devices, crash_after=None, timeout=900):
 def test_kill_9_resume_and_two_devices_give_the_same_maps(mode, cube_path, tmp_path):
     whole = _run(mode, cube_path, tmp_path / "whole", 1)
     assert whole.returncode == 0, whole.stderr[-4000:]
-    assert int((tmp_path / "whole" / "reads.txt").read_text()) == N_BLOCKS
+    n_reads = int((tmp_path / "whole" / "reads.txt").read_text())
+    # MH reads the blocks holding pixels that did not mix once more (its second, longer run)
+    assert n_reads == N_BLOCKS or (mode == "mh" and N_BLOCKS < n_reads <= 2 * N_BLOCKS), n_reads
 
-    killed = _run(mode, cube_path, tmp_path / "resumed", 2, crash_after=2)
+    killed = _run(mode, cube_path, tmp_path / "resumed", 2, crash_after=3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     ckpt = tmp_path / "resumed" / "checkpoint"
     done = {p.name: p.stat().st_mtime_ns for p in ckpt.glob("block_*.npz")}
@@ -64,7 +68,7 @@ def test_kill_9_resume_and_two_devices_give_the_same_maps(mode, cube_path, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     # only the missing blocks were computed; the finished ones were read once more (their
     # data checked against the checksum stored with them), not computed or written again
-    assert int((tmp_path / "resumed" / "reads.txt").read_text()) == N_BLOCKS
+    assert int((tmp_path / "resumed" / "reads.txt").read_text()) == n_reads
     after = {p.name: p.stat().st_mtime_ns for p in ckpt.glob("block_*.npz")}
     assert all(after[name] == t for name, t in done.items())
 

@@ -125,8 +125,8 @@ class EvidenceSelection:
             d2 = component_pixel_data(p2, d1, ranges, max_sep)
             key = pixel_key(nested.seed, inp["xy"])
             k1, k2 = jax.random.split(key)
-            s1 = summarize(p1, d1, nested.run(p1, d1, k1), inp["map_status"])
-            s2 = summarize(p2, d2, nested.run(p2, d2, k2), inp["map_status"])
+            s1 = summarize(p1, d1, nested.run(p1, d1, k1), inp["map_status"])._replace(samples=None)
+            s2 = summarize(p2, d2, nested.run(p2, d2, k2), inp["map_status"])._replace(samples=None)
             nan = jnp.asarray(jnp.nan, jnp.float32)
             return Selection(s1, s2, jnp.asarray(1, jnp.int16), nan)
 

@@ -5,7 +5,8 @@ and to the MAP fit of every pixel (its per-pixel inputs); for each pixel the pro
 the boxes of its parameters (:func:`~lucijax.bayes.problem.pixel_data`), samples with a key
 derived from the sampler's seed and the pixel's coordinates, and summarises the draws:
 posterior medians, half the 16-84 % widths as errors, split R-hat (max over parameters) and
-effective sample size (min) from :mod:`numpyro.diagnostics` (host side), the log-evidence
+effective sample size (min) as :mod:`numpyro.diagnostics` defines them, computed on the device
+(:mod:`lucijax.bayes.diagnostics`), the log-evidence
 (nested sampling), and, on request, the draws themselves.
 """
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucijax.bayes.diagnostics import rhat_and_ess
 from lucijax.bayes.problem import MapValues, PixelData, PixelProblem, Prior, map_fallback_prior, pixel_data
 from lucijax.constants import QUANTILES
 from lucijax.physics.lines import ratios_in
@@ -103,12 +105,15 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     n_used = jnp.sum(d.mask > 0)
     chi2 = jnp.sum(r * r) / jnp.maximum(n_used - problem.dim, 1.0)
     nan = jnp.asarray(jnp.nan, jnp.float32)
+    rhat, ess = rhat_and_ess(x.astype(jnp.float32))
+    if "ess_nested" in run:  # nested sampling: one resampled set of draws, its own ESS
+        rhat, ess = nan, run["ess_nested"] * jnp.ones((), jnp.float32)
     return Posterior(
         velocity_kms=vel, velocity_err_kms=vel_err, broadening_kms=br, broadening_err_kms=br_err,
         amplitude=a_med, amplitude_err=a_err, flux_cm1=f_med, flux_err_cm1=f_err, flux_corr=f_corr,
         ratio_quantiles=r_q,
         continuum=jnp.nanmedian(cont), continuum_err=c_err, linear=alpha * sc, chi2_reduced=chi2,
-        rhat_max=nan, ess_min=run.get("ess_nested", nan) * jnp.ones((), jnp.float32),
+        rhat_max=rhat, ess_min=ess,
         accept_rate=jnp.asarray(run["accept_rate"], jnp.float32), n_divergent=jnp.asarray(run["n_divergent"], jnp.int32),
         n_grad=jnp.asarray(run["n_grad"], jnp.float32), logz=run.get("logz", nan) * jnp.ones((), jnp.float32),
         logz_err=run.get("logz_err", nan) * jnp.ones((), jnp.float32), status=jnp.asarray(status, jnp.int32),
@@ -117,36 +122,25 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
 
 
 def diagnose(post: Posterior, rhat_threshold: float, keep_samples: bool, nested: bool) -> Posterior:
-    """Host side of a batch (numpy): split R-hat and bulk ESS of every pixel
-    (:mod:`numpyro.diagnostics`), STATUS 6 where R-hat exceeds the threshold, the
-    log-evidence in the spectrum's flux unit, and the draws in the flux unit (or dropped)."""
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
-
-    x = np.asarray(post.samples)
-    B, C = x.shape[:2]
-    rhat = np.full(B, np.nan)
-    ess = np.asarray(post.ess_min, np.float64).copy()
-    for i in range(B):
-        xi = x[i].astype(np.float64)
-        if not np.all(np.isfinite(xi)):
-            continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if C >= 2:
-                rhat[i] = np.nanmax(split_gelman_rubin(xi))
-            if not nested:
-                ess[i] = np.nanmin(effective_sample_size(xi))
+    """Host side of a batch (numpy, vectorised): STATUS 6 where the split R-hat (computed on
+    the device by :func:`summarize`) exceeds the threshold, the log-evidence in the
+    spectrum's flux unit, and the draws in the flux unit (or dropped)."""
+    del nested  # the ESS of nested sampling comes with its run (summarize)
+    rhat = np.asarray(post.rhat_max, np.float32)
     status = np.asarray(post.status).copy()
     good = np.isin(status, [int(s) for s in GOOD])
-    status[good & (rhat > rhat_threshold)] = int(Status.NOT_MIXED)
+    with np.errstate(invalid="ignore"):
+        status[good & (rhat > rhat_threshold)] = int(Status.NOT_MIXED)
     scale = np.asarray(post.scale, np.float64)
     # back to the spectrum's flux unit: the likelihood was evaluated on y / scale
     logz = np.asarray(post.logz, np.float64) - np.asarray(post.n_channels, np.float64) * np.log(scale)
     samples = None
     if keep_samples:
+        x = np.asarray(post.samples)
         P = x.shape[-1] - np.asarray(post.linear).shape[-1]
         samples = x.copy()
         samples[..., P:] *= scale.reshape(-1, 1, 1, 1).astype(np.float32)
-    return post._replace(rhat_max=rhat.astype(np.float32), ess_min=ess.astype(np.float32), status=status,
+    return post._replace(rhat_max=rhat, ess_min=np.asarray(post.ess_min, np.float32), status=status,
                          logz=logz, samples=samples)
 
 
@@ -212,6 +206,7 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
     prior: Prior = sampler.prior
     ranges = (tuple(bound.model.velocity_range), tuple(bound.model.broadening_range))
     nested = getattr(sampler, "name", "") == "nested"
+    thin = int(getattr(sampler, "thin", 1))
     given = {f"map_{k}": np.asarray(map_values[k]) for k in MAP_FIELDS}
     if use_network:
         given["prior_mean"] = np.asarray(network[0], np.float32)
@@ -227,13 +222,17 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
             proposal = ps / prior.fallback_error_scale
         d = pixel_data(problem, prior, ranges, inp["y"], inp["fwhm"], fit, pm, ps, proposal_sigma=proposal)
         run = sampler.run(problem, d, pixel_key(sampler.seed, inp["xy"]))
-        return summarize(problem, d, run, inp["map_status"])
+        if thin > 1:
+            run = {**run, "samples": run["samples"][:, thin - 1::thin]}
+        post = summarize(problem, d, run, inp["map_status"])
+        return post if keep_samples else post._replace(samples=None)  # diagnosed here: the draws stay on the device
 
     def finish(out, inputs):
         return diagnose(out, sampler.rhat_threshold, keep_samples, nested)
 
     key = "\n".join([bound.key, repr(sampler), "network" if use_network else "map"])
-    return Program(name=sampler.name, key=key, prepare=sampler_inputs(bound), one=one, finish=finish, given=given,
+    name = sampler.name if thin == 1 else f"{sampler.name} (x{thin} draws, thinned)"
+    return Program(name=name, key=key, prepare=sampler_inputs(bound), one=one, finish=finish, given=given,
                    bulk=("samples",) if keep_samples else (), stored=False, context=sampler.context,
                    namedtuples=(Posterior,), meta={"bound": bound, "sampler": sampler, "problem": problem,
                                                    "prior_source": "network" if use_network else "map"},

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -51,12 +51,22 @@ class Sampler:
         draws never depend on the batch, the device or a resumed run.
     rhat_threshold : float
         Pixels whose split R-hat (max over parameters) exceeds it get STATUS 6 (NOT_MIXED).
+    retry : int
+        Pixels with STATUS 6 after the run are sampled once more, with ``retry`` x the
+        draws and warm-up of every chain and the next seed (:meth:`longer`), and keep that
+        run's results (STATUS 6 again if it did not mix either); 0 or 1: no second run.
+        Samplers with one chain (nested sampling) have no R-hat and never retry.
+    thin : int
+        Keep every ``thin``-th draw of each chain (summaries, diagnostics and stored draws);
+        ``num_samples`` counts the draws before thinning.
     """
 
     num_samples: int = 500
     prior: Prior = field(default_factory=Prior)
     seed: int = 0
     rhat_threshold: float = 1.05
+    retry: int = 4
+    thin: int = 1
 
     #: name in messages and progress bars
     name = "sampler"
@@ -64,6 +74,18 @@ class Sampler:
     def __post_init__(self):
         if int(self.num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if int(self.retry) < 0 or int(self.thin) < 1 or int(self.num_samples) < int(self.thin):
+            raise ValueError(f"need retry >= 0 and 1 <= thin <= num_samples, got retry={self.retry}, thin={self.thin}")
+
+    def longer(self, factor: int) -> Sampler:
+        """This sampler with ``factor`` x the draws (and warm-up) of every chain, thinned by
+        ``factor`` (so as many draws are kept), the next seed and no retry of its own: the
+        second run of the pixels that did not mix."""
+        changes = {"num_samples": int(self.num_samples) * factor, "thin": int(self.thin) * factor,
+                   "seed": int(self.seed) + 1, "retry": 0}
+        if hasattr(self, "num_warmup"):
+            changes["num_warmup"] = int(self.num_warmup) * factor
+        return replace(self, **changes)
 
     def context(self):
         """The context its compiled runs need (none)."""

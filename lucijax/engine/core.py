@@ -132,7 +132,8 @@ class PixelMap:
     #: ``'progress_note'``: the program's :class:`~lucijax.program.ProgressNote` totals
     #: ``(n_ok, n_total)`` over the pixels computed in this run (resumed ones not counted);
     #: ``'cluster'`` (a run on a Dask cluster): blocks, workers, devices, the blocks re-run
-    #: after a lost worker (:func:`lucijax.engine.cluster.run_blocks`)
+    #: after a lost worker (:func:`lucijax.engine.cluster.run_blocks`); ``'timing'`` (a local
+    #: run): where the wall time went (:func:`run_blocks_pipelined`)
     meta: dict = field(default_factory=dict)
 
 
@@ -253,23 +254,37 @@ def _split_bulk(out, names: tuple[str, ...]):
     return out._replace(**{k: None for k in names}), {k: getattr(out, k) for k in names}
 
 
-def run_block(program: Program, runner: BatchRunner, block: Block, on_batch=None):
-    """Compute one block: ``(outputs, bulk)`` with one row per computed pixel.
-
-    ``on_batch(outputs, n)``, if given, is called after each batch is gathered (its
-    outputs after ``finish``, ``n`` real rows), in order: what the progress bar counts.
-    """
-    import jax
-
+def start_block(program: Program, runner: BatchRunner, block: Block, timing: dict | None = None) -> list:
+    """Prepare one block and start every batch of it on the devices (JAX dispatches
+    asynchronously: this returns while the devices compute); :func:`gather_block` waits for
+    the results. Starting block b + 1 before gathering block b keeps the devices busy while
+    the host prepares and copies (:func:`map_pixels`). ``timing`` (optional) accumulates
+    the seconds spent compiling (``compile_s``) and preparing and dispatching (``host_s``)."""
+    t0 = time.perf_counter()
     inputs = program.prepare(block)
     n = block.n
     B = runner.batch_size
+    t1 = time.perf_counter()
     runner.compile(_rows(inputs, slice(0, 1)) if n else inputs)
+    t2 = time.perf_counter()
     pending = []
-    for k, i in enumerate(range(0, n, B)):  # dispatch every batch, then gather
+    for k, i in enumerate(range(0, n, B)):
         part = _rows(inputs, slice(i, i + B))
         m = min(B, n - i)
         pending.append((part, m, runner.dispatch(part, m, k)))
+    if timing is not None:
+        timing["compile_s"] = timing.get("compile_s", 0.0) + (t2 - t1)
+        timing["host_s"] = timing.get("host_s", 0.0) + (t1 - t0) + (time.perf_counter() - t2)
+    return pending
+
+
+def gather_block(program: Program, runner: BatchRunner, pending: list, on_batch=None):
+    """The ``(outputs, bulk)`` of a block started by :func:`start_block`, one row per
+    computed pixel. ``on_batch(outputs, n)``, if given, is called after each batch is
+    gathered (its outputs after ``finish``, ``n`` real rows), in order: what the progress
+    bar counts."""
+    import jax
+
     parts = []
     for part, m, h in pending:
         parts.append(runner.gather(h, part, m))
@@ -277,6 +292,56 @@ def run_block(program: Program, runner: BatchRunner, block: Block, on_batch=None
             on_batch(parts[-1], m)
     out = jax.tree.map(lambda *a: np.concatenate(a), *parts) if len(parts) > 1 else parts[0]
     return _split_bulk(out, program.bulk)
+
+
+def run_block(program: Program, runner: BatchRunner, block: Block, on_batch=None):
+    """Compute one block: ``(outputs, bulk)`` with one row per computed pixel (every batch
+    dispatched, then gathered; see :func:`gather_block` for ``on_batch``)."""
+    return gather_block(program, runner, start_block(program, runner, block), on_batch)
+
+
+def run_blocks_pipelined(program: Program, runner: BatchRunner, blocks, on_batch, finished) -> dict:
+    """Compute ``(box, block)`` pairs in order, block b + 1 started (prepared, copied,
+    dispatched) before block b is gathered: the host's work for the next block overlaps
+    the devices' work on this one. ``finished(box, block, out, bulk)`` is called in order;
+    when starting a block fails, the block before it is still gathered and finished (so a
+    checkpointed run keeps it) before the error propagates.
+
+    Returns where the wall time went, in seconds: ``read_wait_s`` (waiting for ``blocks``,
+    i.e. for the reader), ``compile_s``, ``host_s`` (preparing and dispatching),
+    ``device_wait_s`` (waiting for the devices' results and copying them back, the
+    program's ``finish``) and ``write_s`` (``finished``: placing, checkpointing, streaming)."""
+    timing = {"read_wait_s": 0.0, "compile_s": 0.0, "host_s": 0.0, "device_wait_s": 0.0, "write_s": 0.0}
+
+    def complete(held):
+        t = time.perf_counter()
+        out, bulk = gather_block(program, runner, held[2], on_batch)
+        t1 = time.perf_counter()
+        finished(held[0], held[1], out, bulk)
+        timing["device_wait_s"] += t1 - t
+        timing["write_s"] += time.perf_counter() - t1
+
+    held = None
+    it = iter(blocks)
+    while True:
+        t = time.perf_counter()
+        nxt = next(it, None)
+        timing["read_wait_s"] += time.perf_counter() - t
+        if nxt is None:
+            break
+        b, block = nxt
+        try:
+            started = start_block(program, runner, block, timing)
+        except BaseException:
+            if held is not None:
+                complete(held)
+            raise
+        if held is not None:
+            complete(held)
+        held = (b, block, started)
+    if held is not None:
+        complete(held)
+    return timing
 
 
 # ------------------------------------------------------------------------ assembly
@@ -418,9 +483,9 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
             devices = local_devices(ex.devices, n_batches, n_pix - n_resumed, program.spectra_per_device)
             n_devices = len(devices)
             runner = BatchRunner(program, batch_size, devices)
-            for b, block in read_ahead(todo, read):
-                out, bulk = run_block(program, runner, block, on_batch)
-                finished(b, block.index, out, bulk, digests.pop(b, None))
+            timing = run_blocks_pipelined(program, runner, read_ahead(todo, read), on_batch,
+                                          lambda b, block, out, bulk: finished(b, block.index, out, bulk,
+                                                                               digests.pop(b, None)))
         bar.close()
         if ckpt is not None:  # every block from disk, one at a time (bounded memory)
             for b in boxes:
@@ -437,6 +502,8 @@ def map_pixels(cube, program: Program, execution: Execution | None = None, *, si
     meta = {"progress_note": tuple(tally)} if note is not None else {}
     if cluster_meta is not None:
         meta["cluster"] = cluster_meta
+    else:
+        meta["timing"] = timing
     return PixelMap(maps.values(), computed, n_resumed, time.perf_counter() - t0, batch_size, n_devices, meta)
 
 
@@ -521,5 +588,6 @@ def map_rows(program: Program, inputs: dict, execution: Execution | None = None)
     return out if not bulk else (out, bulk)
 
 
-__all__ = ["Execution", "PixelMap", "BatchRunner", "map_pixels", "map_rows", "run_block", "read_block", "fingerprint",
+__all__ = ["Execution", "PixelMap", "BatchRunner", "map_pixels", "map_rows", "run_block", "start_block", "gather_block",
+           "run_blocks_pipelined", "read_block", "fingerprint",
            "default_batch_size", "local_devices"]

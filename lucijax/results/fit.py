@@ -212,6 +212,8 @@ class FitResult(Result):
     start: str = ""
     seconds: float = 0.0
     n_resumed: int = 0
+    #: where the run's wall time went (:func:`lucijax.engine.core.run_blocks_pipelined`; None on a cluster)
+    timing: dict | None = field(repr=False, default=None)
 
     @property
     def pixels(self) -> PixelFit:
@@ -295,7 +297,8 @@ def fit_result(pixel_map, program, cube) -> FitResult:
         fwhm_cm1=fwhm, computed=pixel_map.computed, source=str(getattr(cube, "path", "")), cards=cards,
         is_single_spectrum=bool(getattr(cube, "is_single_spectrum", False)), network=network,
         covariance=None if out.covariance is None else np.asarray(out.covariance), noise_from_window=window,
-        solver=program.meta.get("solver"), start=start, seconds=pixel_map.seconds, n_resumed=pixel_map.n_resumed)
+        solver=program.meta.get("solver"), start=start, seconds=pixel_map.seconds, n_resumed=pixel_map.n_resumed,
+        timing=pixel_map.meta.get("timing"))
 
 
 def view_region(cube) -> tuple | None:
@@ -337,6 +340,8 @@ class PosteriorResult(Result):
     samples_path: Path | None = None
     seconds: float = 0.0
     n_resumed: int = 0
+    #: where the run's wall time went (:func:`lucijax.engine.core.run_blocks_pipelined`; None on a cluster)
+    timing: dict | None = field(repr=False, default=None)
 
     def converged_fraction(self, threshold: float = 1.05) -> float:
         """Share of computed pixels with R-hat <= ``threshold``."""
@@ -413,7 +418,7 @@ def posterior_result(pixel_map, program, cube, fit: FitResult, samples_path=None
         maps=maps, units=units, wcs=fit.wcs, region=fit.region, bound=bound, fields=fields, fwhm_cm1=fit.fwhm_cm1,
         computed=pixel_map.computed, source=fit.source, is_single_spectrum=fit.is_single_spectrum, cards=cards,
         posterior=post, fit=fit, sampler=program.meta["sampler"], samples_path=samples_path, seconds=pixel_map.seconds,
-        n_resumed=pixel_map.n_resumed)
+        n_resumed=pixel_map.n_resumed, timing=pixel_map.meta.get("timing"))
 
 
 @dataclass
@@ -429,6 +434,8 @@ class SelectionResult(Result):
     fit: FitResult | None = field(repr=False, default=None)
     seconds: float = 0.0
     n_resumed: int = 0
+    #: where the run's wall time went (:func:`lucijax.engine.core.run_blocks_pipelined`; None on a cluster)
+    timing: dict | None = field(repr=False, default=None)
 
 
 def selection_result(pixel_map, program, cube, fit: FitResult) -> SelectionResult:
@@ -467,7 +474,7 @@ def selection_result(pixel_map, program, cube, fit: FitResult) -> SelectionResul
         maps=maps, units=units, wcs=fit.wcs, region=fit.region, bound=bound, fields=fields, fwhm_cm1=fit.fwhm_cm1,
         computed=pixel_map.computed, source=fit.source, is_single_spectrum=fit.is_single_spectrum,
         cards={"SAMPLER": "nested", "SELECT": "evidence"}, selection=sel, fit=fit, seconds=pixel_map.seconds,
-        n_resumed=pixel_map.n_resumed)
+        n_resumed=pixel_map.n_resumed, timing=pixel_map.meta.get("timing"))
 
 
 def line_maps_of(result: Result, line: str) -> dict:

@@ -78,6 +78,21 @@ class SampleStore:
         full[index] = s
         self._ds[bx0:bx1, by0:by1] = full.reshape((bx1 - bx0, by1 - by0) + s.shape[1:])
 
+    def rewrite(self, box, index, bulk) -> None:
+        """Replace the draws of the pixels ``index`` of ``box`` only (a second run over some
+        pixels, e.g. the longer chains of pixels that did not mix); the others keep theirs."""
+        if self._ds is None:
+            self.write(box, index, bulk)
+            return
+        s = np.asarray(bulk["samples"], np.float32)
+        bx0, bx1, by0, by1 = box
+        shape = (bx1 - bx0, by1 - by0) + self._ds.shape[2:]
+        if s.shape[1:] != self._ds.shape[2:]:
+            raise ValueError(f"draws of shape {s.shape[1:]} cannot replace draws of shape {self._ds.shape[2:]}")
+        full = np.asarray(self._ds[bx0:bx1, by0:by1]).reshape((-1,) + shape[2:])
+        full[index] = s
+        self._ds[bx0:bx1, by0:by1] = full.reshape(shape)
+
     def close(self, keep: bool = True) -> None:
         """Close the file and move it into place (``keep``) or delete it."""
         if self._file is None:
