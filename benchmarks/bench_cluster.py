@@ -10,7 +10,9 @@ script, alternating: the fit in this process on ``workers`` XLA CPU devices, and
 on a ``LocalCluster`` of ``workers`` single-threaded worker processes (one JAX CPU device
 each), both with the same blocks and batches. Each pair's maps are compared bit for bit.
 Before the timed runs both sides fit a 16x16 corner once (compilation, worker start-up:
-reported apart). Throughput = spectra / wall time of ``map_pixels`` (read, fit, assembly;
+reported apart); the cluster's in blocks of 4x4 (the same 64-spectrum batches), so that
+every worker gets some and loads the program (in blocks of 32 one worker took the only
+block and the other's start-up was counted in round 1). Throughput = spectra / wall time of ``map_pixels`` (read, fit, assembly;
 checkpoint on in both, as the command line does); also spectra per CPU-second (user + system
 time of this process and of every worker: the comparison a loaded machine can still make). ``--kill``: one more cluster run in which
 a worker is killed with SIGKILL after the first finished block: its wall time, the blocks
@@ -78,12 +80,12 @@ def main() -> int:
             total += sum(scheduler.run(own).values())
         return total
 
-    def run(view, program, scheduler, tag, region=None):
+    def run(view, program, scheduler, tag, block_size=None):
         ckpt = work / f"ckpt_{tag}"
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)
-        ex = Execution(block_size=args.block_size, progress=False, checkpoint=ckpt, scheduler=scheduler)
+        ex = Execution(block_size=block_size or args.block_size, progress=False, checkpoint=ckpt, scheduler=scheduler)
         c = cpu_seconds(scheduler)
         t = time.perf_counter()
         pm = map_pixels(view, program, ex)
@@ -113,10 +115,12 @@ def main() -> int:
         client = Client(cluster)
         rec["cluster_start_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        run(corner, corner_program, client, "warm_cluster")
+        warm, _ = run(corner, corner_program, client, "warm_cluster", block_size=4)
         rec["warm_cluster_s"] = time.perf_counter() - t
+        rec["warm_cluster_workers"] = warm.meta["cluster"]["workers"]
         print(f"warm-up: local {rec['warm_local_s']:.1f} s, cluster start {rec['cluster_start_s']:.1f} s + "
-              f"first blocks {rec['warm_cluster_s']:.1f} s", flush=True)
+              f"first blocks {rec['warm_cluster_s']:.1f} s (on {rec['warm_cluster_workers']} of "
+              f"{args.workers} workers)", flush=True)
         local_t, cluster_t, local_cpu, cluster_cpu, identical = [], [], [], [], []
         for r in range(args.repeat):
             a, ta = run(view, program, None, "local")
@@ -129,7 +133,7 @@ def main() -> int:
             print(f"round {r + 1}: one process {n / ta:.0f} spectra/s ({ta:.1f} s, {local_cpu[-1]:.1f} CPU s), "
                   f"cluster {n / tb:.0f} spectra/s ({tb:.1f} s, {cluster_cpu[-1]:.1f} CPU s; "
                   f"{b.meta['cluster']['task_seconds']:.1f} s of block compute on "
-                  f"{b.meta['cluster']['workers']} workers), identical {identical[-1]}, load {os.getloadavg()[0]:.1f}",
+                  f"{b.meta['cluster']['workers']} workers, {b.meta['cluster']['n_devices']} devices), identical {identical[-1]}, load {os.getloadavg()[0]:.1f}",
                   flush=True)
         rec.update(local_s=local_t, cluster_s=cluster_t, local_cpu_s=local_cpu, cluster_cpu_s=cluster_cpu,
                    identical=all(identical),

@@ -28,7 +28,12 @@ import lucijax
 from lucijax import simulate
 from lucijax.engine import Execution, map_pixels
 from lucijax.engine.checkpoint import BlockCheckpoint
-from lucijax.engine.cluster import jobqueue_cluster, local_cluster
+from lucijax.engine.cluster import (
+    jobqueue_cluster,
+    local_cluster,
+    worker_devices,
+    worker_env,
+)
 from lucijax.program import Program
 
 pytestmark = pytest.mark.timeout(300)
@@ -113,6 +118,34 @@ def test_local_workers_start_without_the_nannys_trim_threshold(client):
     env = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert len(env) == 2 and set(env.values()) == {None}
 
+
+
+@pytest.mark.timeout(10)
+def test_worker_devices_and_their_environment(monkeypatch):
+    """Local workers get the cores over the workers, at least 2 JAX CPU devices each, set
+    with XLA's device-count flag (in effect from the worker's start)."""
+    assert [worker_devices(n, cores=c) for n, c in [(1, 2), (2, 2), (2, 1), (4, 16), (3, 16), (16, 16)]] == \
+        [2, 2, 2, 4, 5, 2]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_enable_fast_math=false")
+    env = worker_env(3)
+    assert env["XLA_FLAGS"].split() == ["--xla_cpu_enable_fast_math=false", "--xla_force_host_platform_device_count=3"]
+    assert env["LUCIJAX_CPU_DEVICES"] == "3"
+
+
+def test_local_workers_run_two_batches_of_a_block_at_once(cube_path, client):
+    """Each local worker has worker_devices(2) JAX CPU devices (the LUCIJAX_CPU_DEVICES=1
+    the workers once had did nothing: one device, one batch at a time); a block's batches
+    go round robin over them and the maps are bit-identical to a one-device run with the
+    same batches."""
+    import jax
+
+    assert set(client.run(lambda: len(__import__("jax").devices("cpu"))).values()) == {worker_devices(2)}
+    program = toy_program()
+    with lucijax.open_cube(cube_path) as c:
+        one = map_pixels(c, program, _ex(devices=jax.devices()[:1], batch_size=8))  # 25 pixels: 4 batches a block
+        pm = map_pixels(c, program, _ex(scheduler=client, batch_size=8))
+    _assert_identical(one, pm)
+    assert pm.n_devices == pm.meta["cluster"]["workers"] * worker_devices(2)
 
 ALLOCATION_FAULTS = """
 import os, resource, sys

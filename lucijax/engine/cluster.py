@@ -26,7 +26,8 @@ Schedulers
 * an address ``'tcp://host:8786'`` of a running scheduler (``dask scheduler`` +
   ``dask worker``);
 * ``'local:N'``: a ``LocalCluster`` of ``N`` single-threaded worker processes, each with
-  its own JAX CPU device.
+  its own JAX CPU devices (:func:`worker_devices`: two or more, so that two batches of its
+  block run at once, as in a one-process run).
 
 :func:`connect` opens any of them once for several fits (the command line, a survey);
 :func:`jobqueue_cluster` starts workers as SLURM or PBS jobs (``dask-jobqueue``).
@@ -74,23 +75,51 @@ def parse_scheduler(text: str) -> tuple[str, int | str]:
     return "address", text
 
 
-def worker_env() -> dict:
-    """Environment of local worker processes: one JAX CPU device each (an
-    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS`` is left out)."""
+def worker_devices(n_workers: int, cores: int | None = None) -> int:
+    """JAX CPU devices of each of ``n_workers`` local worker processes sharing ``cores``
+    (default: the cores this process may use): the cores over the workers, at least 2.
+
+    A batch of a MAP fit is a chain of small operations that XLA's CPU runtime spreads over
+    its thread pool (one pool per process, one thread per core): one batch at a time on one
+    device keeps those threads handing work to each other, two batches on two devices keep
+    each busy with its own. Measured on 2 cores (benchmarks/RESULTS.md, issue 17): the same
+    8 blocks cost 8.5-9.6 CPU-seconds in a process with one device and 7.4-7.6 with two,
+    and 2 worker processes of one device each burn ~25 % more CPU than one process of two
+    devices for the same cube. Batches are the same with any number of devices, so the maps
+    are too."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+    return max(2, int(cores) // max(1, int(n_workers)))
+
+
+def worker_env(n_devices: int = 2) -> dict:
+    """Environment of local worker processes: ``n_devices`` JAX CPU devices each, set with
+    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS`` (in effect from the worker's
+    start, whatever it runs first; one in this process's ``XLA_FLAGS`` is replaced) and
+    ``LUCIJAX_CPU_DEVICES`` (what :func:`lucijax.set_cpu_devices` reads there)."""
+    n = int(n_devices)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).strip()
-    return {"XLA_FLAGS": flags, "LUCIJAX_CPU_DEVICES": "1"}
+    flags = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    return {"XLA_FLAGS": flags, "LUCIJAX_CPU_DEVICES": str(n)}
 
 
-def local_cluster(n_workers: int):
-    """A ``LocalCluster`` of ``n_workers`` single-threaded worker processes (each its own
-    JAX CPU device), no dashboard. The workers start with glibc's default allocator settings:
-    the nanny's ``MALLOC_TRIM_THRESHOLD_`` is left out (see :func:`allocator_like_one_process`)."""
+def local_cluster(n_workers: int, devices_per_worker: int | None = None):
+    """A ``LocalCluster`` of ``n_workers`` single-threaded worker processes, each with
+    ``devices_per_worker`` JAX CPU devices (default :func:`worker_devices`), no dashboard.
+    The workers start with glibc's default allocator settings: the nanny's
+    ``MALLOC_TRIM_THRESHOLD_`` is left out (see :func:`allocator_like_one_process`)."""
     distributed = _distributed()
     import dask
 
+    n_devices = int(devices_per_worker or worker_devices(n_workers))
+    if n_devices < 1:
+        raise ValueError(f"a worker needs at least one device, got {devices_per_worker}")
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM_VARIABLE}": None}):
         return distributed.LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
-                                        dashboard_address=None, env=worker_env())
+                                        dashboard_address=None, env=worker_env(n_devices))
 
 
 #: The variable Dask's nanny sets in every worker it spawns (65536 by default).
@@ -315,5 +344,6 @@ __all__ = [
     "local_cluster",
     "parse_scheduler",
     "run_blocks",
+    "worker_devices",
     "worker_env",
 ]
