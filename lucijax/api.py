@@ -21,6 +21,7 @@ every device and resumes from ``Execution(checkpoint=...)``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import numpy as np
 from lucijax.bayes import MH, EvidenceSelection, posterior_program
 from lucijax.description import Model
 from lucijax.engine import Execution, map_pixels
+from lucijax.engine.core import forget
 from lucijax.io import open_cube as _open_cube
 from lucijax.io.views import Cutout, Masked
 from lucijax.results.fit import FitResult, PosteriorResult, SelectionResult, fit_result, posterior_result, selection_result
@@ -36,6 +38,9 @@ from lucijax.results.samples import SampleStore, sample_parameter_names
 from lucijax.solvers import MAP
 from lucijax.tools.heliocentric import apply_velocity_correction, heliocentric_correction_kms
 from lucijax.views import integrate_regions, select
+
+
+log = logging.getLogger(__name__)
 
 
 def open_cube(path):
@@ -189,7 +194,7 @@ def sample(cube, fit: FitResult, sampler=None, *, execution: Execution | None = 
             store = SampleStore(samples, view.shape[:2], sample_parameter_names(fit.bound), ex.block_size, attrs)
         try:
             pm = map_pixels(view, program, ex, sink=store)
-            pm, n_retried = _retry_unmixed(view, fit, sampler, values, network, ex, pm, store)
+            pm, n_retried = _retry_unmixed(view, fit, sampler, values, network, ex, pm, store, program)
         except BaseException:
             if store is not None:
                 store.close(keep=False)
@@ -202,8 +207,9 @@ def sample(cube, fit: FitResult, sampler=None, *, execution: Execution | None = 
         return result
 
 
-def _retry_unmixed(view, fit, sampler, values, network, ex: Execution, pm, store):
-    """Sample the pixels that did not mix (STATUS 6) again with the sampler's
+def _retry_unmixed(view, fit, sampler, values, network, ex: Execution, pm, store, first):
+    """Sample the pixels that did not mix (split R-hat above the sampler's threshold; STATUS 6
+    where the MAP fit was good) again with the sampler's
     :meth:`~lucijax.bayes.Sampler.longer` chains (``sampler.retry`` x the draws, thinned
     back), through the engine over a mask of those pixels (their own checkpoint folder
     ``CHECKPOINT/retry``; their draws replace the first run's in ``store``), and keep that
@@ -212,13 +218,19 @@ def _retry_unmixed(view, fit, sampler, values, network, ex: Execution, pm, store
 
     import jax
 
-    from lucijax.status import Status
-
     factor = int(getattr(sampler, "retry", 0))
-    status = np.asarray(pm.values.status)
-    redo = np.asarray(pm.computed, bool) & (status == int(Status.NOT_MIXED))
+    rhat = np.asarray(pm.values.rhat_max, np.float64)
+    with np.errstate(invalid="ignore"):  # every pixel above the threshold, whatever its MAP status
+        redo = np.asarray(pm.computed, bool) & (rhat > float(sampler.rhat_threshold))
     if factor <= 1 or not redo.any():
         return pm, 0
+    share = redo.sum() / max(int(np.sum(pm.computed)), 1)
+    if share > float(sampler.retry_max_share):
+        log.warning("R-hat above %g in %.0f%% of the pixels: no second run (at most %.0f%%); the chains are too short "
+                    "for these posteriors: sample with more draws", sampler.rhat_threshold, 100 * share,
+                    100 * float(sampler.retry_max_share))
+        return pm, 0
+    forget(first)  # the first run's executables: never held beside the longer run's (peak memory)
     program = posterior_program(sampler.longer(factor), fit.bound, values, network, keep_samples=store is not None)
     ckpt = None if ex.checkpoint is None else str(Path(ex.checkpoint) / "retry")
     sink = None if store is None else type("Rewrite", (), {"write": staticmethod(store.rewrite)})()

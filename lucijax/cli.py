@@ -315,8 +315,9 @@ def _print_summary(result, elapsed: float, what: str = "fitted"):
     if t and result.seconds > 0:
         share = {k: 100.0 * v / result.seconds for k, v in t.items()}
         print(f"time of the engine ({result.seconds:.1f} s): waiting for reads {share['read_wait_s']:.0f} %, "
-              f"compiling {share['compile_s']:.0f} %, preparing and starting batches {share['host_s']:.0f} %, "
-              f"waiting for the devices {share['device_wait_s']:.0f} %, placing results {share['write_s']:.0f} %")
+              f"preparing {share['prepare_s']:.0f} %, compiling {share['compile_s']:.0f} %, "
+              f"starting batches {share['dispatch_s']:.0f} %, waiting for the devices {share['device_wait_s']:.0f} %, "
+              f"placing results {share['write_s']:.0f} %")
     print(f"status counts {result.status_line()}")
     print(f"({help_text()})")
     if ok.any():

@@ -52,9 +52,14 @@ class Sampler:
     rhat_threshold : float
         Pixels whose split R-hat (max over parameters) exceeds it get STATUS 6 (NOT_MIXED).
     retry : int
-        Pixels with STATUS 6 after the run are sampled once more, with ``retry`` x the
-        draws and warm-up of every chain and the next seed (:meth:`longer`), and keep that
-        run's results (STATUS 6 again if it did not mix either); 0 or 1: no second run.
+        Pixels whose split R-hat exceeds ``rhat_threshold`` after the run are sampled once
+        more, with ``retry`` x the draws and warm-up of every chain and the next seed
+        (:meth:`longer`), and keep that run's results (STATUS 6 if it did not mix either);
+        0 or 1: no second run.
+    retry_max_share : float
+        ... unless more than this share of the pixels did not mix: then the chains are too
+        short for the posteriors of this cube (more draws for all, not a second run of most,
+        is the remedy), and a warning says so.
         Samplers with one chain (nested sampling) have no R-hat and never retry.
     thin : int
         Keep every ``thin``-th draw of each chain (summaries, diagnostics and stored draws);
@@ -66,6 +71,7 @@ class Sampler:
     seed: int = 0
     rhat_threshold: float = 1.05
     retry: int = 4
+    retry_max_share: float = 0.1
     thin: int = 1
 
     #: name in messages and progress bars
@@ -76,6 +82,8 @@ class Sampler:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if int(self.retry) < 0 or int(self.thin) < 1 or int(self.num_samples) < int(self.thin):
             raise ValueError(f"need retry >= 0 and 1 <= thin <= num_samples, got retry={self.retry}, thin={self.thin}")
+        if not 0.0 <= float(self.retry_max_share) <= 1.0:
+            raise ValueError(f"retry_max_share must be in [0, 1], got {self.retry_max_share}")
 
     def longer(self, factor: int) -> Sampler:
         """This sampler with ``factor`` x the draws (and warm-up) of every chain, thinned by

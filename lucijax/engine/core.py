@@ -144,6 +144,16 @@ _EXECUTABLES: dict = {}
 _MAX_EXECUTABLES = 12
 
 
+def forget(program: Program) -> int:
+    """Drop this process's compiled executables of ``program`` (every input signature and
+    device), e.g. before compiling a program that replaces it, so that both are never held
+    at once; returns how many were dropped."""
+    keys = [k for k in _EXECUTABLES if k[0][:2] == (program.name, program.key)]
+    for k in keys:
+        del _EXECUTABLES[k]
+    return len(keys)
+
+
 def device_inputs(inputs: dict) -> dict:
     """The inputs that go to the devices: those not named ``_...`` (host side only)."""
     return {k: v for k, v in inputs.items() if not k.startswith("_")}
@@ -259,7 +269,9 @@ def start_block(program: Program, runner: BatchRunner, block: Block, timing: dic
     asynchronously: this returns while the devices compute); :func:`gather_block` waits for
     the results. Starting block b + 1 before gathering block b keeps the devices busy while
     the host prepares and copies (:func:`map_pixels`). ``timing`` (optional) accumulates
-    the seconds spent compiling (``compile_s``) and preparing and dispatching (``host_s``)."""
+    the seconds spent preparing (``prepare_s``), compiling (``compile_s``) and copying and
+    dispatching the batches (``dispatch_s``: on a CPU the runtime may compute a batch
+    while it is dispatched, so this can hold computation too)."""
     t0 = time.perf_counter()
     inputs = program.prepare(block)
     n = block.n
@@ -273,8 +285,9 @@ def start_block(program: Program, runner: BatchRunner, block: Block, timing: dic
         m = min(B, n - i)
         pending.append((part, m, runner.dispatch(part, m, k)))
     if timing is not None:
+        timing["prepare_s"] = timing.get("prepare_s", 0.0) + (t1 - t0)
         timing["compile_s"] = timing.get("compile_s", 0.0) + (t2 - t1)
-        timing["host_s"] = timing.get("host_s", 0.0) + (t1 - t0) + (time.perf_counter() - t2)
+        timing["dispatch_s"] = timing.get("dispatch_s", 0.0) + (time.perf_counter() - t2)
     return pending
 
 
@@ -308,10 +321,12 @@ def run_blocks_pipelined(program: Program, runner: BatchRunner, blocks, on_batch
     checkpointed run keeps it) before the error propagates.
 
     Returns where the wall time went, in seconds: ``read_wait_s`` (waiting for ``blocks``,
-    i.e. for the reader), ``compile_s``, ``host_s`` (preparing and dispatching),
-    ``device_wait_s`` (waiting for the devices' results and copying them back, the
-    program's ``finish``) and ``write_s`` (``finished``: placing, checkpointing, streaming)."""
-    timing = {"read_wait_s": 0.0, "compile_s": 0.0, "host_s": 0.0, "device_wait_s": 0.0, "write_s": 0.0}
+    i.e. for the reader), ``prepare_s``, ``compile_s``, ``dispatch_s`` (see
+    :func:`start_block`), ``device_wait_s`` (waiting for the devices' results and copying
+    them back, the program's ``finish``) and ``write_s`` (``finished``: placing,
+    checkpointing, streaming)."""
+    timing = {"read_wait_s": 0.0, "prepare_s": 0.0, "compile_s": 0.0, "dispatch_s": 0.0, "device_wait_s": 0.0,
+              "write_s": 0.0}
 
     def complete(held):
         t = time.perf_counter()
@@ -589,5 +604,5 @@ def map_rows(program: Program, inputs: dict, execution: Execution | None = None)
 
 
 __all__ = ["Execution", "PixelMap", "BatchRunner", "map_pixels", "map_rows", "run_block", "start_block", "gather_block",
-           "run_blocks_pipelined", "read_block", "fingerprint",
+           "run_blocks_pipelined", "forget", "read_block", "fingerprint",
            "default_batch_size", "local_devices"]
