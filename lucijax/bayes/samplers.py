@@ -55,12 +55,12 @@ class Sampler:
         Pixels whose split R-hat exceeds ``rhat_threshold`` after the run are sampled once
         more, with ``retry`` x the draws and warm-up of every chain and the next seed
         (:meth:`longer`), and keep that run's results (STATUS 6 if it did not mix either);
-        0 or 1: no second run.
+        0 or 1: no second run. Samplers with one chain (nested sampling) have no R-hat and
+        never retry.
     retry_max_share : float
         ... unless more than this share of the pixels did not mix: then the chains are too
         short for the posteriors of this cube (more draws for all, not a second run of most,
         is the remedy), and a warning says so.
-        Samplers with one chain (nested sampling) have no R-hat and never retry.
     thin : int
         Keep every ``thin``-th draw of each chain (summaries, diagnostics and stored draws);
         ``num_samples`` counts the draws before thinning.
