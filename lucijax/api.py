@@ -215,6 +215,7 @@ def _retry_unmixed(view, fit, sampler, values, network, ex: Execution, pm, store
     ``CHECKPOINT/retry``; their draws replace the first run's in ``store``), and keep that
     run's results for them. Returns the merged pixel map and the number of pixels retried."""
     import dataclasses
+    import types
 
     import jax
 
@@ -233,7 +234,7 @@ def _retry_unmixed(view, fit, sampler, values, network, ex: Execution, pm, store
     forget(first)  # the first run's executables: never held beside the longer run's (peak memory)
     program = posterior_program(sampler.longer(factor), fit.bound, values, network, keep_samples=store is not None)
     ckpt = None if ex.checkpoint is None else str(Path(ex.checkpoint) / "retry")
-    sink = None if store is None else type("Rewrite", (), {"write": staticmethod(store.rewrite)})()
+    sink = None if store is None else types.SimpleNamespace(write=store.rewrite)  # replaces those pixels' draws only
     again = map_pixels(Masked(view, redo.T), program, dataclasses.replace(ex, checkpoint=ckpt), sink=sink)
 
     def merge(first, second):

@@ -14,6 +14,7 @@ on the device unless they are kept; the results agree with numpyro's to float32 
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 
 def _fast_len(n: int) -> int:
@@ -70,15 +71,9 @@ def effective_sample_size(x):
     rho = rho.at[0].set(1.0)
     pairs = rho[: 2 * (N // 2) - 1: 2] + rho[1: 2 * (N // 2): 2]  # Geyer's initial positive sequence
     # the initial monotone sequence: clipped at zero, then never increasing
-    monotone = jnp.concatenate([pairs[:1], _cummin(jnp.clip(pairs[1:], 0.0, None))], axis=0)
+    monotone = jnp.concatenate([pairs[:1], lax.cummin(jnp.clip(pairs[1:], 0.0, None), axis=0)], axis=0)
     tau = -1.0 + 2.0 * jnp.sum(monotone, axis=0)
     return C * N / tau
-
-
-def _cummin(a):
-    from jax import lax
-
-    return lax.cummin(a, axis=0)
 
 
 def rhat_and_ess(x):

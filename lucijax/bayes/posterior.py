@@ -105,9 +105,10 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     n_used = jnp.sum(d.mask > 0)
     chi2 = jnp.sum(r * r) / jnp.maximum(n_used - problem.dim, 1.0)
     nan = jnp.asarray(jnp.nan, jnp.float32)
-    rhat, ess = rhat_and_ess(x.astype(jnp.float32))
     if "ess_nested" in run:  # nested sampling: one resampled set of draws, its own ESS
         rhat, ess = nan, run["ess_nested"] * jnp.ones((), jnp.float32)
+    else:
+        rhat, ess = rhat_and_ess(x.astype(jnp.float32))
     return Posterior(
         velocity_kms=vel, velocity_err_kms=vel_err, broadening_kms=br, broadening_err_kms=br_err,
         amplitude=a_med, amplitude_err=a_err, flux_cm1=f_med, flux_err_cm1=f_err, flux_corr=f_corr,
