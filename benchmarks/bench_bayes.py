@@ -35,7 +35,7 @@ draws go to an HDF5 file, read back for the velocity's ESS. The first call of ea
 the compiled program for the timed call over the whole region. Part 4 puts its spectra in
 an in-memory cube (``lucijax.io.MemoryCube``), fits it (``lucijax.MAP(start='matched')``
 and ``lucijax.Components(n_components=2)``) and runs ``lucijax.sample(cube, fit,
-lucijax.EvidenceSelection(nested=lucijax.Nested(...)))``. The process uses one XLA CPU
+lucijax.EvidenceSelection(estimator=lucijax.Nested(...)))``. The process uses one XLA CPU
 device per core (``lucijax.set_cpu_devices()``) and the compilation cache
 (``lucijax.enable_compilation_cache()``).
 
@@ -395,7 +395,7 @@ def main(argv=None):
         chi2_2 = f2.fields["chi2_reduced"][:, 0] * (n_chan - 4 - 2 * n_lin + 1) * f2.fields["noise"][:, 0] ** 2
         dlogl_max = 0.5 * (chi2_1 - chi2_2)
         nested = Nested(num_live_points=args.live_points or None, slices_per_dim=args.nested_slices, num_samples=300)
-        selection = EvidenceSelection(nested=nested, amplitude_scale=args.evidence_amplitude_scale)
+        selection = EvidenceSelection(estimator=nested, amplitude_scale=args.evidence_amplitude_scale)
         batch = args.components_batch or 2 * n
         t0 = time.perf_counter()
         sel = lucijax.sample(cube2, fit1, selection, execution=lucijax.Execution(batch_size=batch, progress=False))

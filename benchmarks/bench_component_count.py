@@ -7,15 +7,17 @@ away at half the amplitude, Halpha SNR (peak / noise) log-uniform in 10-40, broa
 
 * ``lucijax.fit(cube, model, lucijax.Components(select=True))``: the one- and ordered
   two-component MAP fits, N = 2 where the BIC difference exceeds the threshold;
-* ``lucijax.sample(cube, fit, lucijax.EvidenceSelection(...))``: nested sampling of both
-  models, N = 2 where log Z2 - log Z1 > 0.
+* ``lucijax.sample(cube, fit, lucijax.EvidenceSelection(estimator=...))``: the evidence of
+  both models by importance sampling (the default) or nested sampling (``--estimator``;
+  ``both`` runs each and compares their log Z), N = 2 where log Z2 - log Z1 > 0.
 
 Printed: the right-N share of each kind for both, their agreement, the agreement as a
 function of the BIC threshold (its calibration), and the time per spectrum of each (the
 BIC fit's second run, compilation excluded; the evidence's one run, compilation included,
 which is a small part of it) and their ratio.
 
-    python benchmarks/bench_component_count.py --out /tmp/ncount --n-pixels 48
+    python benchmarks/bench_component_count.py --out /tmp/ncount --n-pixels 48 --estimator both
+    python benchmarks/bench_component_count.py --out /tmp/ncount64 --n-pixels 2048
     python benchmarks/bench_component_count.py --out /tmp/ncount64 --n-pixels 2048 --no-evidence
 """
 
@@ -48,6 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--second-ratio", type=float, default=0.5, help="second component's amplitude / the first's")
     p.add_argument("--bic-threshold", type=float, default=0.0)
     p.add_argument("--no-evidence", action="store_true", help="the BIC map only (large sets)")
+    p.add_argument("--estimator", choices=["importance", "nested", "both"], default="importance",
+                   help="the evidence's estimator (both: each, and their log Z compared)")
+    p.add_argument("--importance-samples", type=int, default=2000)
     p.add_argument("--live-points", type=int, default=50)
     p.add_argument("--nested-slices", type=int, default=1)
     p.add_argument("--evidence-batch", type=int, default=24)
@@ -93,30 +98,50 @@ def main(argv=None) -> int:
           f"one {record['bic_one_when_one']:.1%}")
     if not args.no_evidence:
         fit1 = lucijax.fit(cube, model, lucijax.MAP(start="matched"), execution=quiet)
-        nested = lucijax.Nested(num_live_points=args.live_points, slices_per_dim=args.nested_slices, num_samples=300)
-        t0 = time.perf_counter()
-        sel = lucijax.sample(cube, fit1, lucijax.EvidenceSelection(nested=nested),
-                             execution=lucijax.Execution(batch_size=args.evidence_batch, progress=True))
-        t_ev = time.perf_counter() - t0
-        n_ev = sel.maps["N_COMPONENTS"][0].astype(int)
-        dlogz = sel.maps["DELTA_LOGZ"][0].astype(np.float64)
-        thresholds = np.arange(-10.0, 20.5, 2.0)
-        agree_by = {float(t): float(np.mean(np.where(dbic > t, 2, 1) == n_ev)) for t in thresholds}
-        record.update(evidence_s=t_ev, evidence_spectra_per_s=y.shape[0] / t_ev,
-                      speed_ratio=(t_ev / y.shape[0]) / (t_bic / y.shape[0]),
-                      evidence_two_when_two=float(np.mean(n_ev[two] == 2)),
-                      evidence_one_when_one=float(np.mean(n_ev[one] == 1)),
-                      agreement=float(np.mean(n_bic == n_ev)), agreement_two=float(np.mean(n_bic[two] == n_ev[two])),
-                      agreement_one=float(np.mean(n_bic[one] == n_ev[one])), agreement_by_threshold=agree_by,
-                      live_points=args.live_points, nested_slices=args.nested_slices,
-                      delta_bic=[float(v) for v in dbic], delta_logz=[float(v) for v in dlogz])
-        print(f"evidence: {y.shape[0]} spectra in {t_ev:.0f} s ({record['evidence_spectra_per_s']:.3f} spectra/s, "
-              f"compilation included); right N: two {record['evidence_two_when_two']:.1%}, "
-              f"one {record['evidence_one_when_one']:.1%}")
-        print(f"BIC vs evidence: same N for {record['agreement']:.1%} (two-component spectra "
-              f"{record['agreement_two']:.1%}, one-component {record['agreement_one']:.1%}); BIC "
-              f"{record['speed_ratio']:.0f}x faster per spectrum")
-        print("agreement by BIC threshold: " + ", ".join(f"{t:+.0f}: {a:.1%}" for t, a in agree_by.items()))
+        estimators = {"importance": lucijax.Importance(num_samples=args.importance_samples),
+                      "nested": lucijax.Nested(num_live_points=args.live_points, slices_per_dim=args.nested_slices,
+                                               num_samples=300)}
+        names = list(estimators) if args.estimator == "both" else [args.estimator]
+        runs = {}
+        for name in names:
+            t0 = time.perf_counter()
+            sel = lucijax.sample(cube, fit1, lucijax.EvidenceSelection(estimator=estimators[name]),
+                                 execution=lucijax.Execution(batch_size=args.evidence_batch, progress=True))
+            t_ev = time.perf_counter() - t0
+            n_ev = sel.maps["N_COMPONENTS"][0].astype(int)
+            dlogz = sel.maps["DELTA_LOGZ"][0].astype(np.float64)
+            logz = {m: sel.maps[f"LOGZ_{m}COMP"][0].astype(np.float64) for m in (1, 2)}
+            runs[name] = (n_ev, logz)
+            thresholds = np.arange(-10.0, 20.5, 2.0)
+            agree_by = {float(t): float(np.mean(np.where(dbic > t, 2, 1) == n_ev)) for t in thresholds}
+            rec = dict(seconds=t_ev, spectra_per_s=y.shape[0] / t_ev,
+                       speed_ratio=(t_ev / y.shape[0]) / (t_bic / y.shape[0]),
+                       two_when_two=float(np.mean(n_ev[two] == 2)), one_when_one=float(np.mean(n_ev[one] == 1)),
+                       agreement=float(np.mean(n_bic == n_ev)), agreement_two=float(np.mean(n_bic[two] == n_ev[two])),
+                       agreement_one=float(np.mean(n_bic[one] == n_ev[one])), agreement_by_threshold=agree_by,
+                       delta_logz=[float(v) for v in dlogz], logz_err_max=float(np.nanmax(np.stack(
+                           [sel.maps[f"LOGZ_ERR_{m}COMP"][0] for m in (1, 2)]))) if "LOGZ_ERR_1COMP" in sel.maps else None)
+            if name == "nested":
+                rec.update(live_points=args.live_points, nested_slices=args.nested_slices)
+            record[f"evidence_{name}"] = rec
+            print(f"evidence ({name}): {y.shape[0]} spectra in {t_ev:.1f} s ({rec['spectra_per_s']:.3f} spectra/s, "
+                  f"compilation included); right N: two {rec['two_when_two']:.1%}, one {rec['one_when_one']:.1%}")
+            print(f"  BIC vs evidence: same N for {rec['agreement']:.1%} (two-component spectra "
+                  f"{rec['agreement_two']:.1%}, one-component {rec['agreement_one']:.1%}); BIC "
+                  f"{rec['speed_ratio']:.0f}x faster per spectrum")
+            print("  agreement by BIC threshold: " + ", ".join(f"{t:+.0f}: {a:.1%}" for t, a in agree_by.items()))
+        record["delta_bic"] = [float(v) for v in dbic]
+        if len(runs) == 2:
+            (n_i, lz_i), (n_n, lz_n) = runs["importance"], runs["nested"]
+            diff = {m: lz_i[m] - lz_n[m] for m in (1, 2)}
+            record["importance_vs_nested"] = dict(
+                same_n=float(np.mean(n_i == n_n)),
+                **{f"logz{m}_diff_median": float(np.median(diff[m])) for m in (1, 2)},
+                **{f"logz{m}_diff_p05_p95": [float(np.percentile(diff[m], 5)), float(np.percentile(diff[m], 95))]
+                   for m in (1, 2)})
+            print("importance - nested: same N for {same_n:.1%}; log Z1 difference median {logz1_diff_median:+.2f} "
+                  "(5-95 %: {logz1_diff_p05_p95}), log Z2 {logz2_diff_median:+.2f} (5-95 %: {logz2_diff_p05_p95})"
+                  .format(**record["importance_vs_nested"]))
     (args.out / "bench_component_count.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {args.out / 'bench_component_count.json'}")
     return 0

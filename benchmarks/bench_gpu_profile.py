@@ -140,7 +140,7 @@ def main():
     host = jax.tree.map(np.asarray, o)
     transfer_s = time.perf_counter() - t
     t = time.perf_counter()
-    d = diagnose(host, sampler.rhat_threshold, False, False)
+    d = diagnose(host, sampler.rhat_threshold, False)
     diag_s = time.perf_counter() - t
     put("posterior", {"pixels": m, "device_sampling_s": sample_s, "device_to_host_s": transfer_s,
                       "host_diagnostics_s": diag_s, "pixels_per_s_device_only": m / sample_s,

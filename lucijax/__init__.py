@@ -30,6 +30,7 @@ _PUBLIC = {
     "NUTS": "lucijax.bayes",
     "Ensemble": "lucijax.bayes",
     "MH": "lucijax.bayes",
+    "Importance": "lucijax.bayes",
     "Nested": "lucijax.bayes",
     "Prior": "lucijax.bayes",
     "EvidenceSelection": "lucijax.bayes",

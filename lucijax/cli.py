@@ -132,13 +132,13 @@ def build_sampler(args):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} needs --bayes")
         if args.bayes_components:
-            raise ValueError("--bayes-components needs --bayes nested")
+            raise ValueError("--bayes-components needs --bayes importance (or nested)")
         return None
     from lucijax.bayes import SAMPLERS, EvidenceSelection, Prior
 
     if args.freeze or (args.components or 1) > 1:
         raise ValueError("--bayes samples one-component fits: leave out --freeze and --components "
-                         "(--bayes nested --bayes-components chooses between one and two components)")
+                         "(--bayes importance --bayes-components chooses between one and two components)")
     cls = SAMPLERS[args.bayes]
     opts = _given(num_samples=args.bayes_num_samples)
     if args.bayes_prior is not None:
@@ -150,17 +150,17 @@ def build_sampler(args):
     if args.bayes_chains is not None:
         if args.bayes == "ensemble":
             opts["walkers"] = args.bayes_chains
-        elif args.bayes == "nested":
-            raise ValueError("--bayes-chains: nested sampling runs one chain")
+        elif args.bayes in ("nested", "importance"):
+            raise ValueError(f"--bayes-chains: {args.bayes} sampling runs no chains")
         else:
             opts["num_chains"] = args.bayes_chains
     sampler = cls(**opts)
     if args.bayes_components:
-        if args.bayes != "nested":
-            raise ValueError("--bayes-components chooses by evidence: use it with --bayes nested")
+        if args.bayes not in ("importance", "nested"):
+            raise ValueError("--bayes-components chooses by evidence: use it with --bayes importance (or nested)")
         if args.bayes_samples:
             raise ValueError("--bayes-samples: evidence selection keeps no samples")
-        return EvidenceSelection(nested=sampler)
+        return EvidenceSelection(estimator=sampler)
     return sampler
 
 
@@ -651,7 +651,7 @@ def cmd_view(args) -> int:
 # ------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     from lucijax import __version__
-    from lucijax.bayes import MH, NUTS, Prior
+    from lucijax.bayes import MH, NUTS, Importance, Prior
     from lucijax.description import Model
     from lucijax.engine import Execution
     from lucijax.solvers import MAP, Components
@@ -760,19 +760,23 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{s.maps_halfwidth_kms:g} km/s) around them")
 
     b = f.add_argument_group("posterior (after the MAP fit)")
-    b.add_argument("--bayes", choices=["mh", "nuts", "ensemble", "nested"],
+    b.add_argument("--bayes", choices=["mh", "nuts", "ensemble", "importance", "nested"],
                    help="sample every pixel's posterior: maps of medians, *_ERR = half 16-84%% width, RHAT_MAX, "
-                   "ESS_MIN, ACCEPT_RATE, N_DIVERGENT (LOGZ for nested); 'mh' = broad priors with the network as proposal")
+                   "ESS_MIN, ACCEPT_RATE, N_DIVERGENT (LOGZ for importance and nested); 'mh' = broad priors with the "
+                   "network as proposal, 'importance' = importance sampling from the same proposal")
     b.add_argument("--bayes-samples", metavar="FILE.h5", help="write every pixel's draws to this HDF5 file")
     b.add_argument("--bayes-prior", choices=["informed", "broad"],
                    help=f"velocity/broadening prior: network (or MAP) mean +- {Prior().width_sigma:g} sigma, or the "
-                        f"model's ranges (default: {MH().prior.kind} for mh, {NUTS().prior.kind} otherwise)")
-    b.add_argument("--bayes-num-samples", type=int, help=f"draws per chain (default {NUTS().num_samples})")
-    b.add_argument("--bayes-num-warmup", type=int, help=f"warm-up steps per chain (default {NUTS().num_warmup}; MH: adaptation draws, pooled over the chains)")
+                        f"model's ranges (default: {MH().prior.kind} for mh and importance, {NUTS().prior.kind} otherwise)")
+    b.add_argument("--bayes-num-samples", type=int, help=f"draws per chain (default {NUTS().num_samples}; importance: "
+                   f"draws per pixel, default {Importance().num_samples})")
+    b.add_argument("--bayes-num-warmup", type=int, help=f"warm-up steps per chain (default {NUTS().num_warmup}; MH and "
+                   "importance: adaptation draws per pixel)")
     b.add_argument("--bayes-chains", type=int,
                    help=f"chains per pixel (default {NUTS().num_chains}; ensemble: walkers, default 32)")
     b.add_argument("--bayes-components", action="store_true",
-                   help="with --bayes nested: fit 1 and 2 components, choose by evidence (N_COMPONENTS map)")
+                   help="with --bayes importance (fast) or nested: fit 1 and 2 components, choose by evidence "
+                   "(N_COMPONENTS map)")
 
     e = f.add_argument_group("execution and output")
     e.add_argument("--out", default="lucijax_out", help="output folder (maps.fits, fit.json; default lucijax_out)")

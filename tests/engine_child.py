@@ -52,7 +52,7 @@ def samplers():
         "mh": lj.MH(num_warmup=40, num_samples=40),
         "ensemble": lj.Ensemble(num_warmup=40, num_samples=40, walkers=16, retry=0),
         "nested": nested,
-        "evidence": lj.EvidenceSelection(nested=nested),
+        "evidence": lj.EvidenceSelection(estimator=nested),
     }
 
 

@@ -118,14 +118,14 @@ def run_sampler(sampler, problem, data, keys):
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def summarize_batch(problem, data, run, nested=False):
+def summarize_batch(problem, data, run):
     """Posterior summaries of every pixel (:func:`lucijax.bayes.posterior.summarize`
     vmapped, then :func:`~lucijax.bayes.posterior.diagnose`: split R-hat, ESS)."""
     B = int(data.y.shape[0])
     status = jnp.full(B, int(Status.CONVERGED), jnp.int32)
     run = {k: jnp.asarray(v) for k, v in run.items()}
     post = jax.jit(jax.vmap(lambda d, r, s: summarize(problem, d, r, s)))(data, run, status)
-    return diagnose(jax.tree.map(np.asarray, post), np.inf, False, nested)
+    return diagnose(jax.tree.map(np.asarray, post), np.inf, False)
 
 
 def ess_per_parameter(samples) -> np.ndarray:
@@ -447,7 +447,7 @@ def test_evidence_prefers_two_components_on_obvious_case(bound, nested):
     y2, _ = simulate(bound, [-60.0], [40.0], [[30.0, 12.0]], [0.0], [1.0], seed=10, second=(275.0, 0.5))
     y[0] = y2[0]
     mf = map_fit(bound, y, fwhm)
-    program = EvidenceSelection(nested=nested).program(bound, mf)
+    program = EvidenceSelection(estimator=nested).program(bound, mf)
     sel = map_rows(program, program_inputs(y, fwhm, mf), Execution(batch_size=2, progress=False))
     logz1, logz2 = np.asarray(sel.one.logz), np.asarray(sel.two.logz)
     assert list(sel.n_components) == [2, 1], (logz1, logz2)

@@ -11,7 +11,7 @@
 from lucijax.bayes.evidence import EvidenceSelection, Selection
 from lucijax.bayes.posterior import Posterior, posterior_program
 from lucijax.bayes.problem import PixelData, PixelProblem, Prior
-from lucijax.bayes.samplers import MH, NUTS, SAMPLERS, Ensemble, Nested, Sampler
+from lucijax.bayes.samplers import MH, NUTS, SAMPLERS, Ensemble, Importance, Nested, Sampler
 
-__all__ = ["NUTS", "Ensemble", "MH", "Nested", "Sampler", "SAMPLERS", "Prior", "EvidenceSelection", "Selection",
+__all__ = ["NUTS", "Ensemble", "MH", "Importance", "Nested", "Sampler", "SAMPLERS", "Prior", "EvidenceSelection", "Selection",
            "Posterior", "PixelData", "PixelProblem", "posterior_program"]

@@ -1,11 +1,19 @@
 """How many kinematic components: one or two, chosen per pixel by Bayesian evidence.
 
-For each pixel, nested sampling (:class:`~lucijax.bayes.samplers.Nested`) of a one- and a
-two-component model (every line twice; the second velocity is ``v1 + delta`` with
-``delta > 0`` so the components cannot swap), broad priors on velocities and broadenings
-for both, amplitudes bounded by what the spectrum allows (``amplitude_scale`` x the
-largest one-component MAP amplitude), and ``N = 2`` where ``log Z2 - log Z1`` exceeds the
-threshold.
+For each pixel, the evidence of a one- and a two-component model (every line twice; the
+second velocity is ``v1 + delta`` with ``delta > 0`` so the components cannot swap), broad
+priors on velocities and broadenings for both, amplitudes bounded by what the spectrum
+allows (``amplitude_scale`` x the largest one-component MAP amplitude), and ``N = 2`` where
+``log Z2 - log Z1`` exceeds the threshold.
+
+Two estimators of the evidence, the same priors and likelihood:
+
+* :class:`~lucijax.bayes.samplers.Importance` (the default): importance sampling from the
+  option-2 proposal around each model's MAP fit (the one-component fit the selection is
+  given, and an ordered two-component fit, :func:`~lucijax.solvers.components.component_fit`,
+  made here per pixel): a few thousand likelihood evaluations per model;
+* :class:`~lucijax.bayes.samplers.Nested`: nested sampling over the whole box, which needs
+  no starting point and finds modes far from the MAP, at 100-1000x the cost.
 
 Why the amplitude bound matters: a posterior never feels a bound far above the data, but
 the evidence pays for every unit of prior volume (the Occam factor), so the bound must be
@@ -27,10 +35,12 @@ import numpy as np
 
 from lucijax.bayes.posterior import MAP_FIELDS, Posterior, diagnose, fit_inputs, pixel_key, sampler_inputs, summarize
 from lucijax.bayes.problem import PixelData, PixelProblem, pixel_data
-from lucijax.bayes.samplers import Nested
+from lucijax.bayes.samplers import Importance, Nested, Sampler
 from lucijax.model import LineModel
 from lucijax.physics.lines import LineSet
 from lucijax.program import Program
+from lucijax.solvers.components import Components, component_fit
+from lucijax.status import Status
 
 
 def two_component_line_set(line_set: LineSet, suffix: str = "_2") -> LineSet:
@@ -75,6 +85,37 @@ def component_pixel_data(problem2: PixelProblem, data1: PixelData, ranges, max_s
                           map_sigma=jnp.full(P, jnp.nan, f32))
 
 
+def two_component_proposal(d2: PixelData, two, prior, d1: PixelData) -> PixelData:
+    """``d2`` (:func:`component_pixel_data`) with the proposal of ONE pixel's ordered
+    two-component posterior taken from its two-component MAP fit ``two`` (a
+    :class:`~lucijax.solvers.fitting.PixelFit` of the unordered component model, velocities
+    sorted): mean ``(v1, v2 - v1, b1, b2)``, Laplace errors ``(e_v1, hypot(e_v1, e_v2), e_b1,
+    e_b2)`` floored as the prior's fallback sigmas are, and the network's role (the wide
+    part of the defensive mixture) given to the same mean with 3x those errors. A failed
+    fit leaves the box's centre with a quarter of the box's widths. The one-component
+    fit's Laplace approximation (``d1``'s) becomes the ``anchor`` of the proposal's
+    one-component submodel parts (:class:`~lucijax.bayes.kernels.SubmodelProposal`)."""
+    f32 = jnp.float32
+    v, ve = two.velocity_kms.astype(f32), two.velocity_err_kms.astype(f32)
+    b, be = two.broadening_kms.astype(f32), two.broadening_err_kms.astype(f32)
+    t = jnp.stack([v[0], v[1] - v[0], b[0], b[1]])
+    err = jnp.stack([ve[0], jnp.hypot(ve[0], ve[1]), be[0], be[1]])
+    floor = jnp.asarray([prior.min_velocity_sigma_kms] * 2 + [prior.min_broadening_sigma_kms] * 2, f32)
+    unresolved = jnp.asarray([jnp.nan] * 2 + [prior.unresolved_broadening_sigma_kms] * 2, f32)
+    err = jnp.where(jnp.isfinite(err), jnp.maximum(err, floor), unresolved)  # an unresolved line: no broadening error
+    lo, hi = d2.lo[:4], d2.hi[:4]
+    ok = ((two.status != Status.INVALID_INPUT) & (two.status != Status.SINGULAR) & jnp.all(jnp.isfinite(t))
+          & jnp.all(jnp.isfinite(err)) & (t[1] > 0))
+    inner = 1e-4 * (hi - lo)
+    mean = jnp.clip(jnp.where(ok, t, 0.5 * (lo + hi)), lo + inner, hi - inner)
+    sigma = jnp.where(ok, err, 0.25 * (hi - lo))
+    one_ok = jnp.all(jnp.isfinite(d1.map_sigma) & (d1.map_sigma > 0))
+    one_sigma = jnp.where(one_ok, jnp.maximum(d1.map_sigma, floor[1:3]), d1.prop_sigma)
+    anchor = jnp.concatenate([d1.x0[:2], one_sigma]).astype(f32)
+    return d2._replace(x0=d2.x0.at[:4].set(mean), prop_mean=mean, prop_sigma=3.0 * sigma,
+                       map_sigma=jnp.where(ok, sigma, jnp.nan), anchor=anchor)
+
+
 class Selection(NamedTuple):
     """One pixel's evidence selection."""
 
@@ -86,13 +127,13 @@ class Selection(NamedTuple):
 
 @dataclass(frozen=True)
 class EvidenceSelection:
-    """One or two kinematic components per pixel, by nested-sampling evidence.
+    """One or two kinematic components per pixel, by evidence (see the module docstring).
 
     Attributes
     ----------
-    nested : Nested
-        The nested sampler (its prior's kind is ignored: both models get broad velocity and
-        broadening priors).
+    estimator : Importance or Nested
+        The sampler that estimates each model's evidence (its prior's kind is ignored: both
+        models get broad velocity and broadening priors).
     amplitude_scale : float
         Amplitude prior upper bound = this x the largest one-component MAP amplitude (see
         the module docstring).
@@ -102,46 +143,55 @@ class EvidenceSelection:
         Largest velocity difference of the two components (default: the velocity range).
     """
 
-    nested: Nested = field(default_factory=Nested)
+    estimator: Sampler = field(default_factory=Importance)
     amplitude_scale: float = 2.0
     threshold: float = 0.0
     max_separation_kms: float | None = None
 
     name = "evidence"
 
+    def __post_init__(self):
+        if not isinstance(self.estimator, (Importance, Nested)):
+            raise TypeError(f"the evidence needs Importance() or Nested(), got {type(self.estimator).__name__}")
+
     def program(self, bound, map_values: dict, *, keep_samples: bool = False) -> Program:
         """The per-spectrum program (the samples are never streamed: two models per pixel)."""
         if keep_samples:
             raise ValueError("evidence selection keeps no samples: sample the chosen model afterwards")
         p1, p2 = component_problems(bound)
-        prior = dataclasses.replace(self.nested.prior, kind="broad", amplitude_scale=self.amplitude_scale)
+        est = self.estimator
+        prior = dataclasses.replace(est.prior, kind="broad", amplitude_scale=self.amplitude_scale)
         ranges = (tuple(bound.model.velocity_range), tuple(bound.model.broadening_range))
-        nested, threshold, max_sep = self.nested, float(self.threshold), self.max_separation_kms
+        threshold, max_sep = float(self.threshold), self.max_separation_kms
         given = {f"map_{k}": np.asarray(map_values[k]) for k in MAP_FIELDS}
+        two_fit = component_fit(bound, Components(max_separation_kms=max_sep)) if est.uses_proposal else None
 
         def one(inp):
             fit = fit_inputs(inp)
             d1 = pixel_data(p1, prior, ranges, inp["y"], inp["fwhm"], fit, broad=True)
             d2 = component_pixel_data(p2, d1, ranges, max_sep)
-            key = pixel_key(nested.seed, inp["xy"])
+            if two_fit is not None:
+                d2 = two_component_proposal(d2, two_fit(inp["y"], inp["fwhm"]), prior, d1)
+            key = pixel_key(est.seed, inp["xy"])
             k1, k2 = jax.random.split(key)
-            s1 = summarize(p1, d1, nested.run(p1, d1, k1), inp["map_status"])._replace(samples=None)
-            s2 = summarize(p2, d2, nested.run(p2, d2, k2), inp["map_status"])._replace(samples=None)
+            s1 = summarize(p1, d1, est.run(p1, d1, k1), inp["map_status"])._replace(samples=None)
+            s2 = summarize(p2, d2, est.run(p2, d2, k2), inp["map_status"])._replace(samples=None)
             nan = jnp.asarray(jnp.nan, jnp.float32)
             return Selection(s1, s2, jnp.asarray(1, jnp.int16), nan)
 
         def finish(out, inputs):
-            s1 = diagnose(out.one, np.inf, False, True)
-            s2 = diagnose(out.two, np.inf, False, True)
+            s1 = diagnose(out.one, np.inf, False)
+            s2 = diagnose(out.two, np.inf, False)
             dlogz = np.asarray(s2.logz, np.float64) - np.asarray(s1.logz, np.float64)
             n = np.where(dlogz > threshold, 2, 1).astype(np.int16)
             return Selection(s1, s2, n, dlogz.astype(np.float32))
 
         key = "\n".join([bound.key, repr(self)])
         out_bound = bound.with_line_set(two_component_line_set(bound.line_set))
-        return Program(name="evidence (1 vs 2 components)", key=key, prepare=sampler_inputs(bound), one=one, finish=finish,
-                       given=given, stored=False, context=nested.context, namedtuples=(Selection, Posterior),
-                       meta={"bound": bound, "bound_two": out_bound, "sampler": self})
+        return Program(name=f"evidence (1 vs 2 components, {est.name})", key=key, prepare=sampler_inputs(bound),
+                       one=one, finish=finish, given=given, stored=False, context=est.context,
+                       namedtuples=(Selection, Posterior), meta={"bound": bound, "bound_two": out_bound, "sampler": self})
 
 
-__all__ = ["EvidenceSelection", "Selection", "two_component_line_set", "component_problems", "component_pixel_data"]
+__all__ = ["EvidenceSelection", "Selection", "two_component_line_set", "component_problems", "component_pixel_data",
+           "two_component_proposal"]

@@ -115,7 +115,8 @@ class _ThetaThenLinear:
 
 class VarProProposal(_ThetaThenLinear):
     """Option-2 proposal for one pixel: Student-t on the non-linear parameters (mean and
-    inflated sigma from the MDN), then the linear parameters from their Gaussian conditional
+    inflated sigma from the MDN; for an ordered two-component problem, the raw parameters
+    with the offset of the second velocity), then the linear parameters from their Gaussian conditional
     given the non-linear ones, amplitudes truncated at their prior's lower edge by the
     sequential (Geweke-Hajivassiliou-Keane) construction along the Cholesky factor of the
     conditional covariance; its density is exact, so the MH step is exact.
@@ -127,8 +128,6 @@ class VarProProposal(_ThetaThenLinear):
 
     def __init__(self, problem: PixelProblem, d: PixelData, df: float, inflate: float, mean=None, scale=None,
                  scale_tril=None):
-        if problem.ordered:
-            raise NotImplementedError("the option-2 proposal is for one-component problems")
         self.p = problem
         self.d = d if mean is None else d._replace(prop_mean=mean)
         self.df = df
@@ -141,7 +140,7 @@ class VarProProposal(_ThetaThenLinear):
         """Mean, Cholesky factor of the covariance of the linear parameters given theta, and
         the (channel-weighted) design matrix."""
         d = self.d
-        m = self.p.line_model.design_matrix(theta, d.fwhm) * d.mask[:, None]
+        m = self.p.line_model.design_matrix(self.p.physical_theta(theta), d.fwhm) * d.mask[:, None]
         w = 1.0 / d.noise**2
         gram = (m.T @ m) * w
         s = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
@@ -223,10 +222,78 @@ class VarProProposal(_ThetaThenLinear):
         return self.theta_logq(t) + logq_a
 
 
+class SubmodelProposal:
+    """The non-linear part of a proposal for an ordered two-component problem (raw
+    parameters ``(v1, delta, b1, b2)``, ``v2 = v1 + delta``) around the one-component
+    fit's line (``PixelData.anchor``: its velocity ``v``, broadening ``b`` and errors;
+    Student-t around them, ``inflate`` x the errors):
+
+    * ``which = 0``: the line is the first component, the second is anywhere in the box
+      (uniform);
+    * ``which = 1``: the line is the second (``delta = v - v1``), the first is anywhere;
+    * ``which = 2``: the line split in two: ``delta`` uniform in ``(0, 2 b + 4 e_v)``,
+      ``v1`` uniform in ``[v - delta - 3 e_v, v + 3 e_v]`` (the pair straddles ``v``), both
+      broadenings uniform in ``[0, b + 4 e_b]``.
+
+    Where a spectrum holds one component, these are where the two-component posterior lies
+    (the free component's amplitude near zero, or two components sharing the line's flux):
+    the part of the prior volume that the evidence of the larger model must integrate and
+    that its own MAP fit does not describe. Only a mixture's part (its draws are completed
+    by the mixture's first part)."""
+
+    def __init__(self, d: PixelData, which: int, df: float, inflate: float):
+        v, b, sv, sb = (d.anchor[i] for i in range(4))
+        self.v, self.b, self.sv, self.sb = v, b, sv * inflate, sb * inflate
+        self.lo, self.hi = d.lo[:4], d.hi[:4]
+        self.which, self.df = int(which), df
+
+    def _split_box(self, delta):
+        """Bounds of the split part: delta's, then v1's given delta, then the broadenings'."""
+        d_hi = jnp.minimum(self.hi[1], 2.0 * self.b + 4.0 * self.sv)
+        b_hi = jnp.minimum(self.hi[2], self.b + 4.0 * self.sb)
+        return (self.lo[1], d_hi), (self.v - delta - 3.0 * self.sv, self.v + 3.0 * self.sv), (self.lo[2], b_hi)
+
+    def draw_theta(self, key):
+        k = jax.random.split(key, 4)
+
+        def unif(kk, lo, hi):
+            return jax.random.uniform(kk, (), minval=lo, maxval=hi)
+
+        if self.which == 2:
+            (dl, dh), _, (bl, bh) = self._split_box(0.0)
+            delta = unif(k[0], dl, dh)
+            _, (vl, vh), _ = self._split_box(delta)
+            return jnp.stack([unif(k[1], vl, vh), delta, unif(k[2], bl, bh), unif(k[3], bl, bh)])
+        t1, t2 = jax.random.t(k[0], self.df), jax.random.t(k[1], self.df)
+        if self.which == 0:
+            return jnp.stack([self.v + self.sv * t1, unif(k[2], self.lo[1], self.hi[1]), self.b + self.sb * t2,
+                              unif(k[3], self.lo[3], self.hi[3])])
+        v1 = unif(k[2], self.lo[0], self.hi[0])
+        return jnp.stack([v1, self.v - v1 + self.sv * t1, unif(k[3], self.lo[2], self.hi[2]), self.b + self.sb * t2])
+
+    def theta_logq(self, t):
+        def t_part(x, mean, s):
+            return _std_t_logpdf((x - mean) / s, self.df) - jnp.log(s)
+
+        def u_part(x, lo, hi):
+            return jnp.where((x >= lo) & (x <= hi), -jnp.log(hi - lo), -jnp.inf)
+
+        lo, hi = self.lo, self.hi
+        if self.which == 2:
+            (dl, dh), (vl, vh), (bl, bh) = self._split_box(t[1])
+            return u_part(t[1], dl, dh) + u_part(t[0], vl, vh) + u_part(t[2], bl, bh) + u_part(t[3], bl, bh)
+        if self.which == 0:
+            return (t_part(t[0], self.v, self.sv) + t_part(t[2], self.b, self.sb) + u_part(t[1], lo[1], hi[1])
+                    + u_part(t[3], lo[3], hi[3]))
+        return (u_part(t[0], lo[0], hi[0]) + t_part(t[1], self.v - t[0], self.sv) + u_part(t[2], lo[2], hi[2])
+                + t_part(t[3], self.b, self.sb))
+
+
 class MixtureProposal(_ThetaThenLinear):
     """A proposal whose non-linear parameters come from a mixture of the (velocity,
-    broadening) parts of :class:`VarProProposal` s (``weights``, summing to 1) and whose
-    linear parameters come from their common conditional: a defensive mixture bounds the
+    broadening) parts of :class:`VarProProposal` s (and :class:`SubmodelProposal` s;
+    ``weights``, summing to 1) and whose linear parameters come from the first part's
+    conditional: a defensive mixture bounds the
     importance weight p / q wherever one part covers the posterior, so an independence
     chain cannot stick where the main part is too narrow."""
 
@@ -252,4 +319,4 @@ class MixtureProposal(_ThetaThenLinear):
         return first.log_prob(x) - first.theta_logq(t) + self.theta_logq(t)
 
 
-__all__ = ["IndependenceMH", "IMHState", "VarProProposal", "MixtureProposal"]
+__all__ = ["IndependenceMH", "IMHState", "VarProProposal", "SubmodelProposal", "MixtureProposal"]

@@ -7,7 +7,7 @@ derived from the sampler's seed and the pixel's coordinates, and summarises the 
 posterior medians, half the 16-84 % widths as errors, split R-hat (max over parameters) and
 effective sample size (min) as :mod:`numpyro.diagnostics` defines them, computed on the device
 (:mod:`lucijax.bayes.diagnostics`), the log-evidence
-(nested sampling), and, on request, the draws themselves.
+(nested or importance sampling), and, on request, the draws themselves.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Posterior(NamedTuple):
     accept_rate: jax.Array
     n_divergent: jax.Array
     n_grad: jax.Array  # gradient or likelihood evaluations
-    logz: jax.Array  # log-evidence (nested sampling; NaN otherwise), flux unit of the spectrum
+    logz: jax.Array  # log-evidence (nested or importance sampling; NaN otherwise), flux unit of the spectrum
     logz_err: jax.Array
     status: jax.Array  # the MAP fit's, or NOT_MIXED
     samples: jax.Array | None  # (chains, draws, parameters) raw parameters, flux unit (bulk)
@@ -105,8 +105,8 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     n_used = jnp.sum(d.mask > 0)
     chi2 = jnp.sum(r * r) / jnp.maximum(n_used - problem.dim, 1.0)
     nan = jnp.asarray(jnp.nan, jnp.float32)
-    if "ess_nested" in run:  # nested sampling: one resampled set of draws, its own ESS
-        rhat, ess = nan, run["ess_nested"] * jnp.ones((), jnp.float32)
+    if "ess" in run:  # nested or importance sampling: one resampled set of draws, its own ESS
+        rhat, ess = nan, run["ess"] * jnp.ones((), jnp.float32)
     else:
         rhat, ess = rhat_and_ess(x.astype(jnp.float32))
     return Posterior(
@@ -122,11 +122,10 @@ def summarize(problem: PixelProblem, d: PixelData, run: dict, status) -> Posteri
     )
 
 
-def diagnose(post: Posterior, rhat_threshold: float, keep_samples: bool, nested: bool) -> Posterior:
+def diagnose(post: Posterior, rhat_threshold: float, keep_samples: bool) -> Posterior:
     """Host side of a batch (numpy, vectorised): STATUS 6 where the split R-hat (computed on
     the device by :func:`summarize`) exceeds the threshold, the log-evidence in the
     spectrum's flux unit, and the draws in the flux unit (or dropped)."""
-    del nested  # the ESS of nested sampling comes with its run (summarize)
     rhat = np.asarray(post.rhat_max, np.float32)
     status = np.asarray(post.status).copy()
     good = np.isin(status, [int(s) for s in GOOD])
@@ -206,7 +205,6 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
     use_network = network is not None and has_b and spec.n_nonlinear == 2  # one velocity, one broadening
     prior: Prior = sampler.prior
     ranges = (tuple(bound.model.velocity_range), tuple(bound.model.broadening_range))
-    nested = getattr(sampler, "name", "") == "nested"
     thin = int(getattr(sampler, "thin", 1))
     given = {f"map_{k}": np.asarray(map_values[k]) for k in MAP_FIELDS}
     if use_network:
@@ -229,7 +227,7 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
         return post if keep_samples else post._replace(samples=None)  # diagnosed here: the draws stay on the device
 
     def finish(out, inputs):
-        return diagnose(out, sampler.rhat_threshold, keep_samples, nested)
+        return diagnose(out, sampler.rhat_threshold, keep_samples)
 
     key = "\n".join([bound.key, repr(sampler), "network" if use_network else "map"])
     name = sampler.name if thin == 1 else f"{sampler.name} (x{thin} draws, thinned)"

@@ -88,6 +88,9 @@ class PixelData(NamedTuple):
     prop_sigma: jax.Array  # (P,)
     scale: jax.Array  # () flux unit of y, noise and the linear parameters (= the MAP noise)
     map_sigma: jax.Array  # (P,) the MAP fit's (Laplace) errors of the non-linear parameters, NaN if unknown
+    #: (4,) an ordered two-component problem's one-component MAP (velocity, broadening) and
+    #: their errors, where its proposal covers the one-component submodel (None otherwise)
+    anchor: jax.Array | None = None
 
 
 class PixelProblem:
@@ -114,14 +117,16 @@ class PixelProblem:
             raise ValueError("an ordered problem needs exactly two kinematic groups")
 
     # -- parameters ------------------------------------------------------------------
+    def physical_theta(self, t):
+        """The line model's (velocities, broadenings) of the raw non-linear parameters ``t``
+        (an ordered problem's second velocity is stored as its offset)."""
+        return t.at[1].set(t[0] + t[1]) if self.ordered else t
+
     def theta_alpha(self, x):
         """(theta = [velocities, broadenings], alpha = [amplitudes, continuum]) of a raw
         vector."""
         P = self.n_nonlinear
-        theta, alpha = x[:P], x[P:]
-        if self.ordered:
-            theta = theta.at[1].set(theta[0] + theta[1])
-        return theta, alpha
+        return self.physical_theta(x[:P]), x[P:]
 
     def log_likelihood(self, x, d: PixelData):
         theta, alpha = self.theta_alpha(x)
@@ -133,9 +138,9 @@ class PixelProblem:
         return -0.5 * jnp.sum(r * r) - n * (jnp.log(d.noise) + 0.5 * math.log(2 * math.pi)) + log_weights
 
     def log_posterior_given_columns(self, x, columns, d: PixelData):
-        """:meth:`log_posterior` of a one-component ``x`` whose design matrix at its
-        non-linear parameters, times the channel weights (``design_matrix * d.mask[:, None]``),
-        the caller has already computed (the MH proposal's conditional)."""
+        """:meth:`log_posterior` of ``x`` whose design matrix at its (physical) non-linear
+        parameters, times the channel weights (``design_matrix * d.mask[:, None]``), the
+        caller has already computed (the option-2 proposal's conditional)."""
         P = self.n_nonlinear
         r = (d.mask * d.y - columns @ x[P:]) / d.noise
         used = d.mask > 0

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 import jax
 import jax.numpy as jnp
 
-from lucijax.bayes.kernels import MixtureProposal, VarProProposal
+from lucijax.bayes.kernels import MixtureProposal, SubmodelProposal, VarProProposal
 from lucijax.bayes.problem import PixelData, PixelProblem, Prior
 from lucijax.solvers.linalg import cholesky
 
@@ -76,6 +76,8 @@ class Sampler:
 
     #: name in messages and progress bars
     name = "sampler"
+    #: whether the sampler's proposal is built from the pixel's MAP fit
+    uses_proposal = False
 
     def __post_init__(self):
         if int(self.num_samples) < 1:
@@ -188,16 +190,22 @@ class Ensemble(Sampler):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MH(Sampler):
-    """Independence Metropolis-Hastings with the network's posterior as proposal (option 2;
-    broad priors by default).
+class AdaptedProposal(Sampler):
+    """The option-2 proposal, adapted per pixel: what :class:`MH` (a Markov chain) and
+    :class:`Importance` (importance sampling, the log-evidence) share.
+
+    The proposal of the non-linear parameters (velocities, broadenings) is a Student-t; the
+    linear ones (amplitudes, continuum) come from their exact Gaussian conditional given
+    them (:class:`~lucijax.bayes.kernels.VarProProposal`). A batch of ``num_warmup``
+    importance draws from an even mixture of the pixel's proposal (the network's posterior,
+    ``PixelData.prop_mean`` / ``prop_sigma``) and the MAP fit's Laplace approximation
+    re-centres it on their importance-weighted mean, with their weighted covariance.
 
     Attributes
     ----------
     num_warmup : int
-        Adaptation draws per pixel, pooled over the chains (an importance-sampling batch,
-        see :meth:`run`; none of them is kept). 0: the network's proposal throughout.
-    num_chains : int
+        Adaptation draws per pixel (none of them is kept). 0: the pixel's proposal
+        throughout.
     proposal_df : float
         Student-t degrees of freedom of the (velocity, broadening) proposal.
     proposal_inflate : float
@@ -213,13 +221,15 @@ class MH(Sampler):
     defensive : float
         The final proposal of (velocity, broadening) is a mixture: the adapted part with
         weight 1 - 2 x this, the network's and the Laplace part with this each (bounds the
-        importance weights where the adapted part misses a mode or a tail).
+        importance weights where the adapted part misses a mode or a tail). For an ordered
+        two-component problem with ``PixelData.anchor``, that mixture gets 1 - 3 x this and
+        the three ways two components can hold one line (:class:`~lucijax.bayes.kernels.SubmodelProposal`)
+        this each.
     eval_batch : int
         Proposals of one pixel evaluated together (memory of one vectorised step).
     """
 
     num_warmup: int = 300
-    num_chains: int = 2
     proposal_df: float = 8.0
     proposal_inflate: float = 1.5
     adapt_scale: float = 1.2
@@ -227,16 +237,14 @@ class MH(Sampler):
     defensive: float = 0.05
     eval_batch: int = 64
     prior: Prior = field(default_factory=lambda: Prior(kind="broad"))
-    name = "MH"
+    #: the sampler builds its proposal from the pixel's MAP fit (an evidence selection fits
+    #: the two-component model first for it)
+    uses_proposal = True
 
     def __post_init__(self):
         super().__post_init__()
-        if int(self.num_chains) < 1 or int(self.num_warmup) < 0 or int(self.eval_batch) < 1:
-            raise ValueError("num_chains and eval_batch must be >= 1 and num_warmup >= 0")
-
-    def check(self, problem):
-        if problem.ordered:
-            raise ValueError("the MH sampler (network proposal) samples one-component models only")
+        if int(self.num_warmup) < 0 or int(self.eval_batch) < 1:
+            raise ValueError("eval_batch must be >= 1 and num_warmup >= 0")
 
     def _map(self, f, xs):
         """``f`` over the leading axis of ``xs``, ``eval_batch`` at a time (vectorised)."""
@@ -245,6 +253,17 @@ class MH(Sampler):
         # a divisor of n close to eval_batch: no remainder, so the body compiles once
         divisor = max(k for k in range(1, b + 1) if n % k == 0)
         return jax.lax.map(f, xs, batch_size=divisor if 2 * divisor >= b else b)
+
+    def _draws(self, prop, keys):
+        """One independent draw of ``prop`` per key: (x, log p(x) - log q(x), a uniform
+        number) each, ``eval_batch`` at a time."""
+        def one(k):
+            k_prop, k_acc = jax.random.split(k)
+            x, logq, logp = prop.sample_with_target(k_prop)
+            return x, logp - logq, jax.random.uniform(k_acc)
+
+        x, lw, u = self._map(one, keys)
+        return x, jnp.where(jnp.isnan(lw), -jnp.inf, lw), u
 
     def _adapt(self, problem, d, key):
         """The proposal after the adaptation batch, and the batch (draws, log q(alpha | t),
@@ -291,9 +310,35 @@ class MH(Sampler):
         if eps > 0:
             parts += [net, lap]
             weights = [f * (1.0 - 2.0 * eps) for f in weights] + [eps, eps]
+            if d.anchor is not None:  # an ordered two-component problem: the one-component submodel too
+                parts += [SubmodelProposal(d, which, self.proposal_df, self.proposal_inflate) for which in range(3)]
+                weights = [f * (1.0 - 3.0 * eps) for f in weights] + [eps] * 3
         if len(parts) > 1:
             prop = MixtureProposal(parts, weights)
         return prop, (xa, lqa, lpa, lwa)
+
+@dataclass(frozen=True, kw_only=True)
+class MH(AdaptedProposal):
+    """Independence Metropolis-Hastings with the network's posterior as proposal (option 2;
+    broad priors by default), adapted per pixel (:class:`AdaptedProposal`, whose options it
+    has).
+
+    Attributes
+    ----------
+    num_chains : int
+    """
+
+    num_chains: int = 2
+    name = "MH"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if int(self.num_chains) < 1:
+            raise ValueError("num_chains must be >= 1")
+
+    def check(self, problem):
+        if problem.ordered:
+            raise ValueError("the MH sampler (network proposal) samples one-component models only")
 
     def run(self, problem, d, key):
         """``num_chains`` independence-MH chains with a fixed proposal (so the draws target
@@ -327,14 +372,8 @@ class MH(Sampler):
             lw_start = jnp.where(use, lw_res, lw_start)
         lw_start = jnp.where(jnp.isnan(lw_start), -jnp.inf, lw_start)
         keys = jax.vmap(lambda k: jax.random.split(k, S))(jax.random.split(k_run, C)).reshape((C * S,) + k_run.shape)
-
-        def one(k):
-            k_prop, k_acc = jax.random.split(k)
-            x, logq, logp = prop.sample_with_target(k_prop)
-            return x, logp - logq, jax.random.uniform(k_acc)
-
-        xp, lw, u = self._map(one, keys)
-        lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw).reshape(C, S)
+        xp, lw, u = self._draws(prop, keys)
+        lw = lw.reshape(C, S)
         u = u.reshape(C, S)
 
         def chain(lw_c, u_c, lw0):
@@ -358,6 +397,52 @@ class MH(Sampler):
                        x_start[:, None, :])
         return dict(samples=xs, n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.mean(p_acc),
                     n_grad=jnp.asarray(int(self.num_warmup) + C * S + 1, jnp.float32))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Importance(AdaptedProposal):
+    """Importance sampling with the adapted option-2 proposal (:class:`AdaptedProposal`,
+    whose options it has): the log-evidence ``LOGZ`` in a few thousand likelihood
+    evaluations, and posterior draws (an equal-weight resampling of the weighted draws).
+
+    With the proposal ``q`` (its density exact: Student-t of the non-linear parameters
+    times the truncated Gaussian conditional of the linear ones) and the normalised prior,
+    ``Z = E_q[p(x) L(x) / q(x)]``: the mean of the ``num_samples`` importance weights is an
+    unbiased estimate of the evidence and ``log Z`` its logarithm. Its standard error (the
+    ``LOGZ_ERR`` map, delta method) is ``sqrt((S / ESS - 1) / S)`` with ``ESS`` the Kish
+    effective sample size of the weights (``ESS_MIN``). The defensive mixture keeps the
+    weights bounded where the posterior is close to the Laplace approximation of the MAP
+    fit or to the network's posterior; a posterior with a mode that none of them covers is
+    under-weighted (log Z too small), which a low ``ESS_MIN`` or a large ``LOGZ_ERR`` does
+    not always reveal: :class:`Nested` explores the whole box, at 100-1000x the cost.
+
+    Attributes
+    ----------
+    num_samples : int
+        Importance draws per pixel (after the ``num_warmup`` adaptation draws); as many
+        equal-weight draws are resampled for the posterior summaries.
+    """
+
+    num_samples: int = 2000
+    name = "importance"
+
+    def run(self, problem, d, key):
+        S = int(self.num_samples)
+        k_adapt, k_run, k_res = jax.random.split(key, 3)
+        prop, _ = self._adapt(problem, d, k_adapt)
+        x, lw, _ = self._draws(prop, jax.random.split(k_run, S))
+        lw = lw.astype(jnp.float32)
+        top = jnp.max(lw)
+        ok = jnp.isfinite(top)
+        w = jnp.where(ok, jnp.exp(lw - jnp.where(ok, top, 0.0)), 0.0)
+        total = jnp.sum(w)
+        logz = jnp.where(ok, top + jnp.log(total) - math.log(S), -jnp.inf)
+        ess = jnp.where(ok, total * total / jnp.maximum(jnp.sum(w * w), 1e-30), 0.0)
+        logz_err = jnp.where(ok, jnp.sqrt(jnp.maximum(S / jnp.maximum(ess, 1e-30) - 1.0, 0.0) / S), jnp.inf)
+        idx = jax.random.categorical(k_res, jnp.where(ok, lw, 0.0), shape=(S,))
+        return dict(samples=x[idx][None], n_divergent=jnp.zeros((), jnp.int32),
+                    accept_rate=jnp.asarray(jnp.nan, jnp.float32),
+                    n_grad=jnp.asarray(int(self.num_warmup) + S, jnp.float32), logz=logz, logz_err=logz_err, ess=ess)
 
 
 def import_jaxns():
@@ -440,10 +525,10 @@ class Nested(Sampler):
         # log Z includes the prior normalisation: uniform priors on the box
         return dict(samples=x[None], n_divergent=jnp.zeros((), jnp.int32), accept_rate=jnp.asarray(jnp.nan, jnp.float32),
                     n_grad=n_valid.astype(jnp.float32), logz=res.log_Z_mean.astype(jnp.float32),
-                    logz_err=res.log_Z_uncert.astype(jnp.float32), ess_nested=res.ESS.astype(jnp.float32))
+                    logz_err=res.log_Z_uncert.astype(jnp.float32), ess=res.ESS.astype(jnp.float32))
 
 
 #: The samplers by name (the CLI's ``--bayes``).
-SAMPLERS = {"nuts": NUTS, "ensemble": Ensemble, "mh": MH, "nested": Nested}
+SAMPLERS = {"nuts": NUTS, "ensemble": Ensemble, "mh": MH, "importance": Importance, "nested": Nested}
 
-__all__ = ["Sampler", "NUTS", "Ensemble", "MH", "Nested", "SAMPLERS", "import_jaxns", "float64"]
+__all__ = ["Sampler", "AdaptedProposal", "NUTS", "Ensemble", "MH", "Importance", "Nested", "SAMPLERS", "import_jaxns", "float64"]

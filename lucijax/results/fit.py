@@ -320,7 +320,7 @@ POSTERIOR_MAPS = {"rhat_max": "RHAT_MAX", "ess_min": "ESS_MIN", "accept_rate": "
 class PosteriorResult(Result):
     """Posterior summaries of every pixel (:func:`lucijax.sample`): maps of posterior
     medians, ``*_ERR`` = half the 16-84 % widths, ``RHAT_MAX``, ``ESS_MIN``,
-    ``ACCEPT_RATE``, ``N_DIVERGENT`` (and ``LOGZ``, ``LOGZ_ERR`` for nested sampling);
+    ``ACCEPT_RATE``, ``N_DIVERGENT`` (and ``LOGZ``, ``LOGZ_ERR`` for nested and importance sampling);
     NOISE, SNR and FWHM are the MAP fit's; STATUS is the MAP fit's, or 6 (NOT_MIXED) where
     R-hat exceeds the sampler's threshold.
 
@@ -408,7 +408,7 @@ def posterior_result(pixel_map, program, cube, fit: FitResult, samples_path=None
         for j, pct in enumerate(QUANTILES):
             maps[f"{name}_Q{pct}"] = np.ascontiguousarray(ratio_q[..., k, j].T)
             units[f"{name}_Q{pct}"] = ""
-    if getattr(program.meta.get("sampler"), "name", "") == "nested":
+    if getattr(program.meta.get("sampler"), "name", "") in ("nested", "importance"):
         maps["LOGZ"] = np.ascontiguousarray(np.asarray(post.logz, np.float32).T)
         maps["LOGZ_ERR"] = np.ascontiguousarray(np.asarray(post.logz_err, np.float32).T)
         units["LOGZ"] = units["LOGZ_ERR"] = ""
@@ -425,7 +425,7 @@ def posterior_result(pixel_map, program, cube, fit: FitResult, samples_path=None
 class SelectionResult(Result):
     """One or two components per pixel by evidence (:func:`lucijax.sample` with
     :class:`~lucijax.bayes.EvidenceSelection`): ``N_COMPONENTS``, ``LOGZ_1COMP``,
-    ``LOGZ_2COMP``, ``DELTA_LOGZ``; the line maps hold the one-component posterior where
+    ``LOGZ_2COMP`` (and their ``LOGZ_ERR_*``), ``DELTA_LOGZ``; the line maps hold the one-component posterior where
     N = 1 and the two-component one where N = 2 (first component under the line's own name,
     second as ``{LINE}_2_...``, NaN where N = 1).
     """
@@ -453,9 +453,12 @@ def selection_result(pixel_map, program, cube, fit: FitResult) -> SelectionResul
     n = np.where(pixel_map.computed, n, int(Status.MASKED))
     maps["N_COMPONENTS"] = np.ascontiguousarray(n.T.astype(np.int16))
     maps["LOGZ_1COMP"] = maps["LOGZ"]
+    maps["LOGZ_ERR_1COMP"] = maps["LOGZ_ERR"]
     maps["LOGZ_2COMP"] = np.ascontiguousarray(np.asarray(sel.two.logz, np.float32).T)
+    maps["LOGZ_ERR_2COMP"] = np.ascontiguousarray(np.asarray(sel.two.logz_err, np.float32).T)
     maps["DELTA_LOGZ"] = np.ascontiguousarray(np.asarray(sel.delta_logz, np.float32).T)
-    for name in ("LOGZ", "LOGZ_ERR", "N_COMPONENTS", "LOGZ_1COMP", "LOGZ_2COMP", "DELTA_LOGZ"):
+    for name in ("LOGZ", "LOGZ_ERR", "N_COMPONENTS", "LOGZ_1COMP", "LOGZ_2COMP", "LOGZ_ERR_1COMP", "LOGZ_ERR_2COMP",
+                 "DELTA_LOGZ"):
         units[name] = ""
     # the two-component posterior where it wins
     two_bound = program.meta["bound_two"]
