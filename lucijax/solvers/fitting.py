@@ -353,9 +353,16 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
     of every parameter (``shift``: that mean less the fit's values) and its spread along the
     valley, whose chi2 is far from quadratic over the range, on top of the covariance at a
     fixed ratio. There the MAP sits at an end of the range on a nearly flat valley, tens of
-    km/s from the truth; the posterior mean does not. Where the Laplace ratio error is below
-    a node spacing, the truncated Laplace ``cov_trunc`` and the MAP stand (the nodes cannot
-    resolve it); between one and two spacings the two are blended."""
+    km/s from the truth; the posterior mean does not.
+
+    The ratio's spread, the larger of its truncated Laplace error and its spread over the
+    nodes, decides: below half a node spacing the truncated Laplace ``cov_trunc`` and the MAP
+    stand (the nodes cannot resolve the posterior); from one spacing on, the nodes' mean and
+    covariance (the trapezoid rule over nodes one posterior std apart already gives the
+    moments of a smooth posterior to a few per cent: a brute-force grid of the posterior,
+    ``tests/test_ratio_ranges.py``); in between the two are blended. (Blending from one to two
+    spacings on the Laplace error alone, as before, left velocities up to ~2 posterior std
+    from the posterior mean, and the Laplace error misses a valley the nodes see.)"""
     P = n_nonlinear
     K = alpha.shape[0]
     D = cov.shape[0]
@@ -425,7 +432,10 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
         spread = (dev * wk[:, None]).T @ dev - jnp.outer(mean, mean)
         cov_nodes = cov - jnp.outer(w, w) / var_t + spread
         sd_trunc = jnp.sqrt(jnp.maximum(grad @ cov_trunc @ grad, 0.0))
-        blend = jnp.where(ok & jnp.all(jnp.isfinite(spread)), jnp.clip(sd_trunc / spacing - 1.0, 0.0, 1.0), 0.0)
+        t_nodes = jnp.asarray(nodes, cov.dtype)
+        sd_nodes = jnp.sqrt(jnp.maximum(wk @ t_nodes**2 - (wk @ t_nodes) ** 2, 0.0))
+        sd_t = jnp.maximum(sd_trunc, sd_nodes)
+        blend = jnp.where(ok & jnp.all(jnp.isfinite(spread)), jnp.clip(2.0 * sd_t / spacing - 1.0, 0.0, 1.0), 0.0)
         cov_trunc = (1.0 - blend) * cov_trunc + blend * cov_nodes
         shift = shift + blend * mean
     return cov_trunc, shift
