@@ -20,7 +20,12 @@ from lucijax.io.memory import MemoryCube
 from lucijax.model import LineModel, ModelSpec, SpectralGrid
 from lucijax.physics.lines import OII_RATIO_RANGE, make_line_set
 from lucijax.simulate import make_cube
-from lucijax.solvers.fitting import cone_solve, fit_spectrum, truncated_normal_moments, truncated_normal_variance
+from lucijax.solvers.fitting import (
+    cone_solve,
+    fit_spectrum,
+    truncated_normal_moments,
+    truncated_normal_variance,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -374,11 +374,11 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
     km/s from the truth; the posterior mean does not.
 
     The ratio's spread, the larger of its truncated Laplace error and its spread over the
-    nodes, decides: below half a node spacing the truncated Laplace ``cov_trunc`` and the MAP
-    stand, with the truncated posterior's mean ``shift_trunc`` (the nodes cannot resolve the posterior); from one spacing on, the nodes' mean and
-    covariance (the trapezoid rule over nodes one posterior std apart already gives the
-    moments of a smooth posterior to a few per cent: a brute-force grid of the posterior,
-    ``tests/test_ratio_ranges.py``); in between the two are blended. (Blending from one to two
+    nodes, decides: below half a node spacing the truncated Laplace ``cov_trunc`` and its
+    mean ``shift_trunc`` stand (the nodes cannot resolve the posterior); from one spacing on,
+    the nodes' mean and covariance (the trapezoid rule over nodes one posterior std apart
+    already gives the moments of a smooth posterior to a few per cent: a brute-force grid of
+    the posterior, ``tests/test_ratio_ranges.py``); in between the two are blended. (Blending from one to two
     spacings on the Laplace error alone, as before, left velocities up to ~2 posterior std
     from the posterior mean, and the Laplace error misses a valley the nodes see.)"""
     P = n_nonlinear
