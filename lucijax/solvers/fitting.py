@@ -277,9 +277,9 @@ def cone_solve(m, y, columns: tuple[int, ...]):
     return coef[best]
 
 
-def truncated_normal_variance(mu, sd, lo, hi):
-    """Variance of a normal ``N(mu, sd^2)`` truncated to ``[lo, hi]`` (float32-safe: the
-    closed form in the bulk, a truncated exponential where the interval lies far in a tail
+def truncated_normal_moments(mu, sd, lo, hi):
+    """Mean and variance of a normal ``N(mu, sd^2)`` truncated to ``[lo, hi]`` (float32-safe:
+    the closed form in the bulk, a truncated exponential where the interval lies far in a tail
     or is narrow against ``sd``, whose log-density is then close to linear over it)."""
     a = (lo - mu) / sd
     b = (hi - mu) / sd
@@ -291,29 +291,46 @@ def truncated_normal_variance(mu, sd, lo, hi):
     log_phi = lambda x: -0.5 * x**2 - 0.5 * np.log(2.0 * np.pi)  # noqa: E731
     la = jnp.exp(log_phi(a) - lq_a) / rest
     lb = jnp.exp(log_phi(b) - lq_a) / rest
+    bulk_mean = la - lb
     bulk = 1.0 + a * la - b * lb - (la - lb) ** 2
 
-    def exponential(rate):  # variance of an exponential of ``rate`` truncated to a width w
+    def exponential(rate):  # mean (from a) and variance of an exponential of ``rate`` truncated to a width w
         s = jnp.maximum(rate * w, 0.0)
         s_mid = jnp.clip(s, 0.1, 60.0)
         g = jnp.where(s < 0.1, 1.0 / 12.0 - s**2 / 240.0, 1.0 / s_mid**2 - 0.25 / jnp.sinh(0.5 * s_mid) ** 2)
-        return jnp.where(s > 60.0, 1.0 / jnp.maximum(rate, 1e-30) ** 2, w**2 * g)
+        h = jnp.where(s < 0.1, 0.5 - s / 12.0, 1.0 / s_mid - 1.0 / jnp.expm1(s_mid))
+        var = jnp.where(s > 60.0, 1.0 / jnp.maximum(rate, 1e-30) ** 2, w**2 * g)
+        return jnp.where(s > 60.0, 1.0 / jnp.maximum(rate, 1e-30), w * h), var
 
-    var = jnp.where(a > 6.0, exponential(a), jnp.where(w < 0.5, exponential(0.5 * (a + b)), bulk))
-    return jnp.clip(var, 0.0, 1.0) * sd**2
+    tail_mean, tail_var = exponential(a + 2.0 / jnp.maximum(a, 1.0))  # the tail's mean excess 1/a - 2/a^3: rate a + 2/a
+    narrow_mean, narrow_var = exponential(0.5 * (a + b))
+    mean = a + jnp.where(a > 6.0, tail_mean, jnp.where(w < 0.5, narrow_mean, bulk_mean - a))
+    var = jnp.where(a > 6.0, tail_var, jnp.where(w < 0.5, narrow_var, bulk))
+    mean = jnp.where(flip, -mean, mean)
+    return mu + sd * mean, jnp.clip(var, 0.0, 1.0) * sd**2
+
+
+def truncated_normal_variance(mu, sd, lo, hi):
+    """Variance of a normal ``N(mu, sd^2)`` truncated to ``[lo, hi]`` (:func:`truncated_normal_moments`)."""
+    return truncated_normal_moments(mu, sd, lo, hi)[1]
 
 
 def ratio_truncated_covariance(model: LineModel, cov, delta, alpha, n_nonlinear: int):
     """The Laplace covariance ``cov`` (of ``[theta, alpha]``) of a fit with ratio ranges,
-    truncated to them: per range, the cone fraction ``t = c_hi / (c_lo + c_hi)`` (the ratio
+    truncated to them, and the mean of that truncated posterior less the fit's values,
+    ``(cov, shift)``: per range, the cone fraction ``t = c_hi / (c_lo + c_hi)`` (the ratio
     ``lo + t (hi - lo)``) has the Gaussian ``N(mu_t, var_t)`` of the unbounded likelihood
     (``mu_t`` from the unbounded Gauss-Newton step ``delta`` from the fit, which an active
     bound holds back), truncated to ``[0, 1]``; every parameter is linear in ``t`` given the others, so
-    the covariance loses ``w w^T (1 - var_trunc / var_t) / var_t`` (``w = cov grad t``).
+    the covariance loses ``w w^T (1 - var_trunc / var_t) / var_t`` (``w = cov grad t``) and
+    the parameters move by ``w (mean_trunc - t) / var_t``.
     Inside its range, far from the bounds, a ratio changes nothing; at a bound, the errors
-    approach those at the fixed ratio; an unconstrained ratio leaves the spread of a
-    uniform one."""
+    approach those at the fixed ratio, and the estimate moves from the bound (the MAP) into
+    the range by the truncated posterior's mean (the MAP at a bound is an end of the
+    posterior, not its centre: velocity pulls of such fits had medians of -0.8 to +1.7);
+    an unconstrained ratio leaves the spread of a uniform one."""
     D = cov.shape[0]
+    shift = jnp.zeros(D, cov.dtype)
     for jp, jd, *_ in model.ratio_pairs:
         i, k = n_nonlinear + jp, n_nonlinear + jd
         c_lo, c_hi = alpha[jp], alpha[jd]
@@ -327,10 +344,11 @@ def ratio_truncated_covariance(model: LineModel, cov, delta, alpha, n_nonlinear:
         ok = ok & (var_t > 0) & jnp.isfinite(var_t)
         var_t = jnp.where(ok, var_t, 1.0)
         mu_t = t + grad @ delta
-        v_trunc = truncated_normal_variance(mu_t, jnp.sqrt(var_t), 0.0, 1.0)
+        m_trunc, v_trunc = truncated_normal_moments(mu_t, jnp.sqrt(var_t), 0.0, 1.0)
         shrink = jnp.where(ok, 1.0 - jnp.minimum(v_trunc / var_t, 1.0), 0.0)
+        shift = shift + w * jnp.where(ok, (m_trunc - t) / var_t, 0.0)
         cov = cov - jnp.outer(w, w) * (shrink / var_t)
-    return cov
+    return cov, shift
 
 
 #: Ratios (cone fractions t in [0, 1], evenly spaced) at which a fit with a ratio range
@@ -343,7 +361,7 @@ RATIO_STEPS = 2
 
 
 def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to_internal, to_external, cov, cov_trunc,
-                             alpha, noise2, n_nonlinear: int):
+                             shift_trunc, alpha, noise2, n_nonlinear: int):
     """Posterior mean shift and covariance of a fit with ratio ranges where the data leave a
     ratio loosely constrained (a blended doublet: broad lines), ``(cov, shift)``.
 
@@ -353,9 +371,16 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
     of every parameter (``shift``: that mean less the fit's values) and its spread along the
     valley, whose chi2 is far from quadratic over the range, on top of the covariance at a
     fixed ratio. There the MAP sits at an end of the range on a nearly flat valley, tens of
-    km/s from the truth; the posterior mean does not. Where the Laplace ratio error is below
-    a node spacing, the truncated Laplace ``cov_trunc`` and the MAP stand (the nodes cannot
-    resolve it); between one and two spacings the two are blended."""
+    km/s from the truth; the posterior mean does not.
+
+    The ratio's spread, the larger of its truncated Laplace error and its spread over the
+    nodes, decides: below half a node spacing the truncated Laplace ``cov_trunc`` and its
+    mean ``shift_trunc`` stand (the nodes cannot resolve the posterior); from one spacing on,
+    the nodes' mean and covariance (the trapezoid rule over nodes one posterior std apart
+    already gives the moments of a smooth posterior to a few per cent: a brute-force grid of
+    the posterior, ``tests/test_ratio_ranges.py``); in between the two are blended. (Blending from one to two
+    spacings on the Laplace error alone, as before, left velocities up to ~2 posterior std
+    from the posterior mean, and the Laplace error misses a valley the nodes see.)"""
     P = n_nonlinear
     K = alpha.shape[0]
     D = cov.shape[0]
@@ -366,7 +391,7 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
     trap[[0, -1]] = 0.5
     spacing = 1.0 / (RATIO_NODES - 1)
     cones = cone_columns(model)
-    shift = jnp.zeros(D, cov.dtype)
+    shift = shift_trunc
     for jp, jd, *_ in model.ratio_pairs:
         keep = [j for j in range(K) if j != jd]  # the doublet's one column at a fixed ratio sits at jp
         at = keep.index(jp)
@@ -425,9 +450,14 @@ def ratio_profile_covariance(model: LineModel, columns, y, u_hat, lo_u, hi_u, to
         spread = (dev * wk[:, None]).T @ dev - jnp.outer(mean, mean)
         cov_nodes = cov - jnp.outer(w, w) / var_t + spread
         sd_trunc = jnp.sqrt(jnp.maximum(grad @ cov_trunc @ grad, 0.0))
-        blend = jnp.where(ok & jnp.all(jnp.isfinite(spread)), jnp.clip(sd_trunc / spacing - 1.0, 0.0, 1.0), 0.0)
+        t_nodes = jnp.asarray(nodes, cov.dtype)
+        sd_nodes = jnp.sqrt(jnp.maximum(wk @ t_nodes**2 - (wk @ t_nodes) ** 2, 0.0))
+        sd_t = jnp.maximum(sd_trunc, sd_nodes)
+        blend = jnp.where(ok & jnp.all(jnp.isfinite(spread)), jnp.clip(2.0 * sd_t / spacing - 1.0, 0.0, 1.0), 0.0)
         cov_trunc = (1.0 - blend) * cov_trunc + blend * cov_nodes
-        shift = shift + blend * mean
+        # the nodes' mean replaces this range's share of the truncated mean (w: the covariance's column of t, as there)
+        m_trunc_t = grad @ shift_trunc
+        shift = shift + blend * (mean - w * jnp.where(ok, m_trunc_t / var_t, 0.0))
     return cov_trunc, shift
 
 
@@ -611,9 +641,10 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     cov = cov_unit * noise_s**2
     cov_laplace, alpha_map = cov, alpha  # the detection's: amplitudes against zero at the MAP, whatever the ratio's spread
     if cones:  # the posterior inside the ratio ranges, not the unbounded Laplace; a loose ratio: its mean
-        cov_trunc = ratio_truncated_covariance(model, cov, cov_unit @ (jfull.T @ resid), alpha, P)
+        cov_trunc, shift_trunc = ratio_truncated_covariance(model, cov, cov_unit @ (jfull.T @ resid), alpha, P)
         cov, shift = ratio_profile_covariance(model, columns, ys * mask, u, lo_u, hi_u, lambda th: _to_internal(th, has_b, G),
-                                       lambda v: _to_external(v, has_b, G), cov, cov_trunc, alpha, noise_s**2, P)
+                                       lambda v: _to_external(v, has_b, G), cov, cov_trunc, shift_trunc, alpha, noise_s**2,
+                                       P)
         theta, alpha = theta + shift[:P], alpha + shift[P:]
         p_hat = jnp.concatenate([theta, alpha])
     perr = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
@@ -688,4 +719,4 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
 __all__ = ["FitSettings", "PixelFit", "chunked_under_vmap", "fit_spectrum", "linear_solve", "line_free_noise",
            "flux_correlations", "null_flux_errors", "continuum_error", "ScaledCovariance", "MAX_CORRELATED_LINES",
-           "cone_solve", "truncated_normal_variance", "ratio_truncated_covariance"]
+           "cone_solve", "truncated_normal_moments", "truncated_normal_variance", "ratio_truncated_covariance"]
