@@ -141,3 +141,29 @@ def test_submodel_parts_hold_a_one_component_spectrum(bound):  # noqa: F811
     with_parts = run(d2, jax.random.PRNGKey(6))
     without = run(d2._replace(anchor=None), jax.random.PRNGKey(6))
     assert float(with_parts["ess"]) > 3 * float(without["ess"]), (with_parts["ess"], without["ess"])
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--bayes", "importance", "--bayes-components"], ("evidence", "importance")),
+    (["--bayes", "nested", "--bayes-components"], ("evidence", "nested")),
+    (["--bayes", "importance", "--bayes-num-samples", "3000"], ("importance", 3000)),
+    (["--bayes", "mh", "--bayes-components"], "use it with --bayes importance (or nested)"),
+    (["--bayes", "importance", "--bayes-chains", "4"], "importance sampling runs no chains"),
+    (["--bayes-components"], "needs --bayes importance (or nested)"),
+])
+def test_cli_builds_the_evidence_estimator(argv, expect):
+    """``--bayes importance`` is a sampler of its own (``LOGZ``), and with
+    ``--bayes-components`` the evidence selection's estimator; wrong combinations are
+    one-line errors."""
+    from lucijax.cli import build_parser, build_sampler
+
+    args = build_parser().parse_args(["fit", "cube.hdf5", "--lines", *LINES, *argv])
+    if isinstance(expect, str):
+        with pytest.raises(ValueError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+            build_sampler(args)
+        return
+    sampler = build_sampler(args)
+    if expect[0] == "evidence":
+        assert sampler.name == "evidence" and sampler.estimator.name == expect[1]
+    else:
+        assert sampler.name == expect[0] and sampler.num_samples == expect[1]

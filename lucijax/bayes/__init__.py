@@ -2,7 +2,7 @@
 
 * :mod:`.problem`: one pixel's posterior (parameters, priors, log density) and :class:`Prior`;
 * :mod:`.kernels`: the independence Metropolis-Hastings kernel and its proposal;
-* :mod:`.samplers`: :class:`NUTS`, :class:`Ensemble`, :class:`MH`, :class:`Nested`, each an
+* :mod:`.samplers`: :class:`NUTS`, :class:`Ensemble`, :class:`MH`, :class:`Importance`, :class:`Nested`, each an
   object that owns only its options and samples ONE pixel;
 * :mod:`.posterior`: a sampler as the per-spectrum program the engine maps over a cube;
 * :mod:`.evidence`: :class:`EvidenceSelection`, one or two components by evidence.
