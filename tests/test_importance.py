@@ -105,7 +105,7 @@ def test_importance_logz_matches_brute_force_two_components(bound):  # noqa: F81
     prior = est.prior
     d1 = pick(build_pixel_data(p1, bound, prior, y, fwhm, mf, broad=True), 0)
     ranges = (tuple(bound.model.velocity_range), tuple(bound.model.broadening_range))
-    two = component_fit(bound, Components())(jnp.asarray(y[0]), jnp.asarray(fwhm[0], jnp.float32))
+    two = jax.jit(component_fit(bound, Components()))(jnp.asarray(y[0]), jnp.asarray(fwhm[0], jnp.float32))
     d2 = ev.two_component_proposal(ev.component_pixel_data(p2, d1, ranges), two, prior, d1)
     run = jax.jit(lambda d, k: est.run(p2, d, k))(d2, jax.random.PRNGKey(5))
     v, ve = np.asarray(two.velocity_kms), np.asarray(two.velocity_err_kms)
@@ -135,7 +135,7 @@ def test_submodel_parts_hold_a_one_component_spectrum(bound):  # noqa: F811
     est = Importance()
     d1 = pick(build_pixel_data(p1, bound, est.prior, y, fwhm, mf, broad=True), 0)
     ranges = (tuple(bound.model.velocity_range), tuple(bound.model.broadening_range))
-    two = component_fit(bound, Components())(jnp.asarray(y[0]), jnp.asarray(fwhm[0], jnp.float32))
+    two = jax.jit(component_fit(bound, Components()))(jnp.asarray(y[0]), jnp.asarray(fwhm[0], jnp.float32))
     d2 = ev.two_component_proposal(ev.component_pixel_data(p2, d1, ranges), two, est.prior, d1)
     run = jax.jit(lambda d, k: est.run(p2, d, k))
     with_parts = run(d2, jax.random.PRNGKey(6))

@@ -90,8 +90,9 @@ def two_component_proposal(d2: PixelData, two, prior, d1: PixelData) -> PixelDat
     two-component posterior taken from its two-component MAP fit ``two`` (a
     :class:`~lucijax.solvers.fitting.PixelFit` of the unordered component model, velocities
     sorted): mean ``(v1, v2 - v1, b1, b2)``, Laplace errors ``(e_v1, hypot(e_v1, e_v2), e_b1,
-    e_b2)`` floored as the prior's fallback sigmas are, and the network's role (the wide
-    part of the defensive mixture) given to the same mean with 3x those errors. A failed
+    e_b2)`` (an unresolved line's broadening error: the prior's), and the network's role (the
+    wide part of the defensive mixture) given to the same mean with 3x those errors, floored
+    as the prior's fallback sigmas are. A failed
     fit leaves the box's centre with a quarter of the box's widths. The one-component
     fit's Laplace approximation (``d1``'s) becomes the ``anchor`` of the proposal's
     one-component submodel parts (:class:`~lucijax.bayes.kernels.SubmodelProposal`)."""
@@ -102,7 +103,7 @@ def two_component_proposal(d2: PixelData, two, prior, d1: PixelData) -> PixelDat
     err = jnp.stack([ve[0], jnp.hypot(ve[0], ve[1]), be[0], be[1]])
     floor = jnp.asarray([prior.min_velocity_sigma_kms] * 2 + [prior.min_broadening_sigma_kms] * 2, f32)
     unresolved = jnp.asarray([jnp.nan] * 2 + [prior.unresolved_broadening_sigma_kms] * 2, f32)
-    err = jnp.where(jnp.isfinite(err), jnp.maximum(err, floor), unresolved)  # an unresolved line: no broadening error
+    err = jnp.where(jnp.isfinite(err), jnp.maximum(err, 0.05), unresolved)  # an unresolved line: no broadening error
     lo, hi = d2.lo[:4], d2.hi[:4]
     ok = ((two.status != Status.INVALID_INPUT) & (two.status != Status.SINGULAR) & jnp.all(jnp.isfinite(t))
           & jnp.all(jnp.isfinite(err)) & (t[1] > 0))
@@ -110,9 +111,9 @@ def two_component_proposal(d2: PixelData, two, prior, d1: PixelData) -> PixelDat
     mean = jnp.clip(jnp.where(ok, t, 0.5 * (lo + hi)), lo + inner, hi - inner)
     sigma = jnp.where(ok, err, 0.25 * (hi - lo))
     one_ok = jnp.all(jnp.isfinite(d1.map_sigma) & (d1.map_sigma > 0))
-    one_sigma = jnp.where(one_ok, jnp.maximum(d1.map_sigma, floor[1:3]), d1.prop_sigma)
+    one_sigma = jnp.where(one_ok, jnp.maximum(d1.map_sigma, 0.05), d1.prop_sigma)
     anchor = jnp.concatenate([d1.x0[:2], one_sigma]).astype(f32)
-    return d2._replace(x0=d2.x0.at[:4].set(mean), prop_mean=mean, prop_sigma=3.0 * sigma,
+    return d2._replace(x0=d2.x0.at[:4].set(mean), prop_mean=mean, prop_sigma=3.0 * jnp.maximum(sigma, floor),
                        map_sigma=jnp.where(ok, sigma, jnp.nan), anchor=anchor)
 
 
