@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Execution:
-    """How a program runs (never what it computes: results do not depend on these).
+    """How a program runs (never what it computes: results do not depend on these, except
+    that on CPU another ``batch_size`` can change the last bits: XLA vectorises another width).
 
     Attributes
     ----------
