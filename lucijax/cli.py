@@ -416,6 +416,9 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
             prep.notes.append(f"background: {bkg.source}, fitted in every pixel")
         result = lucijax.fit(prep.view, model, solver, execution=execution)
         if sampler is not None:
+            from lucijax.engine.core import forget
+
+            forget()  # the fit's executables: the sampler's replace them (peak memory)
             ex = build_execution(args, None if ckpt is None else str(ckpt / "sample"))
             result = lucijax.sample(prep.view, result, sampler, execution=ex, samples=args.bayes_samples)
         if prep.voronoi is not None:

@@ -231,8 +231,10 @@ def posterior_program(sampler, bound, map_values: dict, network=None, *, keep_sa
 
     key = "\n".join([bound.key, repr(sampler), "network" if use_network else "map"])
     name = sampler.name if thin == 1 else f"{sampler.name} (x{thin} draws, thinned)"
+    batch_size = getattr(sampler, "cpu_batch_size", None) if jax.default_backend() == "cpu" else None
     return Program(name=name, key=key, prepare=sampler_inputs(bound), one=one, finish=finish, given=given,
                    bulk=("samples",) if keep_samples else (), stored=False, context=sampler.context,
+                   batch_size=batch_size,
                    namedtuples=(Posterior,), meta={"bound": bound, "sampler": sampler, "problem": problem,
                                                    "prior_source": "network" if use_network else "map"},
                    progress_note=rhat_note(sampler))

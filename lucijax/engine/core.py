@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Execution:
-    """How a program runs (never what it computes: results do not depend on these).
+    """How a program runs (never what it computes: results do not depend on these, except
+    that on CPU another ``batch_size`` can change the last bits: XLA vectorises another width).
 
     Attributes
     ----------
@@ -144,14 +146,47 @@ _EXECUTABLES: dict = {}
 _MAX_EXECUTABLES = 12
 
 
-def forget(program: Program) -> int:
+def forget(program: Program | None = None) -> int:
     """Drop this process's compiled executables of ``program`` (every input signature and
-    device), e.g. before compiling a program that replaces it, so that both are never held
-    at once; returns how many were dropped."""
-    keys = [k for k in _EXECUTABLES if k[0][:2] == (program.name, program.key)]
+    device; None: of every program), e.g. before compiling a program that replaces it, so
+    that both are never held at once, and hand the memory they held back to the system;
+    returns how many were dropped."""
+    keys = [k for k in _EXECUTABLES if program is None or k[0][:2] == (program.name, program.key)]
     for k in keys:
         del _EXECUTABLES[k]
+    if keys:
+        import gc
+
+        gc.collect()  # executables referenced from cycles (jit wrappers) go now, not at some later collection
+        release_free_memory()
     return len(keys)
+
+
+def release_free_memory() -> bool:
+    """Return to the system the memory the C allocator keeps free (glibc's
+    ``malloc_trim``; elsewhere nothing; True when it ran). XLA frees its compiler's working
+    memory at the end of each compilation, on the compiling threads' own glibc arenas,
+    which keep it: 0.3-1 GB of resident memory per program that the run's batches (whose
+    large buffers are mapped afresh) never reuse. Under 0.1 s."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                lib = ctypes.CDLL("libc.so.6")
+                lib.malloc_trim.argtypes = [ctypes.c_size_t]
+                _libc = lib
+            except (OSError, AttributeError):  # not glibc
+                pass
+    if _libc is False:
+        return False
+    _libc.malloc_trim(0)
+    return True
+
+
+_libc = None
 
 
 def device_inputs(inputs: dict) -> dict:
@@ -228,6 +263,7 @@ class BatchRunner:
             while len(_EXECUTABLES) >= _MAX_EXECUTABLES:
                 _EXECUTABLES.pop(next(iter(_EXECUTABLES)))  # least recently used
             _EXECUTABLES[(signature, dev)] = compiled[dev] = exe
+            release_free_memory()  # the compiler's working memory, before the next device's copy
         self._compiled = compiled
 
     def dispatch(self, inputs: dict, n: int, k: int):
@@ -299,8 +335,10 @@ def gather_block(program: Program, runner: BatchRunner, pending: list, on_batch=
     import jax
 
     parts = []
-    for part, m, h in pending:
+    for i, (part, m, h) in enumerate(pending):
+        pending[i] = None  # each batch's device buffers go once copied (a block's draws are not held twice)
         parts.append(runner.gather(h, part, m))
+        del h
         if on_batch is not None:
             on_batch(parts[-1], m)
     out = jax.tree.map(lambda *a: np.concatenate(a), *parts) if len(parts) > 1 else parts[0]
@@ -604,5 +642,5 @@ def map_rows(program: Program, inputs: dict, execution: Execution | None = None)
 
 
 __all__ = ["Execution", "PixelMap", "BatchRunner", "map_pixels", "map_rows", "run_block", "start_block", "gather_block",
-           "run_blocks_pipelined", "forget", "read_block", "fingerprint",
+           "run_blocks_pipelined", "forget", "release_free_memory", "read_block", "fingerprint",
            "default_batch_size", "local_devices"]

@@ -9,12 +9,57 @@ returns one pixel's or a region's draws.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SampleStore", "read_samples", "sample_parameter_names"]
+__all__ = ["SampleStore", "read_samples", "remove_stale", "sample_parameter_names"]
+
+log = logging.getLogger(__name__)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one that is not ours to signal counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(path) -> list[Path]:
+    """Delete the temporary files ``.NAME.tmpPID`` of ``path`` left by runs that ended
+    without closing their :class:`SampleStore` (``kill -9``, a crash): those whose process
+    ``PID`` no longer runs on this machine. Files of a live process are kept. Returns the
+    files removed."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.tmp") + r"(\d+)$")
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for f in candidates:
+        m = pattern.match(f.name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            f.unlink()
+        except FileNotFoundError:  # removed by another run meanwhile
+            continue
+        except OSError as err:
+            log.warning("could not remove %s, left by an earlier run (%s)", f, err)
+            continue
+        removed.append(f)
+        log.info("removed %s, left by an earlier run (process %s) that did not finish", f, m.group(1))
+    return removed
 
 
 def sample_parameter_names(bound, ordered: bool = False) -> list[str]:
@@ -38,7 +83,9 @@ class SampleStore:
     Parameters
     ----------
     path : path
-        The file; it is written under a temporary name and renamed on :meth:`close`.
+        The file; it is written under a temporary name (``.NAME.tmpPID``) and renamed on
+        :meth:`close`. Temporary files of ``path`` left by earlier runs that were killed
+        (their process no longer runs) are removed first (:func:`remove_stale`).
     shape_xy : (nx, ny)
         Pixels of the view.
     names : list of str
@@ -54,6 +101,7 @@ class SampleStore:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.path)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self._file = h5py.File(self._tmp, "w")
         self.shape_xy = tuple(int(v) for v in shape_xy)
