@@ -148,6 +148,7 @@ def run_case(name, size, seed, out, dump=None):
         maps = {f"map_{k}": np.asarray(res.maps[k]) for k in res.maps if np.ndim(res.maps[k]) == 2}
         truth = {f"truth_{k}": np.asarray(cube.truth[k]) for k in cube.truth if np.ndim(cube.truth[k]) == 2}
         known = {} if v_crb_known is None else {"v_crb_known": v_crb_known}
+        Path(dump).mkdir(parents=True, exist_ok=True)
         np.savez(Path(dump) / f"{name}_{size}_{seed}.npz", v_crb=v_crb, flux_crb=flux_crb, **known, **maps, **truth)
     return row
 

@@ -168,6 +168,9 @@ def stats(out, secs, reg, name):
         n_retried=int(out["n_retried"]), compile_s=float(out["compile_s"]),
         pixels_per_s_without_compile=float(n / max(secs - out["compile_s"], 1e-9)),
     )
+    if "n_grad" in out:  # model evaluations (NUTS: leapfrog steps) per pixel, all chains: a cost the load does not change
+        d["evaluations_per_pixel_median"] = float(np.nanmedian(out["n_grad"]))
+        d["ess_min_per_1000_evaluations"] = float(1000 * np.nanmedian(out["ess_min"] / out["n_grad"]))
     log(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()))
     return d
 
@@ -289,6 +292,8 @@ def main(argv=None):
     p.add_argument("--mh-warmup", type=int, default=200, help="MH adaptation draws (pooled over the chains)")
     p.add_argument("--ensemble-steps", type=int, default=500)
     p.add_argument("--max-tree-depth", type=int, default=5)
+    p.add_argument("--nuts-mass", default="laplace", choices=["laplace", "adapt"],
+                   help="NUTS metric: the MAP's Laplace covariance (default) or numpyro's adapted diagonal")
     p.add_argument("--luci-pixels", type=int, default=2)
     p.add_argument("--luci-steps", type=int, default=None, help="cap LUCI's 3000 emcee steps")
     p.add_argument("--luci-walkers", type=int, default=None)
@@ -333,10 +338,12 @@ def main(argv=None):
     def prior(kind):
         return Prior(kind=kind, amplitude_scale=args.amplitude_scale)
 
-    nuts = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, max_tree_depth=args.max_tree_depth)
+    nuts = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, max_tree_depth=args.max_tree_depth,
+                mass=args.nuts_mass)
     mh = dict(num_chains=args.mh_chains, num_warmup=args.mh_warmup, num_samples=args.mh_samples)
     variants = {
         "nuts_informed": NUTS(**nuts, prior=prior("informed")),
+        "nuts_adapt_informed": NUTS(**{**nuts, "mass": "adapt"}, prior=prior("informed")),
         "nuts_broad": NUTS(**nuts, prior=prior("broad")),
         "mh_option2": MH(**mh, prior=prior("broad")),
         "mh_informed": MH(**mh, prior=prior("informed")),
