@@ -60,7 +60,7 @@ def sample_blocks(out):
 def kill_halfway(proc, out, n_blocks, fraction):
     """SIGKILL the run (the whole process group: ``time`` and the fit) once ``fraction`` of
     the sampler's blocks are in its checkpoint."""
-    want = max(1, int(round(fraction * n_blocks)))
+    want = max(1, round(fraction * n_blocks))
     while proc.poll() is None and sample_blocks(out) < want:
         time.sleep(0.5)
     if proc.poll() is not None:

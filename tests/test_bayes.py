@@ -302,7 +302,7 @@ def test_laplace_metric_matches_the_map_errors_and_stays_finite_at_a_bound(bound
     start_fn = jax.jit(lambda d: laplace_start(prob, d))
     k = prob.n_nonlinear + 1  # the [NII] amplitude
     for i in range(2):
-        d = jax.tree.map(lambda a: a[i], data)
+        d = jax.tree.map(lambda a, i=i: a[i], data)
         sigma = np.sqrt(np.diag(np.asarray(cov_fn(d))))
         assert sigma[0] == pytest.approx(mf["velocity_err_kms"][i, 0], rel=0.1)
         assert sigma[1] == pytest.approx(mf["broadening_err_kms"][i, 0], rel=0.15)
