@@ -396,6 +396,7 @@ class AdaptedProposal(Sampler):
             prop = MixtureProposal(parts, weights)
         return prop, (xa, lqa, lpa, lwa)
 
+
 @dataclass(frozen=True, kw_only=True)
 class MH(AdaptedProposal):
     """Independence Metropolis-Hastings with the network's posterior as proposal (option 2;
