@@ -6,6 +6,9 @@ Checked against ORB's own source (``orb/cube.py``: ``SpectralCube.reset_params``
 
 - a level-3 cube is flux calibrated whenever it carries ``flambda``; its ``flux_calibration``
   attribute does not decide;
+- a cube that carries ``flambda2`` is level 2.5 (CFHT's version; ORCS's documentation, "HDF5
+  Cubes formatting (levels)": no ORB source read here has the rule): values already
+  calibrated, in erg/cm^2/s/A;
 - the calibration laser map may live in a FITS file named by ``calibration_laser_map_path``
   (relative paths from the cube's folder; FITS ``[y, x]`` transposed to ``[x, y]``; cut to
   ``cropped_bbox``; interpolated when its size differs from the image's);
@@ -70,6 +73,49 @@ def test_level3_without_flambda_stays_in_counts_and_says_so(tmp_path):
     with cube:
         assert cube.header.flux_unit == COUNTS_UNIT
         np.testing.assert_array_equal(cube.read_spectra(0, 2, 0, 3), counts)
+
+
+# -- level 2.5: flambda2 means calibrated already ------------------------------------------------
+def _flambda_vector(nz):
+    """A per-channel calibration shaped like a filter's inverse transmission."""
+    k = np.arange(nz)
+    return 1e-17 * (1.0 + 0.5 * ((k - nz / 2) / (nz / 2)) ** 2)
+
+
+def test_level25_with_flambda2_is_read_as_calibrated_values_not_calibrated_again(tmp_path):
+    """ORCS's documentation ("HDF5 Cubes formatting (levels)"): level 2.5 is laid out like
+    level 3, but its values were calibrated with ``flambda2`` and written in erg/cm^2/s/A.
+    The same spectra written as level 3 in counts read back the same, with the same noise
+    weights; applying ``flambda`` to the level-2.5 values again would scale them by ~1e-20."""
+    nz, t_exp = 12, 12.5
+    fl = _flambda_vector(nz)
+    counts = _counts(2, 3, nz)
+    calibrated = counts.astype(np.float64) * fl / nz / t_exp
+    l3, l25 = tmp_path / "l3.hdf5", tmp_path / "l25.hdf5"
+    write_orb_cube(l3, counts, dict(_attrs(nz), flambda=fl, exposure_time=t_exp), level=3,
+                   calib_map=np.full((2, 3), 563.9))
+    write_orb_cube(l25, calibrated.astype(np.float32), dict(_attrs(nz), flambda=fl, flambda2=fl, exposure_time=t_exp),
+                   level=3, calib_map=np.full((2, 3), 563.9))
+    with open_cube(l3) as a, open_cube(l25) as b:
+        assert b.level == 2.5 and a.level == 3
+        assert b.header.flux_unit == FLUX_UNIT
+        np.testing.assert_allclose(b.read_spectra(0, 2, 0, 3), calibrated, rtol=1e-6)
+        np.testing.assert_allclose(b.read_spectra(0, 2, 0, 3), a.read_spectra(0, 2, 0, 3), rtol=1e-6)
+        np.testing.assert_allclose(b.header.noise_shape(), fl / np.median(fl), rtol=1e-12)
+        np.testing.assert_allclose(b.header.noise_shape(), a.header.noise_shape(), rtol=1e-12)
+
+
+def test_level25_noise_weights_follow_flambda2_not_flambda(tmp_path):
+    """The values of a level-2.5 cube carry the noise of the vector they were calibrated
+    with (``flambda2``), whatever ``flambda`` holds."""
+    nz = 12
+    fl2 = _flambda_vector(nz)
+    path = tmp_path / "l25.hdf5"
+    write_orb_cube(path, _counts(2, 3, nz) * 1e-18, dict(_attrs(nz), flambda=2e-17, flambda2=fl2, exposure_time=10.0),
+                   level=3, calib_map=np.full((2, 3), 563.9))
+    with open_cube(path) as cube:
+        np.testing.assert_allclose(cube.header.noise_shape(), fl2 / np.median(fl2), rtol=1e-12)
+        np.testing.assert_allclose(cube.read_spectra(0, 2, 0, 3), _counts(2, 3, nz) * np.float32(1e-18), rtol=1e-6)
 
 
 # -- the calibration laser map in a second file ------------------------------------------------

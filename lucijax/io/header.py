@@ -492,7 +492,11 @@ class CubeHeader:
         """
         if not self.is_flux_calibrated:
             return None
-        flambda = np.asarray(self.attrs.get("flambda", np.nan), np.float64).ravel()
+        # level 2.5: the values were calibrated with 'flambda2' (ORCS's documentation)
+        vector = self.attrs.get("flambda2")
+        if vector is None:
+            vector = self.attrs.get("flambda", np.nan)
+        flambda = np.asarray(vector, np.float64).ravel()
         if flambda.size != self.n_channels:
             return None
         good = np.isfinite(flambda) & (flambda > 0)

@@ -271,6 +271,13 @@ class OrbHDF5Cube(SpectralCube):
       stored spectral axis, exactly as in ORB/ORCS
       (``spectrum *= flambda / cube.dimz / exposure_time``); for ORB cubes it
       equals ``step_nb``.
+    * level 2.5, CFHT's version of level 3 (the ORCS documentation, "HDF5 Cubes
+      formatting (levels)"): a cube that carries ``flambda2``, the calibration
+      vector its values were multiplied by, holds spectra already in
+      erg/cm^2/s/A. They are returned unchanged (the real part): ``flambda`` is
+      not applied a second time, which older ORCS did ("subject to
+      incoherencies"). The noise weights follow ``flambda2``
+      (:meth:`~lucijax.io.header.CubeHeader.noise_shape`).
 
     If a ``mask`` dataset of shape ``(nx, ny)`` is present, spectra are
     multiplied by it, as ORB does.
@@ -345,9 +352,16 @@ class OrbHDF5Cube(SpectralCube):
 
         # flux calibration: ORB's rule (orb/cube.py, SpectralCube.reset_params) is that a
         # level-3 cube is calibrated whenever it carries 'flambda', whatever its
-        # 'flux_calibration' attribute says; without 'flambda' it is in counts.
+        # 'flux_calibration' attribute says; without 'flambda' it is in counts. A cube that
+        # carries 'flambda2' is level 2.5 (CFHT's version; ORCS's documentation, "HDF5 Cubes
+        # formatting (levels)"): laid out like level 3, its values already calibrated with
+        # 'flambda2' and written in erg/cm^2/s/A, so no calibration is applied again.
         self._factor: np.ndarray | float | None = None
-        if self._complex:
+        if attrs.get("flambda2") is not None:
+            if self._complex:
+                self.level = 2.5
+            flux_unit = FLUX_UNIT
+        elif self._complex:
             if attrs.get("flambda") is not None:
                 self._factor = self._calibration_factor(attrs, nz)
                 self._factor32 = np.asarray(self._factor, dtype=np.float32)
