@@ -230,6 +230,57 @@ def test_chunked_under_vmap_equals_vmap(n):
     np.testing.assert_array_equal(np.asarray(one[1]), np.asarray(_newton_sqrt(a[0], a[0], tol)[1]))
 
 
+def _newton_start(a, x0, tol):
+    return jnp.asarray(0), x0, jnp.asarray(False)
+
+
+def _newton_run(state, limit, a, x0, tol):
+    """Newton's sqrt from ``state`` until converged or ``limit`` steps (the LM loop's form)."""
+    def body(st):
+        i, x, _ = st
+        x = 0.5 * (x + a / x)
+        return i + 1, x, jnp.abs(x * x - a) <= tol * a
+
+    return jax.lax.while_loop(lambda st: (st[0] <= limit) & ~st[2], body, state)
+
+
+def _newton_done(state, limit):
+    return state[2] | (state[0] > limit)
+
+
+@pytest.mark.parametrize("n", [1, 8, 13, 64])
+@pytest.mark.parametrize("first,group", [(1, 4), (3, 4), (3, 16), (60, 8)])
+def test_compacted_under_vmap_equals_vmap(n, first, group):
+    """The LM loop's compaction (lucijax.solvers.fitting.compacted_under_vmap): every
+    element's final state (steps made, value, stop flag) equals the plain vmap's, bit for
+    bit, with the running elements regathered after ``first`` steps in groups smaller than,
+    equal to and larger than the batch, some elements stopping at the step limit (40)."""
+    from lucijax.solvers.fitting import compacted_under_vmap
+
+    rng = np.random.default_rng(n)
+    a = jnp.asarray(rng.uniform(0.5, 1e4, n), jnp.float32)
+    x0 = jnp.asarray(np.where(rng.uniform(size=n) < 0.2, 1e-30, 1.0), jnp.float32)  # some start far off
+    tol = jnp.float32(1e-6)
+
+    def plain(a, x0, tol):
+        return _newton_run(_newton_start(a, x0, tol), 40, a, x0, tol)
+
+    want = jax.jit(jax.vmap(plain, in_axes=(0, 0, None)))(a, x0, tol)
+    loop = compacted_under_vmap(_newton_start, _newton_run, _newton_done, 40, first, group)
+    got = jax.jit(jax.vmap(loop, in_axes=(0, 0, None)))(a, x0, tol)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+    steps = np.asarray(got[0])
+    if n >= 8:  # members of different lengths, some beyond ``first``, some stopped at the limit
+        assert steps.min() < steps.max() and (steps == 41).any()
+        assert first > 40 or (steps > first).any()
+    ok = np.asarray(got[2])
+    np.testing.assert_allclose(np.asarray(got[1])[ok], np.sqrt(np.asarray(a, np.float64))[ok], rtol=1e-5)
+    one = loop(a[0], x0[0], tol)  # unbatched: the loop itself
+    for w, g in zip(plain(a[0], x0[0], tol), one):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+
+
 def test_map_program_on_cpu_chunks_its_lm_loop():
     """On a CPU the MAP program runs wide batches with the LM loop in chunks."""
     import lucijax
@@ -243,3 +294,4 @@ def test_map_program_on_cpu_chunks_its_lm_loop():
     assert jax.default_backend() == "cpu"
     assert program.batch_size == map_solver.CPU_BATCH_SIZE > map_solver.CPU_LM_CHUNK > 1
     assert f"lm_chunk={map_solver.CPU_LM_CHUNK}" in program.key
+    assert f"lm_first={map_solver.CPU_LM_FIRST}" in program.key

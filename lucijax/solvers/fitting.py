@@ -75,6 +75,11 @@ class FitSettings:
         this many spectra one after another (:func:`chunked_under_vmap`); 0: the whole batch
         at once. A batch's loop runs until its slowest spectrum settles, so on a CPU the loop
         wastes less in narrow chunks, while the rest of the fit runs faster in a wide batch.
+    lm_first : int
+        With ``lm_chunk``: the whole batch makes its first ``lm_first`` fit evaluations (the
+        start and ``lm_first - 1`` steps) together, then only the spectra still iterating go
+        on, gathered in groups of ``lm_chunk`` (:func:`compacted_under_vmap`); 0: every chunk
+        of ``lm_chunk`` runs from the start. Each spectrum's iterations are the same either way.
     """
 
     n_iter: int = 8
@@ -89,6 +94,7 @@ class FitSettings:
     detection_chi2: float = 9.0
     absorption_broadening_range_kms: tuple[float, float] = (50.0, 1000.0)
     lm_chunk: int = 0
+    lm_first: int = 0
 
 
 
@@ -483,6 +489,50 @@ def chunked_under_vmap(fun, chunk: int):
     return wrapped
 
 
+def compacted_under_vmap(start, run, done, limit: int, first: int, group: int):
+    """A loop written for one spectrum as three functions: ``start(*args)`` gives its state,
+    ``run(state, limit, *args)`` iterates it until it stops by itself or its step counter
+    passes ``limit``, and ``done(state, limit)`` says whether it has. Returns
+    ``f(*args) = run(start(*args), limit, *args)``, the final state.
+
+    Unbatched that is all. Under ``vmap`` a ``while_loop`` runs until the batch's slowest
+    member stops, the others waiting: here the whole batch runs its first ``first`` steps
+    together (most members stop there; ``limit`` is then ``first - 1``), then the members
+    still running are gathered ``group`` at a time (in batch order) and only those iterate
+    on, each group until its own slowest stops; their states are scattered back. Each
+    member's steps are the ones it makes alone (a stopped member's state does not change
+    when its group goes on), so only the floating-point rounding of the wider or narrower
+    batch differs."""
+    from jax import custom_batching
+
+    def f(*args):
+        return run(start(*args), limit, *args)
+
+    wrapped = custom_batching.custom_vmap(f)
+
+    @wrapped.def_vmap
+    def rule(axis_size, in_batched, *args):
+        args = tuple(a if b else jnp.broadcast_to(a, (axis_size,) + jnp.shape(a)) for a, b in zip(args, in_batched))
+        state = jax.vmap(start)(*args)
+        state = jax.vmap(lambda st, *a: run(st, min(first - 1, limit), *a))(state, *args)
+        k = min(group, axis_size)
+        running = ~jax.vmap(lambda st: done(st, limit))(state)
+        order = jnp.argsort(~running, stable=True).astype(jnp.int32)  # the running members first
+        n_running = jnp.sum(running).astype(jnp.int32)
+
+        def step(carry):
+            g, state = carry
+            idx = jax.lax.dynamic_slice(order, (g * k,), (k,))  # clamped at the end: stopped members, unchanged
+            sub = jax.tree_util.tree_map(lambda x: x[idx], state)
+            sub = jax.vmap(lambda st, *a: run(st, limit, *a))(sub, *(a[idx] for a in args))
+            return g + 1, jax.tree_util.tree_map(lambda x, y: x.at[idx].set(y), state, sub)
+
+        _, state = jax.lax.while_loop(lambda carry: carry[0] * k < n_running, step, (jnp.zeros((), jnp.int32), state))
+        return state, jax.tree_util.tree_map(lambda _: True, state)
+
+    return wrapped
+
+
 def _lm_parts(model: LineModel, ys, mask, fwhm, lo_u, hi_u):
     """One spectrum's pieces of the fit in the internal parameters ``u``: the masked design
     matrix, the projected residual with its Jacobian, and the chi2 decrease (in units of the
@@ -558,9 +608,16 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     cones = cone_columns(model)
     dof = jnp.maximum(n_valid - P - K, 1.0)
 
-    def lm(u0, ys, mask, fwhm, lo_u, hi_u, dof):
-        """The Levenberg-Marquardt loop from ``u0`` (every per-spectrum value an argument:
-        :func:`chunked_under_vmap` batches it): the best point, its residual and Jacobian."""
+    def lm_start(u0, ys, mask, fwhm, lo_u, hi_u, dof):
+        """The Levenberg-Marquardt loop's state before the start is evaluated (every
+        per-spectrum value an argument: :func:`chunked_under_vmap` and
+        :func:`compacted_under_vmap` batch it)."""
+        n = ys.shape[0]
+        return (jnp.asarray(0), u0, jnp.full(n, jnp.inf, dtype), jnp.zeros((n, P), dtype),
+                jnp.asarray(1e-3, dtype), jnp.asarray(False), u0)
+
+    def lm_run(state, limit, u0, ys, mask, fwhm, lo_u, hi_u, dof):
+        """The loop from ``state`` until the pixel settles or ``limit`` steps after the start."""
         _, value_and_jac, gauss_newton_decrease = _lm_parts(model, ys, mask, fwhm, lo_u, hi_u)
 
         def settled(u, r, jac):
@@ -584,13 +641,21 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
         # at most n_iter steps after the start; a pixel stops once settled (under vmap, a batch
         # (or chunk) runs until its last pixel stops, and the settled ones keep their state)
-        n = ys.shape[0]
-        state = (jnp.asarray(0), u0, jnp.full(n, jnp.inf, dtype), jnp.zeros((n, P), dtype),
-                 jnp.asarray(1e-3, dtype), jnp.asarray(False), u0)
-        _, u, r, jac, _, _, _ = jax.lax.while_loop(lambda st: (st[0] <= settings.n_iter) & ~st[5], iterate, state)
+        return jax.lax.while_loop(lambda st: (st[0] <= limit) & ~st[5], iterate, state)
+
+    def lm(u0, ys, mask, fwhm, lo_u, hi_u, dof):
+        """The whole loop from ``u0``: the best point, its residual and Jacobian."""
+        args = (u0, ys, mask, fwhm, lo_u, hi_u, dof)
+        _, u, r, jac, _, _, _ = lm_run(lm_start(*args), settings.n_iter, *args)
         return u, r, jac
 
-    u, r, jac = chunked_under_vmap(lm, settings.lm_chunk)(u0, ys, mask, fwhm, lo_u, hi_u, dof)
+    lm_args = (u0, ys, mask, fwhm, lo_u, hi_u, dof)
+    if settings.lm_chunk > 0 and settings.lm_first > 0:
+        loop = compacted_under_vmap(lm_start, lm_run, lambda st, limit: st[5] | (st[0] > limit), settings.n_iter,
+                                    settings.lm_first, settings.lm_chunk)
+        _, u, r, jac, _, _, _ = loop(*lm_args)
+    else:
+        u, r, jac = chunked_under_vmap(lm, settings.lm_chunk)(*lm_args)
     columns, _, gauss_newton_decrease = _lm_parts(model, ys, mask, fwhm, lo_u, hi_u)
     theta = _to_external(u, has_b, G)
 
@@ -717,6 +782,6 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
 
 
-__all__ = ["FitSettings", "PixelFit", "chunked_under_vmap", "fit_spectrum", "linear_solve", "line_free_noise",
+__all__ = ["FitSettings", "PixelFit", "chunked_under_vmap", "compacted_under_vmap", "fit_spectrum", "linear_solve", "line_free_noise",
            "flux_correlations", "null_flux_errors", "continuum_error", "ScaledCovariance", "MAX_CORRELATED_LINES",
            "cone_solve", "truncated_normal_moments", "truncated_normal_variance", "ratio_truncated_covariance"]
