@@ -10,13 +10,16 @@ stderr and exit status 2 (``-v`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -404,11 +407,13 @@ def _fit_into(args, out: Path, model, solver, sampler, t0: float) -> int:
     import lucijax
     from lucijax.engine.checkpoint import folder_lock
     from lucijax.io import open_cube
+    from lucijax.io.header import prefetch_wcs
 
     ckpt = None if args.no_checkpoint else out / "checkpoint"
     execution = build_execution(args, None if ckpt is None else str(ckpt / "fit"))
     # one run at a time per output folder (released even after kill -9)
     with folder_lock(out, ".lucijax.lock") or contextlib.nullcontext(), open_cube(args.input) as cube:
+        prefetch_wcs(cube.header)  # while the fit loads its executable
         prep = build_view(args, cube)
         if args.background_pca:
             bkg = lucijax.views.background_pca(cube, args.background_pca, args.background_components)
@@ -940,9 +945,29 @@ def main(argv=None) -> int:
             return 2
 
 
+def run() -> None:
+    """The ``lucijax`` command: :func:`main`, then the process ends without Python's
+    interpreter teardown (freeing every module and the XLA runtime: ~0.2 s, a tenth of a
+    small cube's whole run). Nothing is left behind: the threads that are not daemons are
+    joined, the exit functions run and the standard streams are flushed first."""
+    code = main()
+    if not isinstance(code, int):
+        sys.exit(code)
+    try:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+    except BaseException:  # interrupted: the usual exit
+        sys.exit(code)
+    atexit._run_exitfuncs()  # reports (does not raise) a handler's error
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"lucijax: warning: {message}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -228,6 +228,51 @@ def test_celestial_wcs_from_attrs_keeps_sip():
     assert celestial_wcs_from_mapping({"STEP": 1.0}) is None
 
 
+def test_celestial_wcs_is_built_once_on_first_use(tmp_path, monkeypatch):
+    """Opening a cube does not build its WCS (astropy.wcs's import: ~0.3 s of a small fit's
+    start); the first use builds it, once; prefetch_wcs builds it on a thread; a pickled
+    header (a cluster's task) carries the built WCS."""
+    import pickle
+    import threading
+
+    from lucijax.io import header as hd
+
+    calls = []
+    real = hd.celestial_wcs_from_mapping
+
+    def counting(*args):
+        calls.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(hd, "celestial_wcs_from_mapping", counting)
+    nx, ny, nz = 7, 5, 12
+    p = tmp_path / "c.hdf5"
+    w0 = sip_wcs(nx, ny)
+    write_orb_cube(p, distinct_cube(nx, ny, nz), base_attrs(nz), level=2, wcs=w0)
+    pix = (np.array([0.0, 3.0, 6.0]), np.array([0.0, 4.0, 2.0]))
+    with open_cube(p) as cube:
+        h = cube.header
+        assert calls == []
+        copy = pickle.loads(pickle.dumps(h))
+        assert len(calls) == 1 and copy == h
+        assert_same_sky(copy.wcs, w0, pix, pix)
+        assert_same_sky(h.wcs, w0, pix, pix)
+        assert h.wcs is h.wcs and len(calls) == 1
+    with open_cube(p) as cube:
+        hd.prefetch_wcs(cube.header)
+        for t in threading.enumerate():
+            if t.name == "lucijax-later":
+                t.join(60)
+        assert calls[1:] == ["lucijax-later"]
+        assert_same_sky(cube.header.wcs, w0, pix, pix)
+        hd.prefetch_wcs(cube.header)  # built: nothing to start
+        assert len(calls) == 2
+    bare = tmp_path / "bare.hdf5"
+    write_orb_cube(bare, distinct_cube(nx, ny, nz), base_attrs(nz), level=2)
+    with open_cube(bare) as cube:
+        assert cube.header.wcs is None and len(calls) == 2
+
+
 # ---------------------------------------------------------------------------
 # ORB HDF5 cubes
 # ---------------------------------------------------------------------------

@@ -103,6 +103,29 @@ def test_stored_program_digest_names_its_content(folder):
     assert d1 == d1_again and d1 != d2
 
 
+def _call_from(depth, fn, *args):
+    return _call_from(depth - 1, fn, *args) if depth else fn(*args)
+
+
+def _digest_via(depth, key, inp):
+    """The digest of a program whose inner jitted function was first called (and so traced,
+    its operations' source locations with it) from a call stack ``depth`` frames deeper."""
+    inner = jax.jit(lambda y: jnp.sin(y) * 2.0)
+    _call_from(depth, inner, inp["y"])
+    return _call_from(depth, stored.stored_program, jax.jit(lambda d: {"a": inner(d["y"])}), key, _structs(inp))[1]
+
+
+def test_stored_program_digest_does_not_depend_on_its_caller(folder):
+    """The same program traced from two call stacks (the command line and a notebook; or
+    another key: a code base changed outside the program) -> one digest, so one stored
+    executable serves both."""
+    inp = {"y": jnp.ones((4, 3), jnp.float32), "f": jnp.ones(4, jnp.float32)}
+    d1 = _digest_via(0, "k1", inp)
+    d2 = _digest_via(3, "k2", inp)
+    assert len(list(folder.glob("*.jaxexport"))) == 2
+    assert d1 == d2
+
+
 def test_engine_loads_the_stored_executable(folder, monkeypatch):
     from lucijax.engine import core
     from lucijax.program import Program

@@ -192,6 +192,20 @@ def store_compiled(digest: str, device, compiled) -> None:
         log.info("could not store the executable (%s)", err)
 
 
+@contextlib.contextmanager
+def _innermost_locations():
+    """Each operation's source location is its innermost lucijax line only, not the whole
+    call stack: the stored program (and so its digest, which names its executables) then
+    does not depend on who called the fit (the command line, a notebook, a test) or on a
+    line moved in their code -- one executable for every caller of the same program."""
+    before = jax.config.jax_include_full_tracebacks_in_locations
+    jax.config.update("jax_include_full_tracebacks_in_locations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_include_full_tracebacks_in_locations", before)
+
+
 def traced(fn, key: str, structs, namedtuples=()):
     """A jitted callable equivalent to ``fn`` (a jitted function of one pytree argument)
     for inputs of the shapes and dtypes ``structs``: the program stored on disk under
@@ -216,7 +230,8 @@ def stored_program(fn, key: str, structs, namedtuples=()):
                 log.warning("could not load the stored program %s (%s): tracing it again", path.name, err)
         if exported is None:
             try:
-                exported = jax.export.export(fn)(structs)
+                with _innermost_locations():
+                    exported = jax.export.export(fn)(structs)
                 data = bytes(exported.serialize())
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_bytes(data)

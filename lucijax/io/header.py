@@ -35,6 +35,7 @@ import abc
 import hashlib
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -50,6 +51,7 @@ __all__ = [
     "SpectralCube",
     "header_from_attrs",
     "celestial_wcs_from_mapping",
+    "prefetch_wcs",
     "check_spectral_unit",
     "normalise_filter_name",
     "to_python",
@@ -407,6 +409,75 @@ def celestial_wcs_from_mapping(mapping: Mapping[str, Any], source: str = "<heade
     return wcs
 
 
+class Later:
+    """A value computed on first use, once: ``Later(fn, *args)`` calls ``fn(*args)`` the first
+    time :meth:`value` is asked for (under a lock: a second thread asking meanwhile waits
+    for the same result)."""
+
+    def __init__(self, fn, *args):
+        self._call = (fn, args)
+        self._lock = threading.Lock()
+        self._value = None
+
+    def value(self):
+        with self._lock:
+            if self._call is not None:
+                fn, args = self._call
+                self._value = fn(*args)  # raised: the next caller tries again
+                self._call = None
+            return self._value
+
+    def __reduce__(self):  # pickled (a cluster's task) as the value itself
+        return _same, (self.value(),)
+
+    def start(self) -> None:
+        """Compute the value now on a background thread (a daemon: it holds no resource);
+        a failure is left for the first use to raise."""
+
+        def run():
+            try:
+                self.value()
+            except Exception:
+                pass
+
+        threading.Thread(target=run, name="lucijax-later", daemon=True).start()
+
+
+def _same(value):
+    return value
+
+
+def prefetch_wcs(header: "CubeHeader") -> None:
+    """Build ``header.wcs`` on a background thread when it is not built yet: its imports
+    (``astropy.wcs``, ``astropy.io.fits``: ~0.5 s) then run while the fit loads its
+    executable, which releases the GIL (``lucijax fit``'s start-up)."""
+    pending = header.__dict__.get("_deferred_wcs")
+    if isinstance(pending, Later):
+        pending.start()
+
+
+class _Deferred:
+    """Descriptor of a dataclass field whose value may be given as a :class:`Later`: reading
+    the field computes it (the celestial WCS: importing ``astropy.wcs`` and building it
+    takes ~0.25-0.5 s that a fit can spend on something else first; see
+    :func:`prefetch_wcs`)."""
+
+    def __set_name__(self, owner, name):
+        self._slot = "_deferred_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        v = obj.__dict__.get(self._slot)
+        if isinstance(v, Later):
+            v = v.value()
+            obj.__dict__[self._slot] = v
+        return v
+
+    def __set__(self, obj, value):
+        obj.__dict__[self._slot] = None if value is self else value
+
+
 @dataclass(frozen=True)
 class CubeHeader:
     """Observation parameters of a spectral cube (or extracted spectrum).
@@ -443,7 +514,8 @@ class CubeHeader:
         ORB ``calib_coeff_orig`` (extracted spectra), else ``None``.
     wcs : astropy.wcs.WCS or None
         2-D celestial WCS of the image plane (SIP distortion kept), pixel
-        ``(x, y)`` in the ORB ``[x, y, channel]`` indexing convention.
+        ``(x, y)`` in the ORB ``[x, y, channel]`` indexing convention. Given as a
+        :class:`Later`, it is built on first use.
     attrs : dict
         All raw attributes, converted to plain Python / numpy types.
     """
@@ -461,7 +533,7 @@ class CubeHeader:
     apodization: float
     flux_unit: str
     calib_coeff_orig: float | None
-    wcs: Any = field(default=None, compare=False, repr=False)
+    wcs: Any = field(default=_Deferred(), compare=False, repr=False)
     attrs: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -607,7 +679,8 @@ def header_from_attrs(
             calibrated = True
         flux_unit = FLUX_UNIT if calibrated else COUNTS_UNIT
 
-    wcs = celestial_wcs_from_mapping(raw, source)
+    # built on first use (CubeHeader.wcs); none without the celestial axis types
+    wcs = Later(celestial_wcs_from_mapping, raw, source) if "CTYPE1" in raw and "CTYPE2" in raw else None
 
     return CubeHeader(
         step_nm=step_nm,
