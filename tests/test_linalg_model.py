@@ -295,3 +295,44 @@ def test_map_program_on_cpu_chunks_its_lm_loop():
     assert program.batch_size == map_solver.CPU_BATCH_SIZE > map_solver.CPU_LM_CHUNK > 1
     assert f"lm_chunk={map_solver.CPU_LM_CHUNK}" in program.key
     assert f"lm_first={map_solver.CPU_LM_FIRST}" in program.key
+
+
+@pytest.mark.timeout(600)
+def test_laplace_errors_equal_the_fisher_matrix_at_the_fit():
+    """The fit's Laplace errors (its Jacobian taken from the LM loop's last accepted
+    evaluation, in the internal parameters u = (v, b^2)) against an independent Fisher
+    matrix: J = d spectrum / d (v, b, alpha) by forward mode at the fitted values, inverted
+    in float64, times the fit's noise. A start at broadening 0 (where d b / d u is infinite)
+    is fitted too, not left where it started."""
+    import lucijax
+    from lucijax.io.memory import MemoryCube
+    from lucijax.simulate import make_cube
+    from lucijax.solvers.fitting import fit_spectrum
+
+    lines = ["Halpha", "NII6583", "NII6548", "SII6716", "SII6731"]
+    syn = make_cube(4, 4, lines=lines, seed=2, snr_range=(15.0, 60.0))
+    model = lucijax.Model(lines)
+    bound = model.bind(MemoryCube.from_synthetic(syn).header)
+    lm = bound.line_model
+    settings = lucijax.MAP().settings(model)
+    n = 16
+    y = jnp.asarray(syn.data.reshape(n, -1)[:, bound.window], jnp.float32)
+    fwhm = jnp.asarray(syn.fwhm_cm1.reshape(n), jnp.float32)
+    v_true = syn.truth["VELOCITY"].T.reshape(n)
+    b_start = np.where(np.arange(n) % 2 == 0, 0.0, 40.0)  # half of them from broadening 0
+    start = jnp.asarray(np.stack([v_true + 15.0, b_start], axis=1), jnp.float32)
+    lo, hi = jnp.asarray([-600.0, 0.0]), jnp.asarray([600.0, 300.0])
+    fit = jax.jit(jax.vmap(lambda s, f, t: fit_spectrum(lm, settings, s, f, t, lo, hi)))(y, fwhm, start)
+    status = np.asarray(fit.status)
+    v = np.asarray(fit.velocity_kms[:, 0])
+    assert np.all(status == 0), status
+    assert np.all(np.abs(v - v_true) < 5 * np.asarray(fit.velocity_err_kms[:, 0]))
+    P = lm.spec.n_nonlinear
+    for i in range(n):
+        theta = jnp.asarray([fit.velocity_kms[i, 0], fit.broadening_kms[i, 0]])
+        alpha = jnp.asarray(fit.linear[i])
+        jac = jax.jacfwd(lambda q: lm.spectrum(q[:P], q[P:], fwhm[i]))(jnp.concatenate([theta, alpha]))
+        jac = np.asarray(jac, np.float64)
+        cov = np.linalg.inv(jac.T @ jac) * float(fit.noise[i]) ** 2
+        np.testing.assert_allclose([fit.velocity_err_kms[i, 0], fit.broadening_err_kms[i, 0]],
+                                   np.sqrt(np.diagonal(cov)[:P]), rtol=2e-3)

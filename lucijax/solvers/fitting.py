@@ -553,11 +553,14 @@ def _lm_parts(model: LineModel, ys, mask, fwhm, lo_u, hi_u):
     def residual(u):
         m = columns(u)
         r = ys * mask - m @ project(m, ys * mask)
-        return r, r
+        return (r, m), (r, m)
 
     def value_and_jac(u):
-        jac, r = jax.jacfwd(residual, has_aux=True)(u)
-        return r, jac
+        """The projected residual and its Jacobian, with the design matrix and its own
+        Jacobian (n_channels, n_linear, n_nonlinear) that they are made of (the fit's
+        Laplace errors at the final point take them from the loop: no second evaluation)."""
+        (jac, dm), (r, m) = jax.jacfwd(residual, has_aux=True)(u)
+        return r, jac, m, dm
 
     def gauss_newton_decrease(u, r, jac):
         g = jac.T @ r
@@ -604,6 +607,8 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
     lo_u = _to_internal(theta_lo, has_b, G)
     hi_u = _to_internal(theta_hi, has_b, G)
     u0 = jnp.clip(_to_internal(theta_start, has_b, G), lo_u, hi_u)
+    if has_b:  # b = sqrt(u) has an infinite derivative at u = 0: no step could leave a start there
+        u0 = jnp.concatenate([u0[:G], jnp.maximum(u0[G:], jnp.minimum(1e-6 * hi_u[G:], hi_u[G:]))])
 
     cones = cone_columns(model)
     dof = jnp.maximum(n_valid - P - K, 1.0)
@@ -613,8 +618,10 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         per-spectrum value an argument: :func:`chunked_under_vmap` and
         :func:`compacted_under_vmap` batch it)."""
         n = ys.shape[0]
+        # no point accepted (the start not finite): NaN columns, a SINGULAR fit
         return (jnp.asarray(0), u0, jnp.full(n, jnp.inf, dtype), jnp.zeros((n, P), dtype),
-                jnp.asarray(1e-3, dtype), jnp.asarray(False), u0)
+                jnp.asarray(1e-3, dtype), jnp.asarray(False), u0, jnp.full((n, K), jnp.nan, dtype),
+                jnp.full((n, K, P), jnp.nan, dtype))
 
     def lm_run(state, limit, u0, ys, mask, fwhm, lo_u, hi_u, dof):
         """The loop from ``state`` until the pixel settles or ``limit`` steps after the start."""
@@ -626,44 +633,46 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
         def iterate(state):
             # evaluate the trial point, keep it if it lowers chi2, then propose the next one;
             # the first trial is the start (the residual is traced once, inside the loop)
-            i, u, r, jac, lam, _, u_try = state
-            r_try, jac_try = value_and_jac(u_try)
+            i, u, r, jac, lam, _, u_try, m, dm = state
+            r_try, jac_try, m_try, dm_try = value_and_jac(u_try)
             better = (jnp.sum(r_try**2) < jnp.sum(r**2)) & jnp.all(jnp.isfinite(r_try)) & jnp.all(jnp.isfinite(jac_try))
             u = jnp.where(better, u_try, u)
             r = jnp.where(better, r_try, r)
             jac = jnp.where(better, jac_try, jac)
+            m = jnp.where(better, m_try, m)
+            dm = jnp.where(better, dm_try, dm)
             lam = jnp.where(i == 0, lam, jnp.where(better, jnp.maximum(lam * 0.3, 1e-7), lam * 10.0))
             g = jac.T @ r
             h = jac.T @ jac
             dh = jnp.maximum(jnp.diagonal(h), 1e-12)
             delta = -spd_solve(h + lam * jnp.diag(dh), g, jitter=1e-7)
-            return i + 1, u, r, jac, lam, settled(u, r, jac), jnp.clip(u + delta, lo_u, hi_u)
+            return i + 1, u, r, jac, lam, settled(u, r, jac), jnp.clip(u + delta, lo_u, hi_u), m, dm
 
         # at most n_iter steps after the start; a pixel stops once settled (under vmap, a batch
         # (or chunk) runs until its last pixel stops, and the settled ones keep their state)
         return jax.lax.while_loop(lambda st: (st[0] <= limit) & ~st[5], iterate, state)
 
     def lm(u0, ys, mask, fwhm, lo_u, hi_u, dof):
-        """The whole loop from ``u0``: the best point, its residual and Jacobian."""
+        """The whole loop from ``u0``: the best point, its residual and Jacobian, the design
+        matrix there and its Jacobian."""
         args = (u0, ys, mask, fwhm, lo_u, hi_u, dof)
-        _, u, r, jac, _, _, _ = lm_run(lm_start(*args), settings.n_iter, *args)
-        return u, r, jac
+        _, u, r, jac, _, _, _, m, dm = lm_run(lm_start(*args), settings.n_iter, *args)
+        return u, r, jac, m, dm
 
     lm_args = (u0, ys, mask, fwhm, lo_u, hi_u, dof)
     if settings.lm_chunk > 0 and settings.lm_first > 0:
         loop = compacted_under_vmap(lm_start, lm_run, lambda st, limit: st[5] | (st[0] > limit), settings.n_iter,
                                     settings.lm_first, settings.lm_chunk)
-        _, u, r, jac, _, _, _ = loop(*lm_args)
+        _, u, r, jac, _, _, _, m, dm = loop(*lm_args)
     else:
-        u, r, jac = chunked_under_vmap(lm, settings.lm_chunk)(*lm_args)
+        u, r, jac, m, dm = chunked_under_vmap(lm, settings.lm_chunk)(*lm_args)
     columns, _, gauss_newton_decrease = _lm_parts(model, ys, mask, fwhm, lo_u, hi_u)
     theta = _to_external(u, has_b, G)
 
     # -- convergence: remaining predicted chi2 decrease of a projected Gauss-Newton step
     predicted_decrease = gauss_newton_decrease(u, r, jac)
 
-    # -- final amplitudes (>= 0 for lines) with jaxopt's box-constrained QP
-    m = columns(u)
+    # -- final amplitudes (>= 0 for lines) with jaxopt's box-constrained QP; m = columns(u)
     alpha_free = linear_solve(m, ys * mask)
     if settings.nonneg_amplitudes or cones:  # a ratio range's cone stays >= 0 without nonneg_amplitudes too
         bounded = np.arange(K) < (spec.n_amplitudes if settings.nonneg_amplitudes else 0)
@@ -675,12 +684,11 @@ def fit_spectrum(model: LineModel, settings: FitSettings, y, fwhm_cm1, theta_sta
 
     # -- Laplace approximation: Fisher matrix of all parameters (v, b, alpha), in units of
     #    the inverse noise variance (the noise is estimated below)
-    def model_of_theta(th):
-        return model.spectrum(th, alpha, fwhm) * mask
-
     p_hat = jnp.concatenate([theta, alpha])
-    # d model / d alpha is the design matrix itself: forward-mode only for (v, b)
-    jfull = jnp.concatenate([jax.jacfwd(model_of_theta)(theta), model.design_matrix(theta, fwhm) * mask[:, None]], axis=1)
+    # d model / d alpha is the design matrix itself; d model / d theta = (dm / du alpha) du / dtheta
+    # (u = (v, b^2)), from the loop's last accepted evaluation
+    du_dtheta = jnp.concatenate([jnp.ones(G, dtype), 2.0 * theta[G:]]) if has_b else jnp.ones(P, dtype)
+    jfull = jnp.concatenate([jnp.einsum("nkp,k->np", dm, alpha) * du_dtheta[None, :], m], axis=1)
     info = jfull.T @ jfull
     vel_at_bound = (theta[:G] <= theta_lo[:G] + 1e-3) | (theta[:G] >= theta_hi[:G] - 1e-3)
     if has_b:
