@@ -194,16 +194,20 @@ def store_compiled(digest: str, device, compiled) -> None:
 
 @contextlib.contextmanager
 def _innermost_locations():
-    """Each operation's source location is its innermost lucijax line only, not the whole
-    call stack: the stored program (and so its digest, which names its executables) then
-    does not depend on who called the fit (the command line, a notebook, a test) or on a
-    line moved in their code -- one executable for every caller of the same program."""
-    before = jax.config.jax_include_full_tracebacks_in_locations
-    jax.config.update("jax_include_full_tracebacks_in_locations", False)
+    """Each operation's source location is its innermost line only, not the whole call
+    stack, and names its file without the folder: the stored program (and so its digest,
+    which names its executables) then does not depend on who called the fit (the command
+    line, a notebook, a test), on a line moved in their code, or on where lucijax is
+    installed -- one executable for every caller of the same program."""
+    settings = {"jax_include_full_tracebacks_in_locations": False, "jax_hlo_source_file_canonicalization_regex": r"^.*/"}
+    before = {name: getattr(jax.config, name) for name in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
     try:
         yield
     finally:
-        jax.config.update("jax_include_full_tracebacks_in_locations", before)
+        for name, value in before.items():
+            jax.config.update(name, value)
 
 
 def traced(fn, key: str, structs, namedtuples=()):
