@@ -167,6 +167,30 @@ def test_version():
     assert proc.returncode == 0 and proc.stdout.strip() == f"lucijax {lucijax.__version__}"
 
 
+@pytest.mark.timeout(120)
+def test_command_ends_like_the_interpreter(tmp_path):
+    """``lucijax`` (lucijax.cli.run) skips the interpreter's teardown, nothing else: a thread
+    pool never shut down does not hang it, a thread that is not a daemon finishes its work,
+    exit functions run, buffered output is flushed, and the command's status is the exit
+    status."""
+    late = tmp_path / "late.txt"
+    script = f"""
+import atexit, concurrent.futures, sys, threading, time
+import lucijax.cli as cli
+pool = concurrent.futures.ThreadPoolExecutor(1)
+pool.submit(time.sleep, 0.1)
+threading.Thread(target=lambda: (time.sleep(0.5), open({str(late)!r}, "w").write("written"))).start()
+atexit.register(print, "exit function ran")
+cli.main = lambda: 3
+sys.stdout.write("buffered ")
+cli.run()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert late.read_text() == "written"
+    assert proc.stdout == "buffered exit function ran\n"
+
+
 # ------------------------------------------------------------ fits that work, with honest flags
 @pytest.mark.timeout(300)
 def test_non_ascii_name_negative_range_and_file_modes(cube, tmp_path, capsys):
