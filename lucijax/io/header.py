@@ -451,7 +451,7 @@ def prefetch_wcs(header: "CubeHeader") -> None:
     """Build ``header.wcs`` on a background thread when it is not built yet: its imports
     (``astropy.wcs``, ``astropy.io.fits``: ~0.5 s) then run while the fit loads its
     executable, which releases the GIL (``lucijax fit``'s start-up)."""
-    pending = header.__dict__.get("_deferred_wcs")
+    pending = header.__dict__.get("wcs")
     if isinstance(pending, Later):
         pending.start()
 
@@ -463,7 +463,7 @@ class _Deferred:
     :func:`prefetch_wcs`)."""
 
     def __set_name__(self, owner, name):
-        self._slot = "_deferred_" + name
+        self._slot = name  # the instance's __dict__ under the field's own name (copies by vars() keep it)
 
     def __get__(self, obj, owner=None):
         if obj is None:
